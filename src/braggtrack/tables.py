@@ -1,0 +1,123 @@
+"""Reading and writing peak/track tables (Parquet, CSV, HDF5) and the column reference.
+
+Parquet is the default: typed, compressed and fast.  HDF5 tables go through pandas'
+``to_hdf`` only when PyTables is installed; otherwise a plain h5py layout (one dataset
+per column under ``/table``) is written, which any HDF5 tool can read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputFileError, OptionError
+
+#: Every column braggtrack writes, with its unit and meaning (docs/reference.md is built from this).
+COLUMNS: dict[str, str] = {
+    "frame": "frame index, 0-based in input order",
+    "x": "sub-pixel peak centre, column (fast axis), full-resolution detector pixels; pixel (0,0) centre is x=0",
+    "y": "sub-pixel peak centre, row, full-resolution detector pixels",
+    "x_err": "1-sigma uncertainty of x, pixels",
+    "y_err": "1-sigma uncertainty of y, pixels",
+    "x_det": "column of the detected maximum, integer full-resolution pixel",
+    "y_det": "row of the detected maximum, integer full-resolution pixel",
+    "birth": "height of the local maximum (counts after preprocessing)",
+    "death": "level of the saddle where the peak merges into a higher one (counts)",
+    "persistence": "birth - death, counts after preprocessing",
+    "score": "persistence rescaled to 0..255 of the frame's intensity range",
+    "intensity": "background-subtracted integrated intensity in the patch, counts",
+    "background": "local background level, counts per pixel",
+    "sigma_x": "peak width (Gaussian sigma equivalent) along x, pixels",
+    "sigma_y": "peak width (Gaussian sigma equivalent) along y, pixels",
+    "localizer": "method that gave x, y: braggnn, pvoigt, gauss or centroid",
+    "ok": "True when the peak passed every filter and the localizer converged",
+    "reason": "why ok is False: edge, mask, flat, off_centre, not_converged, out_of_distribution, ...; empty when ok",
+    "particle": "trajectory id after linking (one particle = one trajectory)",
+    "two_theta": "scattering angle 2-theta, degrees",
+    "two_theta_err": "1-sigma uncertainty of two_theta, degrees",
+    "chi": "azimuthal angle, degrees",
+    "q": "scattering vector magnitude, 1/nm",
+    "q_err": "1-sigma uncertainty of q, 1/nm",
+    "d_spacing": "lattice-plane spacing d = 2 pi / q, angstrom",
+    "d_spacing_err": "1-sigma uncertainty of d_spacing, angstrom",
+    "strain": "d / d_ref - 1 against the particle's reference frame or a given d_ref (dimensionless)",
+    "strain_err": "1-sigma uncertainty of strain",
+    "radial_shift": "radial distance from the beam centre minus its reference-frame value, pixels (no geometry)",
+    "radial_shift_err": "1-sigma uncertainty of radial_shift, pixels",
+    "lattice_a": "lattice parameter a from d_spacing and hkl, angstrom",
+    "lattice_c": "lattice parameter c (hexagonal/tetragonal, with a fixed c/a), angstrom",
+}
+
+TABLE_SUFFIXES = (".parquet", ".csv", ".h5", ".hdf5")
+
+
+def table_format(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise OptionError(
+            f"{path}: unknown table format {suffix!r}; use .parquet, .csv or .h5"
+        )
+    return {".hdf5": ".h5"}.get(suffix, suffix)
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``df`` atomically (temporary file, then rename) in the format of ``path``'s suffix."""
+    path = Path(path)
+    fmt = table_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        if fmt == ".parquet":
+            df.to_parquet(tmp, index=False)
+        elif fmt == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            _write_h5_table(df, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _write_h5_table(df: pd.DataFrame, path: Path) -> None:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        g = f.create_group("table")
+        g.attrs["columns"] = list(df.columns)
+        for col in df.columns:
+            values = df[col].to_numpy()
+            if values.dtype == object or pd.api.types.is_string_dtype(df[col]):
+                g.create_dataset(col, data=np.asarray(values, dtype=str).astype("S"))
+                g[col].attrs["kind"] = "str"
+            else:
+                g.create_dataset(col, data=values)
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a table written by :func:`write_table`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(path, "no such file")
+    fmt = table_format(path)
+    try:
+        if fmt == ".parquet":
+            return pd.read_parquet(path)
+        if fmt == ".csv":
+            return pd.read_csv(path)
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            g = f["table"]
+            cols = [str(c) for c in g.attrs["columns"]]
+            data = {}
+            for c in cols:
+                v = g[c][()]
+                data[c] = v.astype(str) if g[c].attrs.get("kind") == "str" else v
+            return pd.DataFrame(data, columns=cols)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputFileError(path, f"not a readable {fmt[1:]} table ({exc.__class__.__name__})") from None
