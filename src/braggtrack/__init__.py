@@ -21,8 +21,8 @@ _LAZY = {
     "open_frames": "io",
     "FindConfig": "config",
     "BraggTrackError": "errors",
-    "find_peaks": "find",
-    "find": "find",
+    "find_peaks": "pipeline",
+    "find": "pipeline",
     "persistence": "detect",
     "select_peaks": "detect",
     "extract_patches": "patches",
@@ -32,7 +32,8 @@ _LAZY = {
     "particles": "track",
     "Geometry": "geometry",
     "add_geometry": "geometry",
-    "run": "run",
+    "run": "runner",
+    "RunResult": "runner",
     "make_report": "report",
     "train_model": "train",
     "read_table": "tables",
@@ -41,7 +42,7 @@ _LAZY = {
 
 _SUBMODULES = {
     "io", "preprocess", "simulate", "detect", "patches", "localize", "braggnn", "train",
-    "find", "track", "geometry", "run", "report", "metadata", "compare", "bench", "data",
+    "pipeline", "track", "geometry", "runner", "report", "metadata", "compare", "bench", "data",
     "config", "errors", "tables", "parallel", "cli",
 }
 
