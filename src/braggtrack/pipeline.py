@@ -1,0 +1,380 @@
+"""Find and localize Bragg peaks: one frame (:func:`find_peaks`) or a series (:func:`find`).
+
+The chain is ``preprocess -> detect -> select -> patches -> localize`` (see DESIGN.md).
+Localization is batched over every patch of a *chunk* of frames at once, because both the
+vectorized Levenberg-Marquardt fits and the BraggNN network are much faster on one large
+batch than on many small ones.
+
+Examples
+--------
+>>> import numpy as np
+>>> from braggtrack.pipeline import find_peaks
+>>> yy, xx = np.mgrid[:64, :64]
+>>> frame = 1000 * np.exp(-((xx - 30.3) ** 2 + (yy - 20.6) ** 2) / 2.0) + 10
+>>> peaks = find_peaks(frame, localizer="gauss")
+>>> round(float(peaks.x.iloc[0]), 1), round(float(peaks.y.iloc[0]), 1)
+(30.3, 20.6)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .config import FindConfig
+from .errors import FrameReadError
+
+#: Column order of the peak table (later stages append their own columns).
+PEAK_COLUMNS = [
+    "frame", "x", "y", "x_err", "y_err", "x_det", "y_det", "birth", "death", "persistence",
+    "score", "intensity", "background", "sigma_x", "sigma_y", "localizer", "ok", "reason",
+]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Per-detector corrections shared by every frame: dark, flat field and pixel mask.
+
+    Arrays are full-resolution ``(H, W)``; ``None`` means "not used".
+    """
+
+    dark: np.ndarray | None = None
+    flat: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    @classmethod
+    def from_files(
+        cls,
+        dark: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        flat: str | os.PathLike | None = None,
+        mask: str | os.PathLike | None = None,
+    ) -> Calibration:
+        """Load dark (a file, or the median of several dark frames), flat and mask files."""
+        from . import preprocess
+        from .io import load_image
+
+        return cls(
+            dark=None if dark is None else preprocess.load_dark(dark),
+            flat=None if flat is None else load_image(flat).astype(np.float32),
+            mask=None if mask is None else preprocess.load_mask(mask),
+        )
+
+
+def _preprocessor(config: FindConfig, calibration: Calibration):
+    from .preprocess import Preprocessor
+
+    return Preprocessor(
+        dark=calibration.dark,
+        flat=calibration.flat,
+        mask=calibration.mask,
+        auto_mask=config.auto_mask,
+        bin=config.bin,
+        threshold=config.threshold,
+    )
+
+
+@dataclass
+class _Detected:
+    """Peaks of one frame after selection, before localization."""
+
+    frame: int
+    table: pd.DataFrame  # y_det, x_det (full res), birth, death, persistence, score, ok, reason
+    patches: np.ndarray  # (n, N, N) float32
+
+
+def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _Detected:
+    from .detect import persistence, select_peaks
+    from .patches import centre_filter, extract_patches, normalize, recentre
+
+    prepared = prep(np.asarray(image))
+    b = config.bin
+    raw = persistence(prepared.image, threshold=prepared.threshold)
+    binned_mask = None
+    if prepared.mask is not None and prepared.mask.any():
+        binned_mask = _bin_mask(prepared.mask, b, prepared.image.shape)
+    sel = select_peaks(
+        raw,
+        prepared.image,
+        min_persistence=config.min_persistence,
+        min_score=config.min_score,
+        edge=max(int(np.ceil(config.edge / b)), 0),
+        mask=binned_mask,
+        min_distance=config.min_distance / b,
+        max_peaks=config.max_peaks,
+    )
+    n = len(sel)
+    rows = sel["y"].to_numpy(dtype=np.int64)
+    cols = sel["x"].to_numpy(dtype=np.int64)
+    if b > 1 and n:
+        # The binned maximum covers a b x b block: go back to the brightest full-resolution
+        # pixel of that block so the patch is centred on the real maximum.
+        rows, cols = recentre(prepared.full, rows * b + (b - 1) // 2, cols * b + (b - 1) // 2,
+                              radius=b // 2)
+    full = prepared.full
+    ps = extract_patches(full, rows, cols, size=config.patch, mask=prepared.mask)
+    _, flat = normalize(ps.patches)
+    centred = centre_filter(ps.patches, tolerance=config.centre_tolerance)
+
+    reason = sel["reason"].to_numpy(dtype=object).copy() if n else np.array([], dtype=object)
+    reason = np.where(reason == "", np.where(ps.edge, "edge", ""), reason)
+    reason = np.where(reason == "", np.where(ps.masked, "mask", ""), reason)
+    reason = np.where(reason == "", np.where(flat, "flat", ""), reason)
+    reason = np.where(reason == "", np.where(~centred, "off_centre", ""), reason)
+
+    table = pd.DataFrame(
+        {
+            "frame": np.full(n, frame, dtype=np.int64),
+            "x_det": cols.astype(np.int64),
+            "y_det": rows.astype(np.int64),
+            "birth": sel["birth"].to_numpy(dtype=np.float64),
+            "death": sel["death"].to_numpy(dtype=np.float64),
+            "persistence": sel["persistence"].to_numpy(dtype=np.float64),
+            "score": sel["score"].to_numpy(dtype=np.float64),
+            "reason": reason.astype(str),
+        }
+    )
+    return _Detected(frame=frame, table=table, patches=ps.patches)
+
+
+def _bin_mask(mask: np.ndarray, b: int, shape: tuple[int, int]) -> np.ndarray:
+    if b == 1:
+        return mask
+    h, w = shape
+    return mask[: h * b, : w * b].reshape(h, b, w, b).any(axis=(1, 3))
+
+
+def _localize_detected(detected: list[_Detected], config: FindConfig, model=None) -> pd.DataFrame:
+    from .localize import localize
+
+    tables = [d.table for d in detected if len(d.table)]
+    if not tables:
+        return empty_peak_table(config.localizer)
+    table = pd.concat(tables, ignore_index=True)
+    patches = np.concatenate([d.patches for d in detected if len(d.table)], axis=0)
+    loc = localize(patches, config.localizer, model=model, device=config.device)
+    # Localizer offsets are relative to the patch's central pixel, i.e. the detected maximum.
+    table["x"] = table["x_det"].to_numpy(np.float64) + loc["dx"].to_numpy(np.float64)
+    table["y"] = table["y_det"].to_numpy(np.float64) + loc["dy"].to_numpy(np.float64)
+    table["x_err"] = loc["dx_err"].to_numpy(np.float64)
+    table["y_err"] = loc["dy_err"].to_numpy(np.float64)
+    for col in ("intensity", "background", "sigma_x", "sigma_y"):
+        table[col] = loc[col].to_numpy(np.float64)
+    table["localizer"] = config.localizer
+    loc_reason = loc["reason"].to_numpy(dtype=object).astype(str)
+    converged = loc["converged"].to_numpy(dtype=bool)
+    reason = table["reason"].to_numpy(dtype=object).astype(str)
+    reason = np.where(reason == "", np.where(converged, "", loc_reason), reason)
+    reason = np.where((reason == "") & ~converged, "not_converged", reason)
+    table["reason"] = reason
+    table["ok"] = reason == ""
+    table = _no_nan(table)
+    return table[PEAK_COLUMNS]
+
+
+def _no_nan(table: pd.DataFrame) -> pd.DataFrame:
+    """Replace any non-finite number by a flag: a NaN must never reach a table."""
+    num = table.select_dtypes(include=[np.floating]).columns
+    bad = ~np.isfinite(table[num].to_numpy()).all(axis=1) if len(num) else np.zeros(len(table), bool)
+    if bad.any():
+        table.loc[bad, "ok"] = False
+        table.loc[bad & (table["reason"] == ""), "reason"] = "non_finite"
+        table[num] = table[num].where(np.isfinite(table[num]), 0.0)
+        table.loc[bad, "x"] = table.loc[bad, "x_det"].astype(np.float64)
+        table.loc[bad, "y"] = table.loc[bad, "y_det"].astype(np.float64)
+    return table
+
+
+def empty_peak_table(localizer: str = "") -> pd.DataFrame:
+    """A peak table with the right columns and dtypes and no rows."""
+    dtypes = {c: np.float64 for c in PEAK_COLUMNS}
+    dtypes.update(frame=np.int64, x_det=np.int64, y_det=np.int64, ok=bool, localizer=object,
+                  reason=object)
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items()})[PEAK_COLUMNS]
+
+
+def load_localizer_model(config: FindConfig):
+    """Load the BraggNN model once (``None`` for the fitting localizers)."""
+    if config.localizer != "braggnn":
+        return None
+    from .braggnn import load_model
+
+    return load_model(config.model, device=config.device)
+
+
+def _config_from(config: FindConfig | None, overrides: dict) -> FindConfig:
+    config = config or FindConfig()
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def find_peaks(
+    image: np.ndarray,
+    *,
+    config: FindConfig | None = None,
+    frame: int = 0,
+    calibration: Calibration | None = None,
+    model=None,
+    **options,
+) -> pd.DataFrame:
+    """Find, select and localize the Bragg peaks of one 2-D frame.
+
+    Parameters
+    ----------
+    image : (H, W) array
+        Detector counts.
+    config : FindConfig, optional
+        All options (threshold, min_score, bin, patch, localizer, ...); keyword ``options``
+        override single fields, e.g. ``find_peaks(img, localizer="pvoigt")``.
+    frame : int
+        Frame index written into the ``frame`` column.
+    calibration : Calibration, optional
+        Dark, flat and mask arrays.
+    model : BraggNN, optional
+        An already loaded model (saves reloading it for every frame).
+
+    Returns
+    -------
+    DataFrame
+        One row per detected peak, accepted (``ok``) or not (``reason``); positions in
+        full-resolution pixels (x = column, y = row, pixel centres at integers).
+    """
+    config = _config_from(config, options)
+    calibration = calibration or Calibration()
+    if model is None:
+        model = load_localizer_model(config)
+    detected = _detect_frame(image, frame, config, _preprocessor(config, calibration))
+    return _localize_detected([detected], config, model=model)
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """Peaks of a chunk of frames plus the frames that could not be read."""
+
+    peaks: pd.DataFrame
+    frames: pd.DataFrame  # frame, status, reason, n_peaks, n_ok
+
+
+def find_chunk(
+    series,
+    indices: Iterable[int],
+    config: FindConfig,
+    calibration: Calibration | None = None,
+    *,
+    model=None,
+    strict: bool = False,
+) -> ChunkResult:
+    """Process the frames ``indices`` of ``series``: one batched localization for all of them.
+
+    A frame that cannot be read (:class:`~braggtrack.errors.FrameReadError`) is recorded with
+    its reason and skipped, unless ``strict``.
+    """
+    calibration = calibration or Calibration()
+    prep = _preprocessor(config, calibration)
+    detected: list[_Detected] = []
+    status: list[tuple[int, str, str]] = []
+    for i in indices:
+        try:
+            image = series[i]
+        except FrameReadError as exc:
+            if strict:
+                raise
+            status.append((int(i), "skipped", exc.problem))
+            continue
+        detected.append(_detect_frame(image, int(i), config, prep))
+        status.append((int(i), "ok", ""))
+    peaks = _localize_detected(detected, config, model=model)
+    counts = peaks.groupby("frame")["ok"].agg(["size", "sum"]) if len(peaks) else None
+    frames = pd.DataFrame(status, columns=["frame", "status", "reason"])
+    if counts is not None:
+        frames["n_peaks"] = frames["frame"].map(counts["size"]).fillna(0).astype(np.int64)
+        frames["n_ok"] = frames["frame"].map(counts["sum"]).fillna(0).astype(np.int64)
+    else:
+        frames["n_peaks"] = np.zeros(len(frames), np.int64)
+        frames["n_ok"] = np.zeros(len(frames), np.int64)
+    return ChunkResult(peaks=peaks, frames=frames)
+
+
+def find(
+    source,
+    *,
+    config: FindConfig | None = None,
+    dataset: str | None = None,
+    calibration: Calibration | None = None,
+    frames: Sequence[int] | slice | None = None,
+    chunk_size: int = 32,
+    strict: bool = False,
+    progress: bool = True,
+    **options,
+) -> pd.DataFrame:
+    """Find and localize peaks in every frame of a series.
+
+    Parameters
+    ----------
+    source : path, FrameSeries or (N, H, W) array
+        Anything :func:`braggtrack.io.open_frames` accepts.
+    config, options :
+        As in :func:`find_peaks`.
+    frames : sequence of int or slice, optional
+        Which frames to process (default all).
+    chunk_size : int
+        Frames localized together in one batch.
+    strict : bool
+        Stop at the first unreadable frame instead of skipping it.
+
+    Returns
+    -------
+    DataFrame
+        The peak table of all frames; ``table.attrs["frames"]`` holds the per-frame status
+        (skipped frames with their reason).
+
+    Examples
+    --------
+    >>> import numpy as np, braggtrack as bt
+    >>> stack = np.zeros((3, 32, 32), np.float32); stack[:, 16, 15:18] = [50, 100, 50]
+    >>> len(bt.find(stack, localizer="centroid", progress=False))
+    3
+    """
+    config = _config_from(config, options)
+    series = as_series(source, dataset=dataset)
+    n = len(series)
+    if frames is None:
+        indices = list(range(n))
+    elif isinstance(frames, slice):
+        indices = list(range(n))[frames]
+    else:
+        indices = [int(i) for i in frames]
+    model = load_localizer_model(config)
+    bar = _progress(len(indices), progress)
+    tables, statuses = [], []
+    for start in range(0, len(indices), chunk_size):
+        part = indices[start : start + chunk_size]
+        res = find_chunk(series, part, config, calibration, model=model, strict=strict)
+        tables.append(res.peaks)
+        statuses.append(res.frames)
+        bar.update(len(part))
+        bar.set_postfix(peaks=sum(len(t) for t in tables))
+    bar.close()
+    peaks = pd.concat(tables, ignore_index=True) if tables else empty_peak_table(config.localizer)
+    peaks.attrs["frames"] = (
+        pd.concat(statuses, ignore_index=True) if statuses else pd.DataFrame()
+    )
+    return peaks
+
+
+def as_series(source, dataset: str | None = None):
+    """``source`` itself when it is already a frame series, else ``open_frames(source)``."""
+    from .io import open_frames
+
+    if not isinstance(source, (str, os.PathLike, np.ndarray)) and hasattr(source, "__getitem__"):
+        return source
+    return open_frames(source, dataset=dataset)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="frame", disable=not enabled, desc="find", leave=False)
