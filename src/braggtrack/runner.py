@@ -1,0 +1,621 @@
+"""``braggtrack.run``: frames to answers in one resumable, chunked, parallel run.
+
+The run folder layout is documented in ``docs/architecture.md``.  Frames are processed in
+chunks; each finished chunk is written to ``chunks/`` through a temporary file and an atomic
+rename, and then recorded in ``run.json`` (itself rewritten atomically).  A run that dies,
+however it dies, therefore loses at most the chunks in flight: rerunning the same command
+(or ``--resume``) skips every recorded chunk and ends with tables identical to an
+uninterrupted run.
+
+Work is spread over processes with Dask: ``workers > 1`` starts a ``LocalCluster`` and
+``scheduler=ADDRESS`` connects a ``Client`` to an existing cluster.  Both go through the same
+code path: each task names a file and a frame range, and the worker reads the frames itself,
+so frames are never shipped through the scheduler.  Chunk files are gathered in frame order,
+so the output does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .config import FindConfig
+from .errors import OptionError
+from .pipeline import Calibration, empty_peak_table, find_chunk, load_localizer_model
+from .tables import write_table
+
+RUN_JSON = "run.json"
+CHUNK_DIR = "chunks"
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """Options of linking, geometry and the report.
+
+    Parameters
+    ----------
+    search_range : float
+        Largest displacement of a peak between linked frames, pixels.
+    memory : int
+        Frames a peak may vanish for and still be linked to its trajectory.
+    min_length : int
+        Shortest trajectory kept, frames.
+    split_on_shape_change : bool
+        Split a trajectory where the peak's intensity or width jumps (another particle).
+    poni : str, optional
+        pyFAI PONI file with the detector geometry.
+    distance_mm, beam_x, beam_y, pixel_um, wavelength_A :
+        Simple geometry (no tilt) when no PONI file is given; ``beam_x``/``beam_y`` in pixels
+        are also the centre of the radial shift reported without a full geometry.
+    reference_frame : int, optional
+        Frame whose d-spacing (or radius) is the strain reference; default each particle's first.
+    d_ref : float, optional
+        Reference d-spacing in angstrom instead of a reference frame.
+    hkl, crystal_system, c_over_a :
+        Reflection and crystal system for lattice parameters.
+    frame_meta : str, optional
+        CSV/Parquet table of per-frame quantities (voltage, capacity, ...) joined on ``frame``.
+    report : bool
+        Write ``report/index.html``.
+    """
+
+    search_range: float = 5.0
+    memory: int = 3
+    min_length: int = 1
+    split_on_shape_change: bool = True
+    poni: str | None = None
+    distance_mm: float | None = None
+    beam_x: float | None = None
+    beam_y: float | None = None
+    pixel_um: float | None = None
+    wavelength_A: float | None = None
+    reference_frame: int | None = None
+    d_ref: float | None = None
+    hkl: tuple[int, int, int] | None = None
+    crystal_system: str = "cubic"
+    c_over_a: float | None = None
+    frame_meta: str | None = None
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.search_range > 0):
+            raise OptionError(f"--search-range must be > 0 pixels, got {self.search_range}")
+        if self.memory < 0:
+            raise OptionError(f"--memory must be >= 0 frames, got {self.memory}")
+        if self.min_length < 1:
+            raise OptionError(f"--min-length must be >= 1 frames, got {self.min_length}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if d["hkl"] is not None:
+            d["hkl"] = list(d["hkl"])
+        return d
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """One unit of work: a frame range of a file, processed by whichever worker gets it."""
+
+    source: str
+    dataset: str | None
+    start: int
+    stop: int
+    config: FindConfig
+    dark: tuple[str, ...] | None
+    flat: str | None
+    mask: str | None
+    out_file: str
+    strict: bool = False
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` produced: the tables and where they are on disk."""
+
+    run_dir: Path
+    peaks: pd.DataFrame
+    tracks: pd.DataFrame
+    particles: pd.DataFrame
+    frames: pd.DataFrame
+    paths: dict[str, Path] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def frames_skipped(self) -> int:
+        return int((self.frames["status"] != "ok").sum()) if len(self.frames) else 0
+
+    def __repr__(self) -> str:
+        return (
+            f"RunResult({self.run_dir}: {len(self.frames)} frames, {len(self.peaks)} peaks, "
+            f"{int(self.peaks['ok'].sum()) if len(self.peaks) else 0} accepted, "
+            f"{len(self.particles)} particles)"
+        )
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+@lru_cache(maxsize=4)
+def _calibration(dark: tuple[str, ...] | None, flat: str | None, mask: str | None) -> Calibration:
+    return Calibration.from_files(
+        dark=None if dark is None else (dark[0] if len(dark) == 1 else list(dark)),
+        flat=flat, mask=mask,
+    )
+
+
+@lru_cache(maxsize=2)
+def _model(config: FindConfig):
+    return load_localizer_model(config)
+
+
+def _limit_threads() -> None:
+    # One worker process per core: nested BLAS/torch/numba threads would oversubscribe.
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except Exception:  # noqa: BLE001 - torch is optional at this point
+        pass
+
+
+def process_chunk(task: ChunkTask) -> dict:
+    """Process one chunk and write its peak table atomically; return the frame status rows.
+
+    This runs inside worker processes: it opens the file itself, so only the task (a few
+    hundred bytes) travels through the scheduler.
+    """
+    from .io import open_frames
+
+    series = open_frames(task.source, dataset=task.dataset)
+    calib = _calibration(task.dark, task.flat, task.mask)
+    res = find_chunk(
+        series, range(task.start, task.stop), task.config, calib,
+        model=_model(task.config), strict=task.strict,
+    )
+    peaks = res.peaks.copy()
+    peaks.attrs = {}
+    write_table(peaks, task.out_file)
+    frames = res.frames.copy()
+    frames.to_parquet(_frames_file(task.out_file), index=False) if len(frames) else None
+    return {
+        "start": task.start,
+        "stop": task.stop,
+        "file": os.path.relpath(task.out_file, Path(task.out_file).parent.parent),
+        "peaks": int(len(peaks)),
+        "frames": frames.to_dict(orient="records"),
+    }
+
+
+def _frames_file(chunk_file: str | Path) -> Path:
+    p = Path(chunk_file)
+    return p.with_name(p.name.replace("peaks-", "frames-"))
+
+
+# ----------------------------------------------------------------------------- run state
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj)}")
+
+
+def _input_record(path: str | os.PathLike) -> list[dict]:
+    from .io import file_checksum
+
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(q for q in _expand(p) if q.is_file())
+    return [
+        {"path": str(q.resolve()), "size": q.stat().st_size, "sha256": file_checksum(q)}
+        for q in files
+    ]
+
+
+def _expand(p: Path) -> list[Path]:
+    if p.is_dir():
+        return [q for q in p.iterdir() if not q.name.startswith(".")]
+    import glob
+
+    return [Path(q) for q in glob.glob(str(p))]
+
+
+def _model_record(config: FindConfig) -> dict | None:
+    if config.localizer != "braggnn":
+        return None
+    from .io import file_checksum
+
+    if config.model is None:
+        from .braggnn import default_model_path
+
+        path = default_model_path()
+    else:
+        path = Path(config.model)
+    return {"path": str(path), "sha256": file_checksum(path)}
+
+
+def _fingerprint(
+    source: str, dataset: str | None, config: FindConfig, calibration: dict, chunk_size: int,
+    track: TrackConfig,
+) -> dict:
+    """The parameters that decide the chunk files; a resumed run must match them exactly."""
+    return {
+        "input": source,
+        "dataset": dataset,
+        "chunk_size": chunk_size,
+        "find": config.to_dict(),
+        "calibration": calibration,
+        "track": track.to_dict(),
+    }
+
+
+def _prepare_run_dir(
+    out: Path, source: str, fingerprint: dict, *, force: bool, resume: bool | None
+) -> dict | None:
+    """Check the output folder; return the previous run.json to resume from, or None."""
+    src = Path(source).resolve()
+    out_r = out.resolve()
+    # --force deletes the folder: it must never hold (or be) the input.
+    if out_r == src or src.is_relative_to(out_r):
+        raise OptionError(f"{out}: the output folder may not be the input or contain it")
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"{out}: exists and is not a folder")
+    run_json = out / RUN_JSON
+    if not out.exists() or not any(out.iterdir()):
+        return None
+    if force:
+        shutil.rmtree(out)
+        return None
+    if not run_json.exists():
+        raise OptionError(
+            f"{out}: folder exists and is not a braggtrack run; choose another -o or use --force"
+        )
+    try:
+        previous = json.loads(run_json.read_text())
+    except (OSError, ValueError):
+        raise OptionError(f"{run_json}: unreadable run.json; use --force to start over") from None
+    if previous.get("fingerprint") != fingerprint:
+        raise OptionError(
+            f"{out}: holds a run with other input or parameters; use --force to overwrite "
+            "it or choose another -o"
+        )
+    if resume is False:
+        raise OptionError(f"{out}: a run is already there; use --resume to continue or --force")
+    return previous
+
+
+# ----------------------------------------------------------------------------- executors
+
+
+def _execute(tasks: list[ChunkTask], workers: int, scheduler: str | None, on_done) -> None:
+    if not tasks:
+        return
+    if scheduler is None and (workers <= 1 or len(tasks) == 1):
+        for t in tasks:
+            on_done(process_chunk(t))
+        return
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(
+            n_workers=min(workers, len(tasks)), threads_per_worker=1, processes=True,
+            dashboard_address=None, host="127.0.0.1", silence_logs=40,
+        )
+        client = Client(cluster)
+    else:
+        client = Client(scheduler)
+    try:
+        client.run(_limit_threads)
+        futures = client.map(process_chunk, tasks, pure=False)
+        for _fut, result in as_completed(futures, with_results=True):
+            on_done(result)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    config: FindConfig | None = None,
+    track: TrackConfig | None = None,
+    dataset: str | None = None,
+    dark: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    flat: str | os.PathLike | None = None,
+    mask: str | os.PathLike | None = None,
+    chunk_size: int = 16,
+    workers: int = 1,
+    scheduler: str | None = None,
+    force: bool = False,
+    resume: bool | None = None,
+    strict: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+) -> RunResult:
+    """Run the whole pipeline on a frame series and write a run folder.
+
+    read -> preprocess -> detect -> localize (chunks, in parallel) -> link -> geometry or
+    radial shift -> per-frame metadata -> report.
+
+    Parameters
+    ----------
+    source : path
+        Frame series: HDF5/NeXus, TIFF, folder or glob, fabio formats, .npy, frame-cache .npz.
+    out_dir : path
+        Run folder (created).  An existing run with the same parameters is resumed;
+        anything else there is refused unless ``force``.
+    config : FindConfig
+        Options of the find stage.
+    track : TrackConfig
+        Options of linking, geometry, metadata and the report.
+    chunk_size : int
+        Frames per chunk (the unit of work, of parallelism and of resumption).
+    workers : int
+        Worker processes on this machine (``1`` runs in this process).
+    scheduler : str, optional
+        Address of an existing Dask scheduler (``tcp://host:8786``).
+    force : bool
+        Delete whatever is in ``out_dir`` first.
+    resume : bool, optional
+        ``None`` (default) resumes a matching incomplete run; ``False`` refuses to.
+    strict : bool
+        Stop at the first unreadable frame instead of skipping it.
+
+    Returns
+    -------
+    RunResult
+        Tables (peaks, tracks, particles, frames) and the paths written.
+
+    Examples
+    --------
+    >>> import braggtrack as bt                                           # doctest: +SKIP
+    >>> res = bt.run(bt.data.sample(), "myrun", progress=False)           # doctest: +SKIP
+    >>> res.tracks.groupby("particle").size().max()                       # doctest: +SKIP
+    """
+    from .io import open_frames
+
+    config = config or FindConfig()
+    track = track or TrackConfig()
+    if chunk_size < 1:
+        raise OptionError(f"--chunk-size must be >= 1 frames, got {chunk_size}")
+    if workers < 1:
+        raise OptionError(f"--workers must be >= 1, got {workers}")
+    source = str(source)
+    out = Path(out_dir)
+    series = open_frames(source, dataset=dataset)
+    n = len(series)
+    dark_t = None
+    if dark is not None:
+        dark_t = (str(dark),) if isinstance(dark, (str, os.PathLike)) else tuple(map(str, dark))
+    calib_files = {"dark": list(dark_t) if dark_t else None,
+                   "flat": None if flat is None else str(flat),
+                   "mask": None if mask is None else str(mask)}
+    fingerprint = _fingerprint(str(Path(source).resolve()) if Path(source).exists() else source,
+                               dataset, config, calib_files, chunk_size, track)
+    previous = _prepare_run_dir(out, source, fingerprint, force=force, resume=resume)
+    # Fail on a bad dark/mask/model before any chunk is started, not inside a worker.
+    _calibration(dark_t, calib_files["flat"], calib_files["mask"])
+    model_rec = _model_record(config)
+    _model(config)
+
+    (out / CHUNK_DIR).mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    info = {
+        "braggtrack_version": __version__,
+        "command": command or "braggtrack.run(...)",
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "fingerprint": fingerprint,
+        "parameters": {**config.to_dict(), **track.to_dict(), "dataset": dataset,
+                       "chunk_size": chunk_size, "workers": workers, "scheduler": scheduler,
+                       "strict": strict, **calib_files},
+        "inputs": (previous or {}).get("inputs") or _input_record(source),
+        "model": model_rec,
+        "n_frames": n,
+        "frame_shape": list(series.shape),
+        "started": (previous or {}).get("started") or _now(),
+        "resumed": previous is not None,
+        "finished": None,
+        "chunks": [],
+        "skipped_frames": [],
+        "counts": {},
+    }
+    done = {(c["start"], c["stop"]): c for c in (previous or {}).get("chunks", [])
+            if (out / c["file"]).exists()}
+    info["chunks"] = sorted(done.values(), key=lambda c: c["start"])
+    _write_json_atomic(out / RUN_JSON, info)
+
+    tasks = []
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        if (start, stop) in done:
+            continue
+        tasks.append(ChunkTask(
+            source=source, dataset=dataset, start=start, stop=stop, config=config,
+            dark=dark_t, flat=calib_files["flat"], mask=calib_files["mask"],
+            out_file=str(out / CHUNK_DIR / f"peaks-{start:06d}-{stop:06d}.parquet"),
+            strict=strict,
+        ))
+
+    bar = _run_progress(n, sum(c["stop"] - c["start"] for c in done.values()), progress)
+    peaks_so_far = [sum(int(c.get("peaks", 0)) for c in done.values())]
+
+    def on_done(result: dict) -> None:
+        record = {k: result[k] for k in ("start", "stop", "file", "peaks")}
+        info["chunks"] = sorted(
+            [c for c in info["chunks"] if c["start"] != record["start"]] + [record],
+            key=lambda c: c["start"],
+        )
+        _write_json_atomic(out / RUN_JSON, info)
+        peaks_so_far[0] += record["peaks"]
+        bar.update(record["stop"] - record["start"])
+        bar.set_postfix(peaks=peaks_so_far[0])
+
+    try:
+        _execute(tasks, workers, scheduler, on_done)
+    finally:
+        bar.close()
+
+    result = _finish(out, info, config, track, series, started)
+    return result
+
+
+def _run_progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="frame", desc="braggtrack run",
+                disable=not enabled, dynamic_ncols=True)
+
+
+def _gather(out: Path, info: dict, config: FindConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    peaks, frames = [], []
+    for c in info["chunks"]:
+        f = out / c["file"]
+        peaks.append(pd.read_parquet(f))
+        ff = _frames_file(f)
+        if ff.exists():
+            frames.append(pd.read_parquet(ff))
+    peaks_df = pd.concat(peaks, ignore_index=True) if peaks else empty_peak_table(config.localizer)
+    frames_df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        {"frame": [], "status": [], "reason": [], "n_peaks": [], "n_ok": []})
+    return peaks_df, frames_df
+
+
+def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, series,
+            started: float) -> RunResult:
+    peaks, frames = _gather(out, info, config)
+    meta = None
+    if track.frame_meta:
+        from .metadata import join_frame_meta, load_frame_meta
+
+        meta = load_frame_meta(track.frame_meta, n_frames=int(info["n_frames"]))
+        peaks = join_frame_meta(peaks, meta)
+        frames = join_frame_meta(frames, meta)
+    tracks, particles, geometry_info = link_and_measure(peaks, track, tuple(series.shape))
+    paths = {
+        "peaks": write_table(peaks, out / "peaks.parquet"),
+        "frames": write_table(frames, out / "frames.parquet"),
+        "tracks": write_table(tracks, out / "tracks.parquet"),
+        "particles": write_table(particles, out / "particles.parquet"),
+    }
+    skipped = frames[frames["status"] != "ok"] if len(frames) else frames
+    info["skipped_frames"] = [
+        {"frame": int(r.frame), "reason": str(r.reason)} for r in skipped.itertuples()
+    ]
+    info["geometry"] = geometry_info
+    info["frame_meta"] = track.frame_meta
+    info["counts"] = {
+        "frames": int(info["n_frames"]),
+        "frames_skipped": len(info["skipped_frames"]),
+        "peaks": int(len(peaks)),
+        "peaks_ok": int(peaks["ok"].sum()) if len(peaks) else 0,
+        "particles": int(len(particles)),
+    }
+    info["finished"] = _now()
+    info["elapsed_s"] = round(time.time() - started, 3)
+    _write_json_atomic(out / RUN_JSON, info)
+    paths["run_json"] = out / RUN_JSON
+    if track.report:
+        from .report import make_report
+
+        paths["report"] = make_report(out)
+    return RunResult(run_dir=out, peaks=peaks, tracks=tracks, particles=particles,
+                     frames=frames, paths=paths, info=info)
+
+
+def make_geometry(track: TrackConfig):
+    """The detector geometry of ``track`` (PONI file or simple options), or None."""
+    from .geometry import Geometry
+
+    if track.poni:
+        return Geometry.from_poni(track.poni)
+    if track.distance_mm is not None:
+        missing = [n for n in ("beam_x", "beam_y", "pixel_um") if getattr(track, n) is None]
+        if missing:
+            raise OptionError(
+                "a simple geometry needs --distance, --beam-x, --beam-y and --pixel; missing "
+                + ", ".join("--" + m.replace("_um", "").replace("_", "-") for m in missing)
+            )
+        return Geometry.simple(
+            distance_mm=track.distance_mm, beam_x_px=track.beam_x, beam_y_px=track.beam_y,
+            pixel_size_um=track.pixel_um, wavelength_A=track.wavelength_A,
+        )
+    return None
+
+
+def link_and_measure(
+    peaks: pd.DataFrame, track: TrackConfig, frame_shape: tuple[int, int]
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Link accepted peaks into trajectories, then add geometry and strain (or radial shift).
+
+    Returns the tracks table, the particles summary and a description of the geometry used.
+    """
+    from . import track as trk
+
+    ok = peaks[peaks["ok"]].reset_index(drop=True)
+    tracks = trk.link(ok, search_range=track.search_range, memory=track.memory)
+    if track.split_on_shape_change and len(tracks):
+        tracks = trk.split_on_shape_change(tracks)
+    tracks = trk.filter_tracks(tracks, min_length=track.min_length)
+    geometry = make_geometry(track)
+    if geometry is not None:
+        from .geometry import add_geometry, add_strain
+
+        tracks = add_geometry(tracks, geometry)
+        if "d_spacing" in tracks:
+            tracks = add_strain(tracks, reference_frame=track.reference_frame, d_ref=track.d_ref)
+            if track.hkl is not None:
+                from .geometry import add_lattice_parameter
+
+                tracks = add_lattice_parameter(tracks, track.hkl, track.crystal_system,
+                                               c_over_a=track.c_over_a)
+        geometry_info = {"kind": "poni" if track.poni else "simple", **geometry.describe()}
+    else:
+        from .geometry import add_radial_shift
+
+        h, w = frame_shape
+        centre = (track.beam_x if track.beam_x is not None else (w - 1) / 2,
+                  track.beam_y if track.beam_y is not None else (h - 1) / 2)
+        tracks = add_radial_shift(tracks, beam_centre=centre,
+                                  reference_frame=track.reference_frame)
+        geometry_info = {"kind": "none", "beam_centre_px": list(map(float, centre)),
+                         "beam_centre_assumed": track.beam_x is None or track.beam_y is None}
+    return tracks, trk.particles(tracks), geometry_info
