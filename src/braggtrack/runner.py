@@ -619,3 +619,25 @@ def link_and_measure(
         geometry_info = {"kind": "none", "beam_centre_px": list(map(float, centre)),
                          "beam_centre_assumed": track.beam_x is None or track.beam_y is None}
     return tracks, trk.particles(tracks), geometry_info
+
+
+def demo(
+    out_dir: str | os.PathLike = "braggtrack-demo",
+    *,
+    sample: str = "series",
+    force: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Run the whole pipeline on an embedded real sample (what ``make demo`` runs).
+
+    Parameters
+    ----------
+    out_dir : path
+        Run folder to write.
+    sample : str
+        ``"series"`` (100 real HEDM frames, cropped) or ``"laue"`` (one real Laue frame).
+    """
+    from .data import sample as sample_path
+
+    return run(sample_path(sample), out_dir, force=force, progress=progress,
+               command=f"braggtrack demo -o {out_dir} --sample {sample}")

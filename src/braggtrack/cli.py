@@ -1,0 +1,433 @@
+"""The ``braggtrack`` command line: a thin typer layer over the Python API.
+
+Every command calls one API function (named in its help).  Problems with the user's input
+raise :class:`braggtrack.errors.BraggTrackError`; :func:`main` prints them as one line on
+stderr and exits with status 2.  Exit status 3 means the run finished but skipped frames
+that could not be read.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import BraggTrackError
+
+app = typer.Typer(
+    name="braggtrack",
+    help="Find, localize (sub-pixel) and track X-ray Bragg peaks through area-detector frames.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+EXIT_SKIPPED = 3
+
+# ----------------------------------------------------------------------------- shared options
+Input = Annotated[str, typer.Argument(help="Frames: HDF5/NeXus, TIFF (file, folder or glob), "
+                                      "GE/EDF/CBF/MarCCD (fabio), .npy, HEXRD frame-cache .npz.")]
+Dataset = Annotated[str | None, typer.Option(
+    "--dataset", help="HDF5 dataset of the frame stack [default: found automatically].")]
+Bin = Annotated[int, typer.Option("--bin", help="N x N binning (sum) before detection, pixels.")]
+Threshold = Annotated[float | None, typer.Option(
+    "--threshold", help="Counts below which pixels are zeroed [default: median + 5 robust "
+    "sigma of each frame].")]
+MinScore = Annotated[float, typer.Option(
+    "--min-score", help="Minimum persistence score, 0..255 of the frame's intensity range.")]
+MinPersistence = Annotated[float, typer.Option(
+    "--min-persistence", help="Minimum persistence, counts.")]
+Patch = Annotated[int, typer.Option("--patch", help="Odd patch size for localization, pixels.")]
+Localizer = Annotated[str, typer.Option(
+    "--localizer", help="Sub-pixel localizer: braggnn, pvoigt, gauss or centroid.")]
+Edge = Annotated[int, typer.Option(
+    "--edge", help="Minimum distance of a peak from the frame edge or a masked pixel, pixels.")]
+MinDistance = Annotated[float, typer.Option(
+    "--min-distance", help="Of two peaks closer than this, keep the more persistent, pixels.")]
+CentreTol = Annotated[float, typer.Option(
+    "--centre-tolerance", help="Max distance of a patch's brightest pixel from its centre, "
+    "pixels.")]
+MaxPeaks = Annotated[int, typer.Option("--max-peaks", help="Most peaks kept per frame.")]
+Model = Annotated[str | None, typer.Option(
+    "--model", help="Trained BraggNN model file [default: the shipped model].")]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")]
+AutoMask = Annotated[bool, typer.Option(
+    "--auto-mask/--no-auto-mask", help="Mask saturated and hot pixels automatically.")]
+Dark = Annotated[list[str] | None, typer.Option(
+    "--dark", help="Dark frame file; repeat for several (their median is used).")]
+Flat = Annotated[str | None, typer.Option("--flat", help="Flat-field file.")]
+Mask = Annotated[str | None, typer.Option("--mask", help="Pixel mask file (non-zero = bad).")]
+Strict = Annotated[bool, typer.Option(
+    "--strict", help="Stop at the first unreadable frame instead of skipping it.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+ChunkSize = Annotated[int, typer.Option("--chunk-size", help="Frames per chunk of work, frames.")]
+SearchRange = Annotated[float, typer.Option(
+    "--search-range", help="Largest peak displacement between linked frames, pixels.")]
+Memory = Annotated[int, typer.Option(
+    "--memory", help="Frames a peak may vanish for and still be linked, frames.")]
+MinLength = Annotated[int, typer.Option("--min-length", help="Shortest trajectory kept, frames.")]
+
+
+def _find_config(**kw):
+    from .config import FindConfig
+
+    return FindConfig(**kw)
+
+
+def _calibration(dark, flat, mask):
+    from .pipeline import Calibration
+
+    if not (dark or flat or mask):
+        return None
+    return Calibration.from_files(dark=dark[0] if dark and len(dark) == 1 else dark,
+                                  flat=flat, mask=mask)
+
+
+def _command_line() -> str:
+    return " ".join(["braggtrack", *sys.argv[1:]])
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Argument(help="Output NeXus-style HDF5 file.")],
+    frames: Annotated[int, typer.Option("--frames", help="Number of frames.")] = 10,
+    shape: Annotated[tuple[int, int], typer.Option("--shape", help="Frame height and width, "
+                                                    "pixels.")] = (512, 512),
+    peaks: Annotated[int, typer.Option("--peaks", help="Particles (peaks) per frame.")] = 100,
+    messy: Annotated[float, typer.Option("--messy", help="Fraction of messy peaks (broad, "
+                                         "split, streak, weak, overlapping), 0..1.")] = 0.3,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
+) -> None:
+    """Write a simulated frame series with its exact truth table (braggtrack.simulate.simulate_to_file)."""
+    from .errors import OptionError
+    from .simulate import simulate_to_file
+
+    if out.exists() and not force:
+        raise OptionError(f"{out}: exists; use --force to overwrite")
+    path = simulate_to_file(out, frames=frames, shape=tuple(shape), peaks=peaks, messy=messy,
+                            seed=seed)
+    typer.echo(f"wrote {path} ({frames} frames of {shape[0]}x{shape[1]}, truth in /entry/truth)")
+
+
+@app.command()
+def find(
+    input: Input,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Peak table: .parquet, .csv or .h5.")],
+    dataset: Dataset = None,
+    bin: Bin = 1,
+    threshold: Threshold = None,
+    min_score: MinScore = 10.0,
+    min_persistence: MinPersistence = 0.0,
+    patch: Patch = 11,
+    localizer: Localizer = "braggnn",
+    edge: Edge = 2,
+    min_distance: MinDistance = 3.0,
+    centre_tolerance: CentreTol = 2.0,
+    max_peaks: MaxPeaks = 5000,
+    model: Model = None,
+    device: Device = "cpu",
+    auto_mask: AutoMask = True,
+    dark: Dark = None,
+    flat: Flat = None,
+    mask: Mask = None,
+    chunk_size: ChunkSize = 32,
+    strict: Strict = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Find and localize peaks in every frame; write one table (braggtrack.find)."""
+    from .errors import OptionError
+    from .pipeline import find as find_api
+    from .tables import table_format, write_table
+
+    table_format(out)
+    if out.exists() and not force:
+        raise OptionError(f"{out}: exists; use --force to overwrite")
+    config = _find_config(threshold=threshold, min_score=min_score,
+                          min_persistence=min_persistence, bin=bin, patch=patch,
+                          localizer=localizer, edge=edge, min_distance=min_distance,
+                          centre_tolerance=centre_tolerance, max_peaks=max_peaks, model=model,
+                          device=device, auto_mask=auto_mask)
+    peaks = find_api(input, config=config, dataset=dataset,
+                     calibration=_calibration(dark, flat, mask), chunk_size=chunk_size,
+                     strict=strict, progress=not quiet)
+    frames = peaks.attrs.pop("frames", None)
+    write_table(peaks, out)
+    n_ok = int(peaks["ok"].sum()) if len(peaks) else 0
+    skipped = 0 if frames is None or not len(frames) else int((frames["status"] != "ok").sum())
+    typer.echo(f"wrote {out}: {len(peaks)} peaks ({n_ok} accepted)"
+               + (f"; {skipped} frame(s) skipped" if skipped else ""))
+    if skipped:
+        raise typer.Exit(EXIT_SKIPPED)
+
+
+@app.command()
+def track(
+    peaks: Annotated[Path, typer.Argument(help="Peak table from `braggtrack find`.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Tracks table: .parquet, .csv or .h5.")],
+    search_range: SearchRange = 5.0,
+    memory: Memory = 3,
+    min_length: MinLength = 1,
+    particles_out: Annotated[Path | None, typer.Option(
+        "--particles", help="Also write the per-particle summary table here.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
+) -> None:
+    """Link peaks across frames into trajectories (braggtrack.link)."""
+    from .errors import OptionError
+    from .runner import TrackConfig, link_and_measure
+    from .tables import read_table, table_format, write_table
+
+    table_format(out)
+    if out.exists() and not force:
+        raise OptionError(f"{out}: exists; use --force to overwrite")
+    table = read_table(peaks)
+    missing = {"frame", "x", "y", "ok"} - set(table.columns)
+    if missing:
+        raise OptionError(f"{peaks}: not a peak table (missing columns {sorted(missing)})")
+    h = int(table["y_det"].max()) + 1 if len(table) else 1
+    w = int(table["x_det"].max()) + 1 if len(table) else 1
+    tracks, parts, _ = link_and_measure(
+        table, TrackConfig(search_range=search_range, memory=memory, min_length=min_length,
+                           report=False), (h, w))
+    write_table(tracks, out)
+    if particles_out:
+        write_table(parts, particles_out)
+    typer.echo(f"wrote {out}: {tracks['particle'].nunique() if len(tracks) else 0} trajectories")
+
+
+@app.command()
+def run(
+    input: Input,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Run folder to write.")],
+    dataset: Dataset = None,
+    bin: Bin = 1,
+    threshold: Threshold = None,
+    min_score: MinScore = 10.0,
+    min_persistence: MinPersistence = 0.0,
+    patch: Patch = 11,
+    localizer: Localizer = "braggnn",
+    edge: Edge = 2,
+    min_distance: MinDistance = 3.0,
+    centre_tolerance: CentreTol = 2.0,
+    max_peaks: MaxPeaks = 5000,
+    model: Model = None,
+    device: Device = "cpu",
+    auto_mask: AutoMask = True,
+    dark: Dark = None,
+    flat: Flat = None,
+    mask: Mask = None,
+    search_range: SearchRange = 5.0,
+    memory: Memory = 3,
+    min_length: MinLength = 1,
+    poni: Annotated[str | None, typer.Option(
+        "--poni", help="pyFAI PONI file with the detector geometry.")] = None,
+    distance: Annotated[float | None, typer.Option(
+        "--distance", help="Sample-detector distance (simple geometry, no tilt), mm.")] = None,
+    beam_x: Annotated[float | None, typer.Option(
+        "--beam-x", help="Beam centre column, pixels [default: frame centre].")] = None,
+    beam_y: Annotated[float | None, typer.Option(
+        "--beam-y", help="Beam centre row, pixels [default: frame centre].")] = None,
+    pixel: Annotated[float | None, typer.Option("--pixel", help="Pixel size, micrometres.")] = None,
+    wavelength: Annotated[float | None, typer.Option(
+        "--wavelength", help="X-ray wavelength, angstrom.")] = None,
+    reference_frame: Annotated[int | None, typer.Option(
+        "--reference-frame", help="Strain reference frame [default: each particle's first].")] = None,
+    d_ref: Annotated[float | None, typer.Option(
+        "--d-ref", help="Reference d-spacing for strain, angstrom.")] = None,
+    hkl: Annotated[tuple[int, int, int] | None, typer.Option(
+        "--hkl", help="Reflection h k l, for lattice parameters.")] = None,
+    crystal_system: Annotated[str, typer.Option(
+        "--system", help="cubic, tetragonal or hexagonal.")] = "cubic",
+    c_over_a: Annotated[float | None, typer.Option(
+        "--c-over-a", help="Fixed c/a ratio for tetragonal/hexagonal lattice parameters.")] = None,
+    frame_meta: Annotated[str | None, typer.Option(
+        "--frame-meta", help="CSV/Parquet of per-frame quantities with a `frame` column.")] = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write report/index.html.")] = True,
+    chunk_size: ChunkSize = 16,
+    workers: Annotated[int, typer.Option(
+        "--workers", help="Worker processes on this machine [default: all cores].")] = 0,
+    scheduler: Annotated[str | None, typer.Option(
+        "--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://host:8786.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Delete an existing run folder first.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue a previous run (also automatic when the parameters match).")] = False,
+    strict: Strict = False,
+    quiet: Quiet = False,
+) -> None:
+    """Frames to answers: find, localize, link, geometry, report (braggtrack.run)."""
+    import os
+
+    from .runner import TrackConfig
+    from .runner import run as run_api
+
+    config = _find_config(threshold=threshold, min_score=min_score,
+                          min_persistence=min_persistence, bin=bin, patch=patch,
+                          localizer=localizer, edge=edge, min_distance=min_distance,
+                          centre_tolerance=centre_tolerance, max_peaks=max_peaks, model=model,
+                          device=device, auto_mask=auto_mask)
+    track_cfg = TrackConfig(
+        search_range=search_range, memory=memory, min_length=min_length, poni=poni,
+        distance_mm=distance, beam_x=beam_x, beam_y=beam_y, pixel_um=pixel,
+        wavelength_A=wavelength, reference_frame=reference_frame, d_ref=d_ref,
+        hkl=tuple(hkl) if hkl else None, crystal_system=crystal_system, c_over_a=c_over_a,
+        frame_meta=frame_meta, report=report,
+    )
+    result = run_api(
+        input, out, config=config, track=track_cfg, dataset=dataset,
+        dark=dark[0] if dark and len(dark) == 1 else dark, flat=flat, mask=mask,
+        chunk_size=chunk_size, workers=workers or (os.cpu_count() or 1), scheduler=scheduler,
+        force=force, resume=True if resume else None, strict=strict, progress=not quiet,
+        command=_command_line(),
+    )
+    _print_run_summary(result)
+    if result.frames_skipped:
+        raise typer.Exit(EXIT_SKIPPED)
+
+
+def _print_run_summary(result) -> None:
+    c = result.info.get("counts", {})
+    typer.echo(
+        f"{c.get('frames', 0)} frames ({c.get('frames_skipped', 0)} skipped), "
+        f"{c.get('peaks', 0)} peaks ({c.get('peaks_ok', 0)} accepted), "
+        f"{c.get('particles', 0)} particles"
+    )
+    typer.echo(f"results in {result.run_dir}/")
+    for name, path in result.paths.items():
+        typer.echo(f"  {name:10s} {path}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Run folder to write.")] = Path(
+        "braggtrack-demo"),
+    sample: Annotated[str, typer.Option(
+        "--sample", help="Embedded sample: series (real HEDM crop) or laue.")] = "series",
+    force: Annotated[bool, typer.Option("--force", help="Delete an existing run folder first.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Run the whole pipeline on an embedded real sample (braggtrack.runner.demo)."""
+    from .runner import demo as demo_api
+
+    result = demo_api(out, sample=sample, force=force, progress=not quiet)
+    _print_run_summary(result)
+    report = result.paths.get("report")
+    if report:
+        typer.echo(f"open {report} in a browser to see the report")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (or a peak table).")],
+    out: Annotated[Path | None, typer.Option(
+        "-o", "--out", help="Report folder [default: RUN_DIR/report].")] = None,
+) -> None:
+    """Write the self-contained HTML report of a run (braggtrack.make_report)."""
+    from .report import make_report
+
+    path = make_report(run_dir, out)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def compare(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder.")],
+    out: Annotated[Path | None, typer.Option(
+        "-o", "--out", help="Output folder [default: RUN_DIR/compare].")] = None,
+    max_peaks: Annotated[int, typer.Option("--max-peaks", help="Peaks compared at most.")] = 5000,
+) -> None:
+    """Compare the localizers peak by peak on a run's own frames (braggtrack.compare)."""
+    from .compare import compare_localizers, compare_report
+
+    result = compare_localizers(run_dir, max_peaks=max_peaks)
+    path = compare_report(result, out or Path(run_dir) / "compare")
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Argument(
+        help="Training data: 'simulate' (our simulator), a frames HDF5 in BraggNN layout "
+        "(with --peaks), or a frames file with a braggtrack peak table (--peaks).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Model file to write (.safetensors).")],
+    peaks: Annotated[str | None, typer.Option(
+        "--peaks", help="Peaks HDF5 (BraggNN layout) or braggtrack peak table.")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per batch.")] = 512,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    device: Device = "cpu",
+    resume: Annotated[bool, typer.Option("--resume", help="Resume from the last checkpoint.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train a BraggNN model with streamed data and bounded memory (braggtrack.train_model)."""
+    from .train import train_from_cli
+
+    result = train_from_cli(data, out, peaks=peaks, epochs=epochs, batch_size=batch_size, lr=lr,
+                            seed=seed, device=device, resume=resume, progress=not quiet)
+    typer.echo(f"wrote {out}: {result}")
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Argument(help="Output file: .onnx or .pt (TorchScript).")],
+    model: Model = None,
+) -> None:
+    """Export a BraggNN model to ONNX or TorchScript (braggtrack.braggnn.export_model)."""
+    from .braggnn import export_model, load_model
+    from .errors import OptionError
+
+    fmt = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}.get(out.suffix.lower())
+    if fmt is None:
+        raise OptionError(f"{out}: use a .onnx or .pt (TorchScript) file name")
+    export_model(load_model(model), out, format=fmt)
+    typer.echo(f"wrote {out} ({fmt})")
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="Small sizes (seconds, for smoke tests).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Measure speed ratios against baselines in one run on this machine (braggtrack.bench)."""
+    from .bench import run_bench
+
+    table = run_bench(quick=quick)
+    if json_out:
+        typer.echo(table.to_json(orient="records", indent=2))
+    else:
+        typer.echo(table.to_markdown(index=False) if hasattr(table, "to_markdown") else table)
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one line and exit status 2."""
+    try:
+        app(standalone_mode=False)
+    except BraggTrackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted: finished chunks are kept; rerun the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and aborts
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()
