@@ -1,0 +1,101 @@
+"""The command line as a user meets it: help, one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+COMMANDS = ["simulate", "find", "track", "run", "demo", "report", "compare", "train", "export",
+            "bench"]
+
+
+def cli(*args, check=False):
+    return subprocess.run([sys.executable, "-m", "braggtrack.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, check=check)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_shows_every_option_with_defaults(command):
+    res = cli(command, "--help")
+    assert res.returncode == 0
+    assert "Usage" in res.stdout
+    if command in ("find", "run"):
+        for opt in ("--threshold", "--min-score", "--patch", "--localizer", "--bin", "--dataset"):
+            assert opt in res.stdout
+        assert "[default: 11]" in res.stdout
+
+
+def _assert_one_line_error(res, *needles):
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    for n in needles:
+        assert str(n) in lines[0]
+
+
+def _bad_inputs(tmp):
+    missing = tmp / "missing.h5"
+    fake = tmp / "fake.h5"
+    fake.write_bytes(b"this is not hdf5 at all")
+    trunc = tmp / "trunc.h5"
+    with h5py.File(tmp / "good.h5", "w") as f:
+        f.create_dataset("/entry/data/data", data=np.ones((3, 16, 16), np.uint16))
+    trunc.write_bytes((tmp / "good.h5").read_bytes()[:700])
+    no3d = tmp / "no3d.h5"
+    with h5py.File(no3d, "w") as f:
+        f.create_dataset("x", data=np.ones(5))
+    folder = tmp / "mixed"
+    folder.mkdir()
+    import tifffile
+
+    tifffile.imwrite(folder / "a_000.tif", np.ones((8, 8), np.uint16))
+    tifffile.imwrite(folder / "a_001.tif", np.ones((9, 8), np.uint16))
+    empty = tmp / "empty"
+    empty.mkdir()
+    return {"missing": missing, "fake": fake, "trunc": trunc, "no3d": no3d, "mixed": folder,
+            "empty": empty}
+
+
+@pytest.mark.parametrize("case", ["missing", "fake", "trunc", "no3d", "mixed", "empty"])
+def test_bad_input_is_one_line_exit_2(tmp_path, case):
+    path = _bad_inputs(tmp_path)[case]
+    res = cli("find", path, "-o", tmp_path / "p.parquet", "--localizer", "centroid", "-q")
+    _assert_one_line_error(res, path.name)
+
+
+def test_wrong_dataset_names_the_file(tmp_path):
+    path = tmp_path / "good.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=np.ones((3, 16, 16), np.uint16))
+    res = cli("find", path, "-o", tmp_path / "p.parquet", "--dataset", "/nope", "-q")
+    _assert_one_line_error(res, "good.h5", "/nope")
+
+
+@pytest.mark.parametrize("opts,needle", [
+    (["--threshold", "-1"], "--threshold"),
+    (["--patch", "10"], "--patch"),
+    (["--localizer", "magic"], "--localizer"),
+    (["--bin", "0"], "--bin"),
+])
+def test_nonsense_options_are_one_line_exit_2(tmp_path, opts, needle):
+    path = tmp_path / "good.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=np.ones((2, 16, 16), np.uint16))
+    res = cli("find", path, "-o", tmp_path / "p.parquet", *opts, "-q")
+    _assert_one_line_error(res, needle)
+
+
+def test_find_refuses_to_overwrite_without_force(tmp_path):
+    path = tmp_path / "good.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=np.ones((2, 16, 16), np.uint16))
+    out = tmp_path / "p.parquet"
+    out.write_bytes(b"precious")
+    res = cli("find", path, "-o", out, "-q")
+    _assert_one_line_error(res, "--force")
+    assert out.read_bytes() == b"precious"

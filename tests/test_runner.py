@@ -1,0 +1,95 @@
+"""The run folder: outputs, resumption after SIGKILL, refusal to overwrite, workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from braggtrack.config import FindConfig
+from braggtrack.errors import OptionError
+from braggtrack.runner import TrackConfig, run
+
+FAST = FindConfig(localizer="gauss")
+NOREPORT = TrackConfig(report=False)
+
+
+def _tables(run_dir):
+    return {n: pd.read_parquet(run_dir / f"{n}.parquet") for n in ("peaks", "tracks", "particles")}
+
+
+def test_run_writes_tables_and_run_json(drifting_series, tmp_path):
+    path, truth = drifting_series
+    res = run(path, tmp_path / "r", config=FAST, track=NOREPORT, chunk_size=5, progress=False)
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert info["counts"]["frames"] == 12 and info["counts"]["frames_skipped"] == 0
+    assert info["inputs"][0]["sha256"] and info["inputs"][0]["size"] > 0
+    assert [c["start"] for c in info["chunks"]] == [0, 5, 10]
+    assert info["parameters"]["localizer"] == "gauss" and info["finished"]
+    assert res.particles.shape[0] == 6
+    assert (res.tracks.groupby("particle").size() == 12).all()
+    assert "radial_shift" in res.tracks
+
+
+def test_existing_run_is_never_overwritten_without_force(drifting_series, tmp_path):
+    path, _ = drifting_series
+    out = tmp_path / "r"
+    run(path, out, config=FAST, track=NOREPORT, progress=False)
+    with pytest.raises(OptionError, match="--force"):
+        run(path, out, config=FAST.replace(patch=9), track=NOREPORT, progress=False)
+    res = run(path, out, config=FAST.replace(patch=9), track=NOREPORT, progress=False, force=True)
+    assert res.info["parameters"]["patch"] == 9
+
+
+def test_output_may_not_be_or_contain_the_input(drifting_series):
+    path, _ = drifting_series
+    with pytest.raises(OptionError, match="may not be the input"):
+        run(path, path.parent, config=FAST, track=NOREPORT, progress=False, force=True)
+    assert path.exists()
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "braggtrack.cli", *map(str, args)]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_rerun_gives_identical_tables(drifting_series, tmp_path):
+    path, _ = drifting_series
+    args = ["run", path, "--localizer", "gauss", "--chunk-size", "1", "--no-report", "--quiet",
+            "--workers", "1"]
+    ref = tmp_path / "ref"
+    subprocess.run(_cli(*args, "-o", ref), check=True, capture_output=True)
+    out = tmp_path / "killed"
+    rng = np.random.default_rng(0)
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen(_cli(*args, "-o", out), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(float(rng.uniform(1.5, 4.0)))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    final = subprocess.run(_cli(*args, "-o", out), capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr
+    assert kills >= 1
+    a, b = _tables(ref), _tables(out)
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name])
+
+
+@pytest.mark.slow
+def test_two_dask_workers_give_the_serial_result(drifting_series, tmp_path):
+    path, _ = drifting_series
+    serial = run(path, tmp_path / "s", config=FAST, track=NOREPORT, chunk_size=3, progress=False)
+    par = run(path, tmp_path / "p", config=FAST, track=NOREPORT, chunk_size=3, workers=2,
+              progress=False)
+    for name in ("peaks", "tracks", "particles"):
+        pd.testing.assert_frame_equal(getattr(serial, name), getattr(par, name))
