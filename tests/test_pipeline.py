@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import render_frame
 
 from braggtrack.errors import FrameReadError
 from braggtrack.pipeline import PEAK_COLUMNS, find, find_peaks
+from conftest import render_frame
 
 
 def _match(table, peaks):
