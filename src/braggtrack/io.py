@@ -1,0 +1,1252 @@
+"""Read series of area-detector frames, lazily, from the formats beamlines write.
+
+:func:`open_frames` turns a path (HDF5/NeXus file, TIFF file, folder or glob of
+single-frame files, GE/EDF/CBF/MarCCD/... file, ``.npy`` stack, HEXRD frame-cache
+``.npz``) or an in-memory array into a :class:`FrameSeries`: a sequence of 2-D frames
+that reads one frame from disk when it is indexed, so that a series of any size is
+processed with a few frames in memory.
+
+The format libraries do the decoding: h5py (+ hdf5plugin for bitshuffle, LZ4, Blosc,
+... filters), tifffile, fabio and numpy.  What is hand-written here is only what they
+do not provide: locating the frame stack in an HDF5 file, the HEXRD frame-cache
+layout (a documented sparse ``.npz`` that has no reader outside HEXRD), the safety
+checks on HDF5 links, and the translation of every library's exceptions into
+one-line :class:`~braggtrack.errors.InputFileError` messages that name the file.
+
+Dtypes: frames keep their stored dtype, except ``int8`` and ``float16`` (converted to
+``float32``, which numba kernels and numpy reductions handle without overflow or
+precision surprises) and ``bool`` (converted to ``uint8``, for masks).  Complex,
+string and structured data are refused.  NaN and inf pixels are returned as stored;
+:mod:`braggtrack.preprocess` masks them.
+
+Safety (paths in input files never lead outside what the user named): an HDF5 external
+link, external-storage dataset or virtual dataset is only followed when its target file
+lies inside the directory of the file the user named (or below it); otherwise
+:func:`open_frames` raises :class:`~braggtrack.errors.InputFileError`.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import hashlib
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import FrameReadError, InputFileError
+
+__all__ = [
+    "FrameSeries",
+    "open_frames",
+    "as_series",
+    "load_image",
+    "file_checksum",
+    "HDF5_SUFFIXES",
+    "TIFF_SUFFIXES",
+    "FABIO_SUFFIXES",
+    "MAX_FRAME_PIXELS",
+]
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".nexus", ".cxi", ".he5")
+TIFF_SUFFIXES = (".tif", ".tiff")
+FABIO_SUFFIXES = (
+    ".edf", ".cbf", ".mccd", ".mar3450", ".mar2300", ".img", ".sfrm", ".ge", ".ge1", ".ge2",
+    ".ge3", ".ge4", ".ge5", ".gesum", ".sum", ".avg", ".raw", ".kcd", ".pnm", ".xsm",
+    ".spr", ".esperanto", ".mrc", ".gfrm", ".eiger",
+)
+#: Suffixes that make a file part of a folder or glob series (one frame per file).
+FOLDER_SUFFIXES = TIFF_SUFFIXES + FABIO_SUFFIXES + (".npy",)
+
+#: Frames with more pixels than this are refused: a corrupt header claiming a huge frame
+#: must not make the reader allocate (and zero-fill) tens of gigabytes.
+MAX_FRAME_PIXELS = 1 << 28
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK"
+_NEXUS_PATHS = ("/entry/data/data", "/entry/instrument/detector/data")
+_GLOB_CHARS = set("*?[")
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    msg = text[0] if text else ""
+    name = type(exc).__name__
+    return f"{name}: {msg}" if msg else name
+
+
+def _output_dtype(dtype: np.dtype, where: object) -> np.dtype:
+    """Dtype that frames of stored dtype ``dtype`` are returned in (see module docs)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return np.dtype(np.uint8)
+    if dtype.kind == "c":
+        raise InputFileError(where, f"complex data ({dtype}) is not detector counts")
+    if dtype.kind not in "iuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise InputFileError(where, f"non-numeric data ({dtype}) cannot be read as frames")
+    if dtype == np.int8 or dtype == np.float16 or dtype.itemsize > 8:
+        return np.dtype(np.float32)
+    return dtype.newbyteorder("=")
+
+
+def _check_frame_shape(shape: tuple[int, ...], where: object) -> tuple[int, int]:
+    if len(shape) != 2:
+        raise InputFileError(where, f"frames must be 2-D, got shape {tuple(shape)}")
+    h, w = (int(s) for s in shape)
+    if h == 0 or w == 0:
+        raise InputFileError(where, f"zero-sized frames (shape {h} x {w})")
+    if h * w > MAX_FRAME_PIXELS:
+        raise InputFileError(where, f"implausible frame size {h} x {w} (corrupt header?)")
+    return h, w
+
+
+def _stack_shape(shape: tuple[int, ...], where: object, what: str) -> tuple[int, int, int]:
+    """(n, H, W) of a 2-D frame or 3-D stack, or a one-line error."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 2:
+        n, fs = 1, shape
+    elif len(shape) == 3:
+        n, fs = shape[0], shape[1:]
+    else:
+        raise InputFileError(
+            where, f"{what} is {len(shape)}-D (shape {shape}); need a 2-D frame or a 3-D stack"
+        )
+    if n == 0:
+        raise InputFileError(where, f"{what} holds no frames (shape {shape})")
+    h, w = _check_frame_shape(fs, where)
+    return n, h, w
+
+
+def _natural_key(path: Path) -> list:
+    parts = re.split(r"(\d+)", str(path))
+    return [int(p) if p.isdigit() else p.lower() for p in parts]
+
+
+def _read_magic(path: Path, n: int = 8) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError as exc:
+        raise InputFileError(path, f"cannot be read ({_first_line(exc)})") from None
+
+
+def _inside(target: Path, root: Path) -> bool:
+    try:
+        target.resolve().relative_to(root.resolve())
+    except (ValueError, OSError, RuntimeError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------
+# backends: each knows its frame count, frame shape, stored dtype and reads frame i
+# --------------------------------------------------------------------------------------
+
+
+class _Backend:
+    """One storage layout.  Subclasses open their handle lazily and drop it when pickled."""
+
+    path: Path | None = None
+    n: int
+    shape: tuple[int, int]
+    stored_dtype: np.dtype
+    source: str
+    frame_names: list[str] | None = None
+    files: list[Path]
+    meta: dict
+
+    def read(self, i: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def read_range(self, start: int, stop: int) -> np.ndarray | None:
+        """Contiguous block of frames in one call, or None when not faster than one by one."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_handle"] = None
+        return state
+
+
+class _ArrayBackend(_Backend):
+    def __init__(self, array: np.ndarray, name: str = "<in-memory array>") -> None:
+        array = np.asarray(array)
+        _output_dtype(array.dtype, name)
+        n, h, w = _stack_shape(array.shape, name, "array")
+        self._array = array.reshape(n, h, w)
+        self.n, self.shape, self.stored_dtype = n, (h, w), array.dtype
+        self.source = f"in-memory array ({n} x {h} x {w} {array.dtype})"
+        self.files = []
+        self.meta = {}
+        self.name = name
+
+    def read(self, i: int) -> np.ndarray:
+        return np.array(self._array[i])
+
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        return np.array(self._array[start:stop])
+
+
+class _NpyBackend(_Backend):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = None
+        arr = self._open()
+        _output_dtype(arr.dtype, path)
+        self.n, h, w = _stack_shape(arr.shape, path, "the array")
+        self.shape, self.stored_dtype = (h, w), arr.dtype
+        self.source = f"npy {path} ({self.n} x {h} x {w} {arr.dtype}, memory-mapped)"
+        self.files = [path]
+        self.meta = {}
+
+    def _open(self) -> np.ndarray:
+        if self._handle is None:
+            try:
+                arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            except Exception as exc:  # numpy raises ValueError/OSError/EOFError/... on bad files
+                raise InputFileError(self.path, f"not a readable .npy file ({_first_line(exc)})") from None
+            if not isinstance(arr, np.ndarray):
+                raise InputFileError(self.path, "not a .npy array file")
+            self._handle = arr.reshape((1, *arr.shape)) if arr.ndim == 2 else arr
+        return self._handle
+
+    def read(self, i: int) -> np.ndarray:
+        return np.array(self._open()[i])
+
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        return np.array(self._open()[start:stop])
+
+    def close(self) -> None:
+        self._handle = None
+
+
+class _FrameCacheBackend(_Backend):
+    """HEXRD frame-cache ``.npz``: keys shape, nframes, dtype, and {i}_row/{i}_col/{i}_data."""
+
+    def __init__(self, path: Path, key: str | None = None) -> None:
+        self.path = path
+        self._handle = None
+        self.key = key
+        z = self._open()
+        files = set(z.files)
+        self.files = [path]
+        self.meta = {}
+        if key is None and {"shape", "nframes"} <= files:
+            self.kind = "framecache"
+            try:
+                shape = tuple(int(s) for s in np.asarray(z["shape"]).ravel())
+                n = int(np.asarray(z["nframes"]).ravel()[0])
+                dt = z["dtype"] if "dtype" in files else np.array("float32")
+                dt = np.asarray(dt).ravel()[0]
+                dt = np.dtype(dt.decode() if isinstance(dt, bytes) else str(dt))
+            except InputFileError:
+                raise
+            except Exception as exc:
+                raise InputFileError(path, f"bad frame-cache header ({_first_line(exc)})") from None
+            _output_dtype(dt, path)
+            self.n, h, w = _stack_shape((n, *shape), path, "the frame cache")
+            missing = [
+                f"{i}_{k}" for i in range(self.n) for k in ("row", "col", "data")
+                if f"{i}_{k}" not in files
+            ]
+            if missing:
+                raise InputFileError(
+                    path, f"frame cache of {self.n} frames lacks {len(missing)} keys (first: {missing[0]})"
+                )
+            self.shape, self.stored_dtype = (h, w), dt
+            if "omega" in files:
+                try:
+                    omega = np.asarray(z["omega"], dtype=np.float64)
+                    if omega.shape[:1] == (self.n,):
+                        self.meta["omega"] = omega
+                except Exception:  # optional metadata: a bad omega table is ignored
+                    pass
+            self.source = f"HEXRD frame-cache npz {path} ({self.n} x {h} x {w} {dt}, sparse)"
+        else:
+            # An ordinary .npz: one array (or the one named by ``dataset=``) is the stack.
+            arrays = sorted(files)
+            if key is None:
+                if len(arrays) != 1:
+                    raise InputFileError(
+                        path,
+                        "not a frame-cache .npz and holds several arrays "
+                        f"({', '.join(arrays[:10])}); name one with dataset=",
+                    )
+                key = arrays[0]
+            if key not in files:
+                raise InputFileError(
+                    path, f"no array {key!r}; arrays here: {', '.join(arrays[:10]) or 'none'}"
+                )
+            self.kind = "array"
+            self.key = key
+            try:
+                arr = z[key]
+            except Exception as exc:
+                raise InputFileError(path, f"array {key!r} unreadable ({_first_line(exc)})") from None
+            _output_dtype(arr.dtype, path)
+            self.n, h, w = _stack_shape(arr.shape, path, f"array {key!r}")
+            self.shape, self.stored_dtype = (h, w), arr.dtype
+            self._array = arr.reshape(self.n, h, w)
+            self.source = f"npz {path}:{key} ({self.n} x {h} x {w} {arr.dtype})"
+
+    def _open(self):
+        if self._handle is None:
+            try:
+                self._handle = np.load(self.path, allow_pickle=False)
+            except Exception as exc:
+                raise InputFileError(self.path, f"not a readable .npz file ({_first_line(exc)})") from None
+            if not hasattr(self._handle, "files"):
+                raise InputFileError(self.path, "not an .npz archive")
+        return self._handle
+
+    def read(self, i: int) -> np.ndarray:
+        if self.kind == "array":
+            return np.array(self._array[i])
+        z = self._open()
+        try:
+            row = np.asarray(z[f"{i}_row"]).ravel()
+            col = np.asarray(z[f"{i}_col"]).ravel()
+            data = np.asarray(z[f"{i}_data"]).ravel()
+        except Exception as exc:
+            raise FrameReadError(self.path, i, f"sparse arrays unreadable ({_first_line(exc)})") from None
+        if not (row.size == col.size == data.size):
+            raise FrameReadError(self.path, i, "row, col and data arrays differ in length")
+        if row.size and (row.dtype.kind not in "iu" or col.dtype.kind not in "iu"):
+            raise FrameReadError(self.path, i, "row/col indices are not integers")
+        h, w = self.shape
+        if row.size and (row.min() < 0 or row.max() >= h or col.min() < 0 or col.max() >= w):
+            raise FrameReadError(self.path, i, f"pixel indices outside the {h} x {w} frame")
+        if data.dtype.kind not in "iufb":
+            raise FrameReadError(self.path, i, f"data of dtype {data.dtype} is not numeric")
+        img = np.zeros(self.shape, dtype=self.stored_dtype)
+        img[row, col] = data
+        return img
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        self._handle = None
+
+
+class _TiffBackend(_Backend):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = None
+        tif = self._open()
+        try:
+            series = tif.series[0]
+            page = series.pages[0] if len(series.pages) else tif.pages[0]
+            page_shape = tuple(page.shape)
+            dtype = np.dtype(page.dtype)
+            spp = int(getattr(page, "samplesperpixel", 1))
+            n_pages = len(series.pages)
+        except Exception as exc:
+            self.close()
+            raise InputFileError(path, f"not a readable TIFF file ({_first_line(exc)})") from None
+        if spp > 1:
+            raise InputFileError(path, f"colour TIFF ({spp} samples per pixel), not detector counts")
+        _output_dtype(dtype, path)
+        h, w = _check_frame_shape(page_shape, path)
+        if n_pages == 0:
+            raise InputFileError(path, "TIFF holds no frames")
+        self.n, self.shape, self.stored_dtype = n_pages, (h, w), dtype
+        self.source = f"TIFF {path} ({self.n} x {h} x {w} {dtype})"
+        self.files = [path]
+        self.meta = {}
+
+    def _open(self):
+        if self._handle is None:
+            import tifffile
+
+            try:
+                self._handle = tifffile.TiffFile(self.path)
+            except Exception as exc:
+                raise InputFileError(self.path, f"not a readable TIFF file ({_first_line(exc)})") from None
+        return self._handle
+
+    def read(self, i: int) -> np.ndarray:
+        try:
+            arr = self._open().asarray(key=i, series=0)
+        except InputFileError as exc:
+            raise FrameReadError(self.path, i, exc.problem) from None
+        except Exception as exc:
+            raise FrameReadError(self.path, i, _first_line(exc)) from None
+        arr = np.asarray(arr)
+        if arr.shape != self.shape:
+            arr = arr.reshape(-1, *self.shape)[0] if arr.size % (self.shape[0] * self.shape[1]) == 0 and arr.size else arr
+        if arr.shape != self.shape:
+            raise FrameReadError(self.path, i, f"page shape {arr.shape} differs from {self.shape}")
+        return arr
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        self._handle = None
+
+
+def _fabio_open(path: Path):
+    import fabio
+
+    try:
+        img = fabio.open(str(path))
+    except Exception as exc:
+        raise InputFileError(path, f"not a readable detector image ({_first_line(exc)})") from None
+    if img is None or getattr(img, "data", None) is None:
+        raise InputFileError(path, "not a readable detector image (no data)")
+    return img
+
+
+class _FabioBackend(_Backend):
+    """GE, EDF, CBF, MarCCD, ... through fabio; multi-frame files via fabio's getframe."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = None
+        img = self._open()
+        try:
+            n = int(getattr(img, "nframes", 1) or 1)
+            data = np.asarray(img.data)
+        except Exception as exc:
+            raise InputFileError(path, f"not a readable detector image ({_first_line(exc)})") from None
+        _output_dtype(data.dtype, path)
+        h, w = _check_frame_shape(data.shape, path)
+        self.n, self.shape, self.stored_dtype = n, (h, w), data.dtype
+        self.format = type(img).__name__
+        self.source = f"{self.format} (fabio) {path} ({n} x {h} x {w} {data.dtype})"
+        self.files = [path]
+        self.meta = {}
+
+    def _open(self):
+        if self._handle is None:
+            self._handle = _fabio_open(self.path)
+        return self._handle
+
+    def read(self, i: int) -> np.ndarray:
+        try:
+            img = self._open()
+            if i == 0 or self.n == 1:
+                # fabio.open already decoded frame 0; reopen if another frame replaced it
+                if getattr(img, "currentframe", 0) not in (0, None):
+                    self._handle = None
+                    img = self._open()
+                arr = np.asarray(img.data)
+            else:
+                arr = np.asarray(img.getframe(i).data)
+        except InputFileError as exc:
+            raise FrameReadError(self.path, i, exc.problem) from None
+        except Exception as exc:
+            raise FrameReadError(self.path, i, _first_line(exc)) from None
+        if arr.shape != self.shape:
+            raise FrameReadError(self.path, i, f"frame shape {arr.shape} differs from {self.shape}")
+        return arr.copy()
+
+    def close(self) -> None:
+        self._handle = None
+
+
+def _read_single(path: Path) -> np.ndarray:
+    """The one frame of a single-frame file (folder series)."""
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        backend: _Backend = _TiffBackend(path)
+    elif suffix == ".npy":
+        backend = _NpyBackend(path)
+    else:
+        backend = _FabioBackend(path)
+    try:
+        if backend.n != 1:
+            raise InputFileError(
+                path, f"holds {backend.n} frames; a folder series takes one frame per file"
+            )
+        return backend.read(0)
+    finally:
+        backend.close()
+
+
+class _FilesBackend(_Backend):
+    """One frame per file: a folder, a glob pattern or an explicit list of files."""
+
+    def __init__(self, files: list[Path], described: str, where: Path | str) -> None:
+        self.path = Path(where) if not isinstance(where, Path) else where
+        if not files:
+            raise InputFileError(where, "no frame files found")
+        self.files = list(files)
+        self.n = len(files)
+        first = _read_single(files[0])
+        _output_dtype(first.dtype, files[0])
+        self.shape = _check_frame_shape(first.shape, files[0])
+        self.stored_dtype = first.dtype
+        self.meta = {}
+        try:
+            common = Path(os.path.commonpath([str(f.parent) for f in files]))
+            self.frame_names = [str(f.relative_to(common)) for f in files]
+        except ValueError:
+            self.frame_names = [str(f) for f in files]
+        h, w = self.shape
+        self.source = f"{described} ({self.n} files, {h} x {w} {first.dtype})"
+
+    def read(self, i: int) -> np.ndarray:
+        path = self.files[i]
+        try:
+            arr = _read_single(path)
+        except FrameReadError as exc:
+            raise FrameReadError(path, i, exc.problem.split(": ", 1)[-1]) from None
+        except InputFileError as exc:
+            raise FrameReadError(path, i, exc.problem) from None
+        if arr.shape != self.shape:
+            raise FrameReadError(
+                path, i, f"shape {arr.shape[0]} x {arr.shape[1]} differs from the series' "
+                f"{self.shape[0]} x {self.shape[1]} (first file {self.files[0].name})"
+                if arr.ndim == 2 else f"shape {arr.shape} differs from {self.shape}",
+            )
+        return arr
+
+
+# ---------------------------------------------------------------- HDF5
+
+
+def _h5_describe(item) -> str:
+    name, ds = item
+    return f"{name} ({' x '.join(str(s) for s in ds.shape)} {ds.dtype})"
+
+
+class _H5Backend(_Backend):
+    def __init__(self, path: Path, dataset: str | None) -> None:
+        import h5py
+
+        self.path = path
+        self._root = path.resolve().parent
+        self._handle = None
+        self.meta = {}
+        self.files = [path]
+        f = self._open()
+        try:
+            if dataset is not None:
+                name = dataset if dataset.startswith("/") else "/" + dataset
+                ds = self._get_dataset(f, name)
+                if ds is None:
+                    listing = ", ".join(_h5_describe(d) for d in self._walk(f, limit=12)[0][:10])
+                    raise InputFileError(
+                        path, f"no dataset {name!r}; datasets here: {listing or 'none'}"
+                    )
+                what = f"dataset {name}"
+            else:
+                ds = None
+                for name in _NEXUS_PATHS:
+                    ds = self._get_dataset(f, name)
+                    if isinstance(ds, h5py.Dataset) and ds.ndim in (2, 3):
+                        break
+                    ds = None
+                if ds is None:
+                    found, refused = self._walk(f)
+                    cube = [(n, d) for n, d in found if d.ndim == 3 and min(d.shape) > 0]
+                    if not cube:
+                        listing = ", ".join(_h5_describe(d) for d in found[:10])
+                        extra = f"; refused links: {'; '.join(refused[:3])}" if refused else ""
+                        raise InputFileError(
+                            path,
+                            f"no 3-D dataset (frame stack) found; datasets here: "
+                            f"{listing or 'none'}{extra}; name one with dataset=",
+                        )
+                    name, ds = max(cube, key=lambda item: int(np.prod(item[1].shape, dtype=np.int64)))
+                what = f"dataset {name}"
+            if not isinstance(ds, h5py.Dataset):
+                raise InputFileError(path, f"{what} is a group, not a dataset")
+            self._check_storage(ds, name)
+            self._check_filters(ds, name)
+            _output_dtype(ds.dtype, path)
+            self.n, h, w = _stack_shape(ds.shape, path, what)
+            self.shape, self.stored_dtype = (h, w), np.dtype(ds.dtype)
+            self.name = name
+            self.ndim = ds.ndim
+            comp = ds.compression if ds.compression in ("gzip", "lzf", "szip") else ""
+            if not comp:
+                try:
+                    plist = ds.id.get_create_plist()
+                    comp = ",".join(
+                        plist.get_filter(k)[3].decode(errors="replace").split(";")[0].strip()
+                        for k in range(plist.get_nfilters())
+                    )
+                except Exception:
+                    comp = ""
+            comp = f", {comp}" if comp else ""
+            self.source = f"HDF5 {path}:{name} ({self.n} x {h} x {w} {ds.dtype}{comp})"
+        except InputFileError:
+            self.close()
+            raise
+        except Exception as exc:  # h5py raises OSError/KeyError/RuntimeError/... on damaged files
+            self.close()
+            raise InputFileError(path, f"HDF5 file unreadable (truncated or corrupt?) ({_first_line(exc)})") from None
+        self._ds = None
+
+    # -- opening and safety
+
+    def _open(self):
+        if self._handle is None:
+            import h5py
+            import hdf5plugin  # noqa: F401  (registers bitshuffle, LZ4, Blosc, ... filters)
+
+            try:
+                self._handle = h5py.File(self.path, "r", locking=False)
+            except Exception as exc:
+                raise InputFileError(
+                    self.path, f"not a readable HDF5 file (truncated or corrupt?) ({_first_line(exc)})"
+                ) from None
+        return self._handle
+
+    def _link_target_ok(self, link) -> tuple[bool, str]:
+        target = Path(link.filename)
+        if not target.is_absolute():
+            target = self._root / target
+        ok = _inside(target, self._root)
+        return ok, f"{link.filename}:{link.path}"
+
+    def _get_dataset(self, f, name: str):
+        """Follow ``name`` link by link, refusing external links that leave the folder."""
+        import h5py
+
+        obj = f
+        for part in [p for p in name.split("/") if p]:
+            if not isinstance(obj, h5py.Group):
+                return None
+            try:
+                link = obj.get(part, getlink=True)
+            except Exception:
+                return None
+            if link is None:
+                return None
+            if isinstance(link, h5py.ExternalLink):
+                ok, desc = self._link_target_ok(link)
+                if not ok:
+                    raise InputFileError(
+                        self.path,
+                        f"external link {obj.name.rstrip('/')}/{part} -> {desc} points outside "
+                        f"{self._root}; refused",
+                    )
+            try:
+                nxt = self._open_child(obj, part)
+            except Exception as exc:
+                if isinstance(link, h5py.ExternalLink):
+                    raise InputFileError(
+                        self.path, f"external link {part} cannot be followed ({_first_line(exc)})"
+                    ) from None
+                return None
+            if nxt is None:
+                return None
+            if isinstance(link, h5py.ExternalLink) and not _inside(Path(nxt.file.filename), self._root):
+                raise InputFileError(
+                    self.path, f"external link {part} resolved outside {self._root}; refused"
+                )
+            obj = nxt
+        return obj if obj is not f else None
+
+    def _walk(self, f, limit: int = 10000) -> tuple[list, list[str]]:
+        """Datasets reachable by hard links and safe external links (cycle-proof)."""
+        import h5py
+
+        found: list = []
+        refused: list[str] = []
+        seen: set = set()
+        stack = [(f, "")]
+        while stack and len(found) < limit:
+            group, prefix = stack.pop()
+            try:
+                key = (group.file.filename, h5py.h5o.get_info(group.id).addr)
+            except Exception:
+                continue
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                names = list(group.keys())
+            except Exception:
+                continue
+            for name in names:
+                try:
+                    link = group.get(name, getlink=True)
+                except Exception:
+                    continue
+                if isinstance(link, h5py.SoftLink):
+                    continue
+                if isinstance(link, h5py.ExternalLink):
+                    ok, desc = self._link_target_ok(link)
+                    if not ok:
+                        refused.append(f"{prefix}/{name} -> {desc}")
+                        continue
+                try:
+                    obj = self._open_child(group, name)
+                except Exception:
+                    continue
+                if obj is None:
+                    continue
+                if isinstance(link, h5py.ExternalLink) and not _inside(
+                    Path(obj.file.filename), self._root
+                ):
+                    refused.append(f"{prefix}/{name}")
+                    continue
+                if isinstance(obj, h5py.Group):
+                    stack.append((obj, f"{prefix}/{name}"))
+                elif isinstance(obj, h5py.Dataset):
+                    try:
+                        if obj.dtype.kind in "iufb" and obj.ndim >= 1:
+                            found.append((f"{prefix}/{name}", obj))
+                    except Exception:
+                        continue
+        found.sort(key=lambda item: item[0])
+        return found, refused
+
+    def _check_storage(self, ds, name: str) -> None:
+        """External-storage and virtual datasets may only read files inside the folder."""
+        external = ds.external
+        if external:
+            for entry in external:
+                ext = entry[0]
+                ext = ext.decode(errors="replace") if isinstance(ext, bytes) else str(ext)
+                target = Path(ext)
+                if not target.is_absolute():
+                    target = self._root / target
+                if not _inside(target, self._root):
+                    raise InputFileError(
+                        self.path,
+                        f"dataset {name} stores its data in external file {ext}, outside "
+                        f"{self._root}; refused",
+                    )
+        if ds.is_virtual:
+            for vs in ds.virtual_sources():
+                src = vs.file_name
+                if src == ".":
+                    continue
+                target = Path(src)
+                if not target.is_absolute():
+                    target = self._root / target
+                if not _inside(target.parent if "%" in target.name else target, self._root):
+                    raise InputFileError(
+                        self.path,
+                        f"virtual dataset {name} maps file {src}, outside {self._root}; refused",
+                    )
+
+    def _check_filters(self, ds, name: str) -> None:
+        import h5py
+
+        try:
+            plist = ds.id.get_create_plist()
+            for k in range(plist.get_nfilters()):
+                code, _flags, _vals, fname = plist.get_filter(k)
+                if not h5py.h5z.filter_avail(code):
+                    raise InputFileError(
+                        self.path,
+                        f"dataset {name} uses compression filter {code} "
+                        f"({fname.decode(errors='replace')}) that is not available",
+                    )
+        except InputFileError:
+            raise
+        except Exception:  # filter introspection is advisory; reading reports real problems
+            return
+
+    def _open_child(self, group, name: str):
+        """``group[name]``, opening datasets with this reader's dataset-access prefixes.
+
+        Relative external-storage and virtual-source file names must resolve against the
+        named file's folder (not the working directory), matching the safety checks.
+        HDF5 refuses to reopen a dataset with a different prefix, so every dataset this
+        module opens gets the same one.
+        """
+        import h5py
+
+        cls = group.get(name, getclass=True)
+        if cls is not h5py.Dataset:
+            return group.get(name)
+        dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+        prefix = (str(self._root) + os.sep).encode()
+        dapl.set_efile_prefix(prefix)
+        dapl.set_virtual_prefix(prefix)
+        return h5py.Dataset(h5py.h5d.open(group.id, name.encode(), dapl=dapl))
+
+    def _dataset(self):
+        if self._ds is None:
+            ds = self._get_dataset(self._open(), self.name)
+            if ds is None:
+                raise InputFileError(self.path, f"dataset {self.name} disappeared")
+            self._ds = ds
+        return self._ds
+
+    def read(self, i: int) -> np.ndarray:
+        try:
+            ds = self._dataset()
+            arr = ds[()] if self.ndim == 2 else ds[i]
+        except InputFileError as exc:
+            raise FrameReadError(self.path, i, exc.problem) from None
+        except Exception as exc:
+            raise FrameReadError(self.path, i, _first_line(exc)) from None
+        return np.asarray(arr)
+
+    def read_range(self, start: int, stop: int) -> np.ndarray | None:
+        if self.ndim == 2:
+            return None
+        try:
+            return np.asarray(self._dataset()[start:stop])
+        except Exception:
+            return None  # fall back to frame by frame, which names the bad frame
+
+    def close(self) -> None:
+        self._ds = None
+        if self._handle is not None:
+            try:
+                self._handle.close()
+            except Exception:
+                pass
+        self._handle = None
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_ds"] = None
+        return state
+
+
+# --------------------------------------------------------------------------------------
+# the series
+# --------------------------------------------------------------------------------------
+
+
+class FrameSeries(Sequence):
+    """A lazy, sliceable sequence of 2-D frames.
+
+    Indexing reads from disk: ``series[i]`` is a new 2-D array, ``series[a:b]`` and
+    ``series[[i, j, ...]]`` are new 3-D arrays ``(n, H, W)``.  Nothing but the open file
+    handle (and the format library's own small caches) is kept between reads.  A frame
+    that cannot be read raises :class:`~braggtrack.errors.FrameReadError` (with the file
+    and index) so that a caller can skip it; iteration stops at such a frame, so callers
+    that want to skip bad frames index ``series[i]`` in a loop instead.
+
+    Series are picklable (file handles are reopened on first use), so they can be sent
+    to worker processes.
+
+    Attributes
+    ----------
+    path : pathlib.Path or None
+        What the user named (file, folder or glob pattern); ``None`` for arrays.
+    shape : tuple of int
+        Frame shape ``(H, W)``.
+    dtype : numpy.dtype
+        Dtype of the returned frames (see the module notes on conversions).
+    source : str
+        Human-readable description: format, file, dataset, size, dtype.
+    frame_names : list of str or None
+        For folder/glob series, the file of each frame (relative to their common folder).
+    files : list of pathlib.Path
+        Files the series reads (for checksums in run records).
+    meta : dict
+        Per-series metadata found in the file (e.g. ``omega`` of a frame cache).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> series = as_series(np.zeros((3, 4, 5), dtype=np.uint16))
+    >>> len(series), series.shape, series[1].shape, series[0:2].shape
+    (3, (4, 5), (4, 5), (2, 4, 5))
+    """
+
+    def __init__(self, backend: _Backend, path: Path | None = None) -> None:
+        self._backend = backend
+        self.path = path
+        self.dtype = _output_dtype(backend.stored_dtype, path or "<array>")
+
+    # -- description
+
+    def __len__(self) -> int:
+        return self._backend.n
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._backend.shape
+
+    @property
+    def source(self) -> str:
+        return self._backend.source
+
+    @property
+    def frame_names(self) -> list[str] | None:
+        return self._backend.frame_names
+
+    @property
+    def files(self) -> list[Path]:
+        return list(self._backend.files)
+
+    @property
+    def meta(self) -> dict:
+        return self._backend.meta
+
+    def __repr__(self) -> str:
+        return f"FrameSeries({self.source})"
+
+    # -- reading
+
+    def _convert(self, arr: np.ndarray) -> np.ndarray:
+        if arr.dtype != self.dtype:
+            arr = arr.astype(self.dtype)
+        return arr
+
+    def _index(self, i: Any) -> int:
+        try:
+            i = int(i)
+        except (TypeError, ValueError):
+            raise TypeError(f"frame index must be an integer, got {i!r}") from None
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"frame {i} out of range for a series of {n} frames")
+        return i
+
+    def read(self, i: int) -> np.ndarray:
+        """Frame ``i`` as a new 2-D array (same as ``series[i]``)."""
+        i = self._index(i)
+        arr = self._backend.read(i)
+        if arr.shape != self.shape:
+            raise FrameReadError(self.path or "<array>", i, f"frame shape {arr.shape} differs from {self.shape}")
+        return self._convert(arr)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step == 1 and stop > start:
+                block = self._backend.read_range(start, stop)
+                if block is not None and block.shape[1:] == self.shape:
+                    return self._convert(block)
+            indices = list(range(start, stop, step))
+        elif isinstance(key, (list, tuple, np.ndarray)):
+            arr = np.asarray(key)
+            if arr.dtype == bool:
+                if arr.shape != (len(self),):
+                    raise IndexError("boolean frame selection must have one entry per frame")
+                arr = np.flatnonzero(arr)
+            indices = [int(k) for k in arr.ravel()]
+        else:
+            return self.read(key)
+        out = np.empty((len(indices), *self.shape), dtype=self.dtype)
+        for k, i in enumerate(indices):
+            out[k] = self.read(i)
+        return out
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self.read(i)
+
+    def close(self) -> None:
+        """Close the underlying file (it is reopened if the series is read again)."""
+        self._backend.close()
+
+    def __enter__(self) -> FrameSeries:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def as_series(array: np.ndarray | FrameSeries, name: str = "<in-memory array>") -> FrameSeries:
+    """Wrap an in-memory 2-D frame or 3-D stack ``(n, H, W)`` as a :class:`FrameSeries`.
+
+    Parameters
+    ----------
+    array : ndarray or FrameSeries
+        A 2-D frame (a one-frame series) or a 3-D stack; a FrameSeries is returned as is.
+    name : str
+        Name used in error messages.
+
+    Returns
+    -------
+    FrameSeries
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> len(as_series(np.ones((8, 8))))
+    1
+    """
+    if isinstance(array, FrameSeries):
+        return array
+    return FrameSeries(_ArrayBackend(array, name), None)
+
+
+def _sniff(path: Path) -> str:
+    """Format of a file from its suffix, checked against its first bytes."""
+    suffix = path.suffix.lower()
+    magic = _read_magic(path)
+    if not magic:
+        raise InputFileError(path, "empty file")
+    is_h5 = magic.startswith(_HDF5_MAGIC)
+    if suffix in HDF5_SUFFIXES:
+        if not is_h5:
+            # HDF5 allows a user block: the signature may sit at 512, 1024, ... bytes
+            if not _hdf5_signature_later(path):
+                raise InputFileError(path, "not an HDF5 file (no HDF5 signature)")
+        return "hdf5"
+    if suffix in TIFF_SUFFIXES:
+        if not magic.startswith(_TIFF_MAGICS):
+            raise InputFileError(path, "not a TIFF file (no TIFF signature)")
+        return "tiff"
+    if suffix == ".npy":
+        if not magic.startswith(_NPY_MAGIC):
+            raise InputFileError(path, "not a .npy file (no NumPy signature)")
+        return "npy"
+    if suffix == ".npz":
+        if not magic.startswith(_ZIP_MAGIC):
+            raise InputFileError(path, "not an .npz file (not a zip archive)")
+        return "npz"
+    if suffix in FABIO_SUFFIXES:
+        return "fabio"
+    if is_h5:
+        return "hdf5"
+    if magic.startswith(_TIFF_MAGICS):
+        return "tiff"
+    if magic.startswith(_NPY_MAGIC):
+        return "npy"
+    return "fabio"
+
+
+def _hdf5_signature_later(path: Path) -> bool:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            off = 512
+            while off + 8 <= size and off <= 1 << 20:
+                fh.seek(off)
+                if fh.read(8) == _HDF5_MAGIC:
+                    return True
+                off *= 2
+    except OSError:
+        return False
+    return False
+
+
+def _files_in_folder(folder: Path) -> list[Path]:
+    try:
+        entries = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    except OSError as exc:
+        raise InputFileError(folder, f"folder cannot be listed ({_first_line(exc)})") from None
+    frames = [p for p in entries if p.suffix.lower() in FOLDER_SUFFIXES]
+    if not frames:
+        raise InputFileError(folder, "folder holds no frame files (.tif, .edf, .cbf, ...)")
+    kinds: dict[str, int] = {}
+    for p in frames:
+        kinds[p.suffix.lower()] = kinds.get(p.suffix.lower(), 0) + 1
+    if len(kinds) > 1:
+        listing = ", ".join(f"{v} {k}" for k, v in sorted(kinds.items()))
+        raise InputFileError(folder, f"folder mixes frame formats ({listing}); name a glob pattern")
+    return sorted(frames, key=_natural_key)
+
+
+def open_frames(
+    path: str | os.PathLike | np.ndarray | FrameSeries | Sequence[str | os.PathLike],
+    dataset: str | None = None,
+) -> FrameSeries:
+    """Open a series of detector frames for lazy reading.
+
+    Parameters
+    ----------
+    path : str, path-like, ndarray, FrameSeries or list of paths
+        - HDF5/NeXus file (``.h5``, ``.hdf5``, ``.nxs``, ...): the frame stack is
+          ``dataset`` if given, else ``/entry/data/data``, else
+          ``/entry/instrument/detector/data``, else the largest 3-D dataset.  A 2-D
+          dataset is a one-frame series.  Compressed data (gzip, bitshuffle, LZ4, Blosc,
+          ... via hdf5plugin) is decompressed per frame.
+        - TIFF file, single- or multi-page (each page a frame).
+        - A file fabio reads: GE ``.ge2``/``.ge3``/``.ge5`` (all frames), EDF, CBF,
+          MarCCD, ...
+        - ``.npy`` (2-D or 3-D, memory-mapped) or ``.npz`` (HEXRD frame cache, read one
+          sparse frame at a time; or an archive holding one stack, or ``dataset=`` key).
+        - A folder or glob pattern of single-frame files (natural sort: ``img2`` before
+          ``img10``), or a list of such files, one frame per file.
+        - A 2-D or 3-D ndarray, or a FrameSeries (returned as is).
+    dataset : str, optional
+        HDF5 dataset path (or ``.npz`` key) of the frame stack.
+
+    Returns
+    -------
+    FrameSeries
+
+    Raises
+    ------
+    InputFileError
+        One line naming the file: missing, not the format its suffix claims, truncated,
+        no frame stack, unsafe HDF5 link, non-numeric or empty data.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "stack.npy"
+    >>> np.save(p, np.arange(24, dtype=np.uint16).reshape(2, 3, 4))
+    >>> series = open_frames(p)
+    >>> len(series), series.shape, int(series[1][0, 0])
+    (2, (3, 4), 12)
+    """
+    if isinstance(path, FrameSeries):
+        return path
+    if isinstance(path, np.ndarray):
+        return as_series(path)
+    if isinstance(path, (list, tuple)):
+        files = [Path(p) for p in path]
+        if not files:
+            raise InputFileError("<file list>", "empty list of frame files")
+        for f in files:
+            if not f.is_file():
+                raise InputFileError(f, "file not found")
+        return FrameSeries(_FilesBackend(files, "file list", files[0].parent), files[0].parent)
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputFileError(repr(path)[:80], "not a path, array or frame series")
+
+    p = Path(os.fspath(path)).expanduser()
+    text = os.fspath(path)
+    if not p.exists() and _GLOB_CHARS & set(text):
+        files = sorted(
+            (Path(f) for f in _glob.glob(os.path.expanduser(text)) if Path(f).is_file()),
+            key=_natural_key,
+        )
+        if not files:
+            raise InputFileError(text, "glob pattern matches no files")
+        return FrameSeries(_FilesBackend(files, f"glob {text}", text), Path(text))
+    if not p.exists():
+        raise InputFileError(p, "file not found")
+    if p.is_dir():
+        if dataset is not None:
+            raise InputFileError(p, "dataset= applies to HDF5/npz files, not folders")
+        return FrameSeries(_FilesBackend(_files_in_folder(p), f"folder {p}", p), p)
+    if not p.is_file():
+        raise InputFileError(p, "not a regular file")
+
+    kind = _sniff(p)
+    if dataset is not None and kind not in ("hdf5", "npz"):
+        raise InputFileError(p, f"dataset= applies to HDF5/npz files, not {kind} files")
+    if kind == "hdf5":
+        backend: _Backend = _H5Backend(p, dataset)
+    elif kind == "tiff":
+        backend = _TiffBackend(p)
+    elif kind == "npy":
+        backend = _NpyBackend(p)
+    elif kind == "npz":
+        backend = _FrameCacheBackend(p, dataset)
+    else:
+        backend = _FabioBackend(p)
+    return FrameSeries(backend, p)
+
+
+def load_image(
+    path: str | os.PathLike | np.ndarray,
+    *,
+    dataset: str | None = None,
+    reduce: str = "first",
+) -> np.ndarray:
+    """Read one 2-D image (dark, flat, mask) from any supported file.
+
+    Parameters
+    ----------
+    path : str, path-like or ndarray
+        File in any format :func:`open_frames` reads; an HDF5 file holding only 2-D
+        datasets uses the largest one.  A 2-D array is returned as is.
+    dataset : str, optional
+        HDF5 dataset path.
+    reduce : {"first", "median", "mean"}
+        For a multi-frame file: the first frame, or the per-pixel median/mean of all
+        frames (all frames are held in memory for the median).
+
+    Returns
+    -------
+    ndarray
+        2-D array; dtype as :class:`FrameSeries` returns it (``float32`` for median/mean).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "dark.npy"
+    >>> np.save(p, np.stack([np.full((2, 2), 1.0), np.full((2, 2), 3.0)]))
+    >>> load_image(p, reduce="median").tolist()
+    [[2.0, 2.0], [2.0, 2.0]]
+    """
+    from .errors import OptionError
+
+    if reduce not in ("first", "median", "mean"):
+        raise OptionError(f"reduce must be 'first', 'median' or 'mean', got {reduce!r}")
+    if isinstance(path, np.ndarray) and path.ndim == 2:
+        series = as_series(path)
+    else:
+        try:
+            series = open_frames(path, dataset=dataset)
+        except InputFileError as exc:
+            if "no 3-D dataset" not in exc.problem:
+                raise
+            series = _largest_2d_h5(Path(os.fspath(path)))
+    with series:
+        if reduce == "first" or len(series) == 1:
+            img = series[0]
+            return img if reduce == "first" else img.astype(np.float32)
+        stack = np.empty((len(series), *series.shape), dtype=np.float32)
+        for i in range(len(series)):
+            stack[i] = series[i]
+        return (np.median(stack, axis=0) if reduce == "median" else stack.mean(axis=0)).astype(
+            np.float32
+        )
+
+
+def _largest_2d_h5(path: Path) -> FrameSeries:
+    backend = _H5Backend.__new__(_H5Backend)
+    backend.path, backend._root, backend._handle = path, path.resolve().parent, None
+    f = backend._open()
+    try:
+        found, _ = backend._walk(f)
+        flat = [(n, d) for n, d in found if d.ndim == 2 and min(d.shape) > 0]
+        if not flat:
+            listing = ", ".join(_h5_describe(d) for d in found[:10])
+            raise InputFileError(path, f"no 2-D or 3-D image dataset; datasets here: {listing or 'none'}")
+        name = max(flat, key=lambda item: item[1].size)[0]
+    finally:
+        backend.close()
+    return FrameSeries(_H5Backend(path, name), path)
+
+
+def file_checksum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """SHA-256 of a file, read in chunks (constant memory).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A regular file.
+    chunk_size : int
+        Bytes read at a time.
+
+    Returns
+    -------
+    str
+        Hexadecimal digest.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.bin"
+    >>> _ = p.write_bytes(b"abc")
+    >>> file_checksum(p)[:16]
+    'ba7816bf8f01cfea'
+    """
+    p = Path(os.fspath(path))
+    if not p.is_file():
+        raise InputFileError(p, "file not found" if not p.exists() else "not a regular file")
+    digest = hashlib.sha256()
+    try:
+        with open(p, "rb") as fh:
+            while block := fh.read(chunk_size):
+                digest.update(block)
+    except OSError as exc:
+        raise InputFileError(p, f"cannot be read ({_first_line(exc)})") from None
+    return digest.hexdigest()
