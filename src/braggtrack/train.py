@@ -1,0 +1,868 @@
+"""Train a BraggNN localizer with bounded memory, from simulated or measured peaks.
+
+Three kinds of training data (``source`` of :func:`train_model`):
+
+* :class:`SimulatorSource` -- patches drawn on the fly from
+  :func:`braggtrack.simulate.simulate_patches` (a fresh, seeded set every epoch; labels
+  are the exact truth).  This is how the shipped model is trained.
+* :class:`PeakTableSource` -- a braggtrack peak table (``frame, x, y``, e.g. pseudo-Voigt
+  fits) plus the frames file it came from, read through :func:`braggtrack.io.open_frames`.
+* :class:`BraggNNLayoutSource` -- the original BraggNN layout: a frames HDF5 (dataset
+  ``frames``, N x H x W) and a peaks HDF5 (``peak_fidx``, ``peak_row``, ``peak_col``).
+  Row/column are read in braggtrack's convention (centre of pixel 0 is 0.0).
+
+Frames are never loaded whole: :class:`PatchStream` (a torch ``IterableDataset``) reads
+``chunk_frames`` consecutive frames at a time, cuts the patches of the peaks on those
+frames and passes them through a shuffle buffer of ``buffer_size`` patches, so resident
+memory is bounded by ``chunk_frames * H * W + buffer_size * N * N`` whatever the data
+set's size.  The validation split is by frame (whole frames held out), so neighbouring
+peaks of one frame never leak between training and validation.
+
+Patches are cut two pixels larger than the model's N so that the integer-shift
+augmentation is an exact crop (no padding), followed by flips/transposes (labels
+transformed with them) and added noise.  Training is seeded and deterministic on CPU:
+every random draw of epoch ``e`` comes from ``numpy.random.default_rng([seed, e])``, so
+a run resumed from a checkpoint continues exactly as an uninterrupted one.
+
+The loss is a mean-squared error for the first ``warmup_epochs`` and then a beta
+negative log-likelihood (Seitzer et al. 2022, beta = 0.5) that also trains the
+log-variance head.  The training loop is written here rather than with a framework
+(Lightning, ignite) to keep the dependency list to torch alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import IterableDataset
+
+from .braggnn import BraggNN, BraggNNConfig, normalize_patches, resolve_device, save_model
+from .errors import InputFileError, ModelError, OptionError
+
+__all__ = [
+    "SimulatorSource",
+    "PeakTableSource",
+    "BraggNNLayoutSource",
+    "PatchStream",
+    "SimulatedStream",
+    "TrainResult",
+    "train_model",
+    "augment_batch",
+]
+
+#: Extra pixels cut on each side of a training patch so integer shifts are exact crops.
+MARGIN = 1
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class SimulatorSource:
+    """Patches from :func:`braggtrack.simulate.simulate_patches`, new ones every epoch.
+
+    Parameters
+    ----------
+    n_train : int
+        Training patches per epoch.
+    n_val : int
+        Validation patches (one fixed set, drawn from a seed distinct from training).
+    kinds : tuple of str, optional
+        Peak kinds to draw (``None``: the simulator's default mix).
+    chunk : int
+        Patches simulated at a time (bounds memory).
+    simulate : callable, optional
+        Replacement for ``simulate_patches(n, patch, kinds, seed)`` (tests).
+    """
+
+    n_train: int = 65536
+    n_val: int = 4096
+    kinds: tuple[str, ...] | None = None
+    chunk: int = 4096
+    simulate: Callable | None = None
+
+
+@dataclass(frozen=True)
+class PeakTableSource:
+    """A peak table (``frame, x, y`` columns; ``ok`` respected if present) + its frames file."""
+
+    frames: str | os.PathLike
+    peaks: str | os.PathLike | pd.DataFrame
+    dataset: str | None = None
+    chunk_frames: int = 16
+
+
+@dataclass(frozen=True)
+class BraggNNLayoutSource:
+    """The original BraggNN layout: frames HDF5 + peaks HDF5.
+
+    ``frames`` holds dataset ``frames_dataset`` (N x H x W); ``peaks`` holds ``peak_fidx``
+    (frame index), ``peak_row`` and ``peak_col`` (sub-pixel centre, pixel centre = integer).
+    """
+
+    frames: str | os.PathLike
+    peaks: str | os.PathLike
+    frames_dataset: str = "frames"
+    chunk_frames: int = 16
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :func:`train_model`.
+
+    ``history`` has one row per epoch: epoch, train_loss, val_loss, val_median_px,
+    val_p90_px, val_mean_px, seconds.  ``model_path`` holds the best epoch's weights.
+    """
+
+    model_path: Path
+    config_path: Path
+    epochs_run: int
+    best_epoch: int
+    val_median_px: float
+    val_p90_px: float
+    stopped_early: bool
+    history: pd.DataFrame
+    config: BraggNNConfig
+
+
+# ---------------------------------------------------------------------- frame access
+
+
+class _H5Frames:
+    """Chunked reads of an HDF5 frame stack with a small chunk cache; counts what it reads."""
+
+    def __init__(self, path: Path, dataset: str) -> None:
+        import h5py
+
+        try:
+            import hdf5plugin  # noqa: F401  (registers compression filters)
+        except ImportError:  # pragma: no cover - optional at run time
+            pass
+        self.path = path
+        try:
+            # A 4 MiB chunk cache: h5py's default would otherwise grow with the data set.
+            self._file = h5py.File(path, "r", rdcc_nbytes=4 << 20)
+        except OSError as exc:
+            raise InputFileError(path, f"not a readable HDF5 file ({exc})") from None
+        if dataset not in self._file:
+            self._file.close()
+            raise InputFileError(path, f"no dataset {dataset!r} (BraggNN layout needs N x H x W frames)")
+        self._data = self._file[dataset]
+        if self._data.ndim != 3:
+            self._file.close()
+            raise InputFileError(path, f"dataset {dataset!r} has shape {self._data.shape}, expected N x H x W")
+        self.n_frames, self.height, self.width = (int(v) for v in self._data.shape)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        try:
+            return np.asarray(self._data[start:stop], dtype=np.float32)
+        except (OSError, ValueError) as exc:
+            raise InputFileError(self.path, f"cannot read frames {start}..{stop - 1} ({exc})") from None
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _SeriesFrames:
+    """Chunked reads through :func:`braggtrack.io.open_frames`."""
+
+    def __init__(self, path: Path, dataset: str | None) -> None:
+        from .io import open_frames
+
+        self.path = path
+        self._series = open_frames(path, dataset=dataset)
+        self.n_frames = len(self._series)
+        self.height, self.width = (int(v) for v in self._series.shape)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self._series[start:stop], dtype=np.float32)
+
+    def close(self) -> None:
+        close = getattr(self._series, "close", None)
+        if close is not None:
+            close()
+
+
+def _read_braggnn_peaks(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("peak_fidx", "peak_row", "peak_col") if k not in f]
+            if missing:
+                raise InputFileError(path, f"missing BraggNN peak datasets {missing}")
+            frame = np.asarray(f["peak_fidx"][()], dtype=np.int64).ravel()
+            row = np.asarray(f["peak_row"][()], dtype=np.float64).ravel()
+            col = np.asarray(f["peak_col"][()], dtype=np.float64).ravel()
+    except OSError as exc:
+        raise InputFileError(path, f"not a readable HDF5 file ({exc})") from None
+    if not (len(frame) == len(row) == len(col)):
+        raise InputFileError(path, "peak_fidx, peak_row and peak_col differ in length")
+    return frame, row, col
+
+
+def _read_table_peaks(peaks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from .tables import read_table
+
+    table = peaks if isinstance(peaks, pd.DataFrame) else read_table(peaks)
+    name = "peak table" if isinstance(peaks, pd.DataFrame) else peaks
+    missing = [c for c in ("frame", "x", "y") if c not in table.columns]
+    if missing:
+        raise InputFileError(name, f"peak table lacks columns {missing}")
+    if "ok" in table.columns:
+        table = table[table["ok"].astype(bool)]
+    frame = table["frame"].to_numpy(dtype=np.int64)
+    return frame, table["y"].to_numpy(dtype=np.float64), table["x"].to_numpy(dtype=np.float64)
+
+
+def _open_frame_source(source):
+    """Return (reader, frame, row, col) for the two file-based sources."""
+    if isinstance(source, BraggNNLayoutSource):
+        peaks_path = Path(source.peaks)
+        if not peaks_path.is_file():
+            raise InputFileError(peaks_path, "no such file")
+        frames_path = Path(source.frames)
+        if not frames_path.is_file():
+            raise InputFileError(frames_path, "no such file")
+        frame, row, col = _read_braggnn_peaks(peaks_path)
+        reader = _H5Frames(frames_path, source.frames_dataset)
+    else:
+        frames_path = Path(source.frames)
+        if not frames_path.exists():
+            raise InputFileError(frames_path, "no such file")
+        frame, row, col = _read_table_peaks(source.peaks)
+        reader = _SeriesFrames(frames_path, source.dataset)
+    ok = np.isfinite(row) & np.isfinite(col) & (frame >= 0) & (frame < reader.n_frames)
+    return reader, frame[ok], row[ok], col[ok]
+
+
+# ------------------------------------------------------------------------- datasets
+
+
+class PatchStream(IterableDataset):
+    """Stream ``(raw_patch, xy)`` pairs cut on the fly from frames read in chunks.
+
+    ``raw_patch`` is ``(M, M)`` float32 with ``M = patch + 2 * margin``; ``xy`` the
+    peak centre (x = column, y = row) in that patch's pixel coordinates.  Peaks whose
+    patch would leave the frame are skipped.
+
+    Memory is bounded: at most ``chunk_frames`` frames and ``buffer_size`` patches are
+    held at once.  ``frames_read``, ``max_frames_held`` and ``max_buffer_held`` record
+    what the last iteration did (tests check the bound with them).
+
+    Parameters
+    ----------
+    reader : object
+        Has ``read(start, stop) -> (k, H, W)``, ``n_frames``, ``height``, ``width``.
+    frame, row, col : ndarray
+        Peak frame index and sub-pixel centre (row = y, col = x).
+    patch : int
+        Model patch size N.
+    frames : ndarray of int
+        Frame indices this stream uses (its split).
+    seed : int
+        With :attr:`epoch`, seeds the chunk order and buffer shuffle.
+    shuffle : bool
+        Shuffle chunk order and patches (training); off for validation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> class Frames:
+    ...     n_frames, height, width = 4, 32, 32
+    ...     def read(self, a, b):
+    ...         return np.random.default_rng(a).random((b - a, 32, 32), dtype=np.float32)
+    >>> stream = PatchStream(Frames(), np.array([0, 3]), np.array([10.2, 16.0]),
+    ...                      np.array([12.0, 9.7]), patch=11, frames=np.arange(4))
+    >>> [p.shape for p, xy in stream]
+    [(13, 13), (13, 13)]
+    """
+
+    def __init__(
+        self,
+        reader,
+        frame: np.ndarray,
+        row: np.ndarray,
+        col: np.ndarray,
+        *,
+        patch: int,
+        frames: np.ndarray,
+        margin: int = MARGIN,
+        chunk_frames: int = 16,
+        buffer_size: int = 8192,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        super().__init__()
+        self.reader = reader
+        self.patch = int(patch)
+        self.margin = int(margin)
+        self.chunk_frames = max(int(chunk_frames), 1)
+        self.buffer_size = max(int(buffer_size), 1)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.epoch = 0
+        half = self.patch // 2 + self.margin
+        r0 = np.rint(row).astype(np.int64)
+        c0 = np.rint(col).astype(np.int64)
+        inside = (r0 - half >= 0) & (c0 - half >= 0) & (r0 + half < reader.height) & (
+            c0 + half < reader.width
+        )
+        keep = inside & np.isin(frame, frames)
+        order = np.argsort(frame[keep], kind="stable")
+        self.frame = frame[keep][order]
+        self.row = row[keep][order]
+        self.col = col[keep][order]
+        self.r0 = r0[keep][order]
+        self.c0 = c0[keep][order]
+        self.frames_read = 0
+        self.max_frames_held = 0
+        self.max_buffer_held = 0
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def _chunks(self) -> list[tuple[int, int]]:
+        """Runs of at most chunk_frames consecutive frames that hold peaks of this split."""
+        used = np.unique(self.frame)
+        chunks: list[tuple[int, int]] = []
+        i = 0
+        while i < len(used):
+            start = int(used[i])
+            stop = start + self.chunk_frames
+            j = int(np.searchsorted(used, stop))
+            chunks.append((start, min(stop, int(used[j - 1]) + 1)))
+            i = j
+        return chunks
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        rng = np.random.default_rng([self.seed, self.epoch, 1])
+        chunks = self._chunks()
+        if self.shuffle:
+            chunks = [chunks[k] for k in rng.permutation(len(chunks))]
+        self.frames_read = self.max_frames_held = self.max_buffer_held = 0
+        half = self.patch // 2 + self.margin
+        size = 2 * half + 1
+        buffer: list[tuple[np.ndarray, np.ndarray]] = []
+        for start, stop in chunks:
+            block = self.reader.read(start, stop)
+            self.frames_read += stop - start
+            self.max_frames_held = max(self.max_frames_held, len(block))
+            a, b = np.searchsorted(self.frame, [start, stop])
+            for k in range(a, b):
+                r, c = self.r0[k] - half, self.c0[k] - half
+                raw = np.array(block[self.frame[k] - start, r:r + size, c:c + size], dtype=np.float32)
+                xy = np.array([self.col[k] - c, self.row[k] - r], dtype=np.float32)
+                if not self.shuffle:
+                    yield raw, xy
+                    continue
+                buffer.append((raw, xy))
+                self.max_buffer_held = max(self.max_buffer_held, len(buffer))
+                if len(buffer) >= self.buffer_size:
+                    j = int(rng.integers(len(buffer)))
+                    buffer[j], buffer[-1] = buffer[-1], buffer[j]
+                    yield buffer.pop()
+            del block
+        if self.shuffle:
+            for j in rng.permutation(len(buffer)):
+                yield buffer[j]
+
+
+class SimulatedStream(IterableDataset):
+    """Stream ``(raw_patch, xy)`` pairs from the simulator, ``chunk`` patches at a time.
+
+    Epoch ``e`` draws ``n`` patches with seeds derived from ``(seed, e)``; the patches are
+    ``patch + 2 * margin`` wide and ``xy`` is the exact truth in their pixel coordinates.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        patch: int,
+        kinds=None,
+        seed: int = 0,
+        chunk: int = 4096,
+        margin: int = MARGIN,
+        simulate: Callable | None = None,
+    ) -> None:
+        super().__init__()
+        self.n = int(n)
+        self.patch = int(patch)
+        self.kinds = kinds
+        self.seed = int(seed)
+        self.chunk = max(int(chunk), 1)
+        self.margin = int(margin)
+        self.simulate = simulate
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _simulate(self):
+        if self.simulate is not None:
+            return self.simulate
+        from .simulate import simulate_patches
+
+        return simulate_patches
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        simulate = self._simulate()
+        size = self.patch + 2 * self.margin
+        done = 0
+        part = 0
+        while done < self.n:
+            k = min(self.chunk, self.n - done)
+            # One integer seed per (seed, epoch, part): chunks never repeat across epochs.
+            sub = int(np.random.default_rng([self.seed, self.epoch, part, 7]).integers(2**31 - 1))
+            patches, truth = simulate(k, patch=size, kinds=self.kinds, seed=sub)
+            xy = np.stack([truth["x"].to_numpy(), truth["y"].to_numpy()], axis=1).astype(np.float32)
+            yield from zip(np.asarray(patches, dtype=np.float32), xy, strict=True)
+            done += k
+            part += 1
+
+
+def _batches(stream, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    raws: list[np.ndarray] = []
+    xys: list[np.ndarray] = []
+    for raw, xy in stream:
+        raws.append(raw)
+        xys.append(xy)
+        if len(raws) == batch_size:
+            yield np.stack(raws), np.stack(xys)
+            raws, xys = [], []
+    if raws:
+        yield np.stack(raws), np.stack(xys)
+
+
+# ---------------------------------------------------------------------- augmentation
+
+
+def augment_batch(
+    raw: np.ndarray,
+    xy: np.ndarray,
+    patch: int,
+    rng: np.random.Generator | None,
+    *,
+    noise: float = 0.03,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop, flip/transpose and add noise; return normalized patches and (dx, dy) targets.
+
+    ``raw`` is ``(n, M, M)`` with ``M = patch + 2 * margin`` and ``xy`` the centre in its
+    coordinates.  With ``rng=None`` the central crop is taken and nothing else changes
+    (validation).  Otherwise each patch gets a random integer shift of up to ``margin``
+    pixels (an exact crop), a random flip/transpose from the 8 symmetries of the square
+    and, for half of them, Gaussian noise of up to ``noise`` times the patch's range.
+    Labels follow every transform.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> raw = np.zeros((1, 13, 13), np.float32); raw[0, 7, 5] = 1   # x=5, y=7
+    >>> normed, d = augment_batch(raw, np.array([[5.0, 7.0]]), 11, None)
+    >>> d.tolist()   # offset from the centre of the 11 x 11 crop
+    [[-1.0, 1.0]]
+    """
+    n, size, _ = raw.shape
+    margin = (size - patch) // 2
+    c = (patch - 1) / 2
+    if rng is None:
+        ox = oy = np.full(n, margin)
+    else:
+        ox = rng.integers(0, 2 * margin + 1, n)
+        oy = rng.integers(0, 2 * margin + 1, n)
+    idx = np.arange(patch)
+    rows = (oy[:, None] + idx)[:, :, None]
+    cols = (ox[:, None] + idx)[:, None, :]
+    p = raw[np.arange(n)[:, None, None], rows, cols].astype(np.float32)
+    x = xy[:, 0] - ox
+    y = xy[:, 1] - oy
+    if rng is not None:
+        flip_x = rng.random(n) < 0.5
+        flip_y = rng.random(n) < 0.5
+        swap = rng.random(n) < 0.5
+        p[flip_x] = p[flip_x, :, ::-1]
+        x = np.where(flip_x, patch - 1 - x, x)
+        p[flip_y] = p[flip_y, ::-1, :]
+        y = np.where(flip_y, patch - 1 - y, y)
+        p[swap] = p[swap].transpose(0, 2, 1)
+        x, y = np.where(swap, y, x), np.where(swap, x, y)
+        if noise > 0:
+            span = p.max(axis=(1, 2)) - p.min(axis=(1, 2))
+            level = rng.uniform(0, noise, n) * (rng.random(n) < 0.5) * span
+            p = p + rng.standard_normal(p.shape).astype(np.float32) * level[:, None, None].astype(np.float32)
+    normed, _ = normalize_patches(p)
+    target = np.stack([x - c, y - c], axis=1).astype(np.float32)
+    return normed, target
+
+
+# -------------------------------------------------------------------------- training
+
+
+def _loss(out: torch.Tensor, target: torch.Tensor, nll: bool, beta: float) -> torch.Tensor:
+    mean, logvar = out[:, :2], out[:, 2:]
+    if not nll:
+        return ((mean - target) ** 2).mean()
+    var = logvar.exp()
+    per = 0.5 * (logvar + (target - mean) ** 2 / var)
+    if beta > 0:
+        per = per * var.detach() ** beta
+    return per.mean()
+
+
+def _split_frames(frame: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    used = np.unique(frame)
+    if len(used) == 0:
+        raise OptionError("no peaks inside the frames to train on")
+    n_val = int(round(val_fraction * len(used)))
+    if val_fraction > 0 and len(used) > 1:
+        n_val = min(max(n_val, 1), len(used) - 1)
+    perm = np.random.default_rng([seed, 99]).permutation(len(used))
+    val = np.sort(used[perm[:n_val]])
+    train = np.sort(used[perm[n_val:]])
+    return train, val
+
+
+def _evaluate(model, batches, device, patch, nll, beta):
+    model.eval()
+    errs, stds, losses, weights = [], [], [], []
+    with torch.inference_mode():
+        for raw, xy in batches:
+            normed, target = augment_batch(raw, xy, patch, None)
+            x = torch.from_numpy(normed[:, None]).to(device)
+            t = torch.from_numpy(target).to(device)
+            out = model(x)
+            losses.append(float(_loss(out, t, nll, beta)))
+            weights.append(len(raw))
+            o = out.cpu().numpy()
+            errs.append(np.hypot(o[:, 0] - target[:, 0], o[:, 1] - target[:, 1]))
+            stds.append(np.exp(0.5 * o[:, 2:]).max(axis=1))
+    if not errs:
+        return math.inf, np.zeros(0), np.zeros(0)
+    return float(np.average(losses, weights=weights)), np.concatenate(errs), np.concatenate(stds)
+
+
+def _checkpoint_path(checkpoint_dir: Path) -> Path:
+    return checkpoint_dir / "checkpoint.pt"
+
+
+def train_model(
+    source,
+    out: str | os.PathLike,
+    *,
+    epochs: int = 20,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    patience: int = 5,
+    augment: bool = True,
+    noise: float = 0.03,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    config: BraggNNConfig | None = None,
+    warmup_epochs: int | None = None,
+    beta: float = 0.5,
+    buffer_size: int = 8192,
+    chunk_frames: int | None = None,
+    threads: int | None = None,
+    max_minutes: float | None = None,
+) -> TrainResult:
+    """Train a BraggNN and save the best epoch's weights to ``out``.
+
+    Parameters
+    ----------
+    source : SimulatorSource, PeakTableSource, BraggNNLayoutSource or "simulate"
+        Training data (see the module docstring).
+    out : path
+        Weights file (``.safetensors``, or ``.pt``); a ``.json`` config with the sha256
+        of the weights and the training summary is written beside it.
+    epochs, batch_size, lr, seed : int, int, float, int
+        Optimisation settings (Adam).
+    val_fraction : float
+        Fraction of frames held out for validation (file sources).  For the simulator
+        the validation set is ``SimulatorSource.n_val`` patches from an independent seed.
+    patience : int
+        Stop after this many epochs without a better validation mean error (0: never).
+    augment : bool
+        Integer shifts, flips/transposes (labels transformed) and noise of up to
+        ``noise`` times each patch's range.
+    checkpoint_dir : path, optional
+        Write ``checkpoint.pt`` there after every epoch.
+    resume : bool
+        Continue from ``checkpoint_dir/checkpoint.pt`` when it exists.
+    device : str
+        ``'cpu'``, ``'cuda'`` or ``'auto'``.
+    progress : bool
+        Show a tqdm bar with the loss and the validation error in pixels.
+    config : BraggNNConfig, optional
+        Architecture (default: slim 16-24-16, 11 x 11).
+    warmup_epochs : int, optional
+        Epochs of plain MSE before the beta-NLL (default ``max(1, epochs // 4)``).
+    beta : float
+        Beta of the beta-NLL (0: plain Gaussian NLL).
+    buffer_size, chunk_frames : int
+        Shuffle-buffer patches and frames read at a time (memory bound of file sources).
+    threads : int, optional
+        Torch intra-op threads while training.
+    max_minutes : float, optional
+        Stop (after the current epoch) once this much wall time has passed.
+
+    Returns
+    -------
+    TrainResult
+
+    Examples
+    --------
+    >>> result = train_model("simulate", "model.safetensors", epochs=1)   # doctest: +SKIP
+    >>> result.val_median_px                                              # doctest: +SKIP
+    0.05
+    """
+    if isinstance(source, str) and source == "simulate":
+        source = SimulatorSource()
+    if not isinstance(source, SimulatorSource | PeakTableSource | BraggNNLayoutSource):
+        raise OptionError(
+            "source must be 'simulate', SimulatorSource, PeakTableSource or BraggNNLayoutSource"
+        )
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise OptionError("epochs and batch_size must be >= 1 and lr > 0")
+    if not 0 <= val_fraction < 1:
+        raise OptionError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    config = config or BraggNNConfig()
+    dev = resolve_device(device)
+    warmup = max(1, epochs // 4) if warmup_epochs is None else int(warmup_epochs)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    reader = None
+    try:
+        if isinstance(source, SimulatorSource):
+            train_stream = SimulatedStream(
+                source.n_train, patch=config.patch, kinds=source.kinds, seed=seed,
+                chunk=source.chunk, simulate=source.simulate,
+            )
+            # Validation uses a seed stream disjoint from training: seed + 10**6, epoch 0.
+            val_stream = SimulatedStream(
+                source.n_val, patch=config.patch, kinds=source.kinds, seed=seed + 10**6,
+                chunk=source.chunk, simulate=source.simulate,
+            )
+            val_batches = list(_batches(val_stream, 4096))  # small, fixed
+        else:
+            reader, frame, row, col = _open_frame_source(source)
+            train_frames, val_frames = _split_frames(frame, val_fraction, seed)
+            cf = chunk_frames or source.chunk_frames
+            train_stream = PatchStream(
+                reader, frame, row, col, patch=config.patch, frames=train_frames,
+                chunk_frames=cf, buffer_size=buffer_size, seed=seed, shuffle=True,
+            )
+            val_stream = PatchStream(
+                reader, frame, row, col, patch=config.patch, frames=val_frames,
+                chunk_frames=cf, buffer_size=buffer_size, seed=seed, shuffle=False,
+            )
+            if len(train_stream) == 0:
+                raise OptionError("no peak of the training frames lies far enough from the frame edge")
+            val_batches = None
+        return _fit(
+            train_stream, val_stream, val_batches, out, config=config, epochs=epochs,
+            batch_size=batch_size, lr=lr, seed=seed, patience=patience, augment=augment,
+            noise=noise, checkpoint_dir=checkpoint_dir, resume=resume, dev=dev,
+            progress=progress, warmup=warmup, beta=beta, max_minutes=max_minutes,
+            source=source,
+        )
+    finally:
+        if reader is not None:
+            reader.close()
+        if threads is not None:
+            torch.set_num_threads(old_threads)
+
+
+def _fit(
+    train_stream, val_stream, val_batches, out, *, config, epochs, batch_size, lr, seed,
+    patience, augment, noise, checkpoint_dir, resume, dev, progress, warmup, beta,
+    max_minutes, source,
+) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    model = BraggNN(config).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    history: list[dict] = []
+    best_metric = math.inf
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_epoch = 0
+    bad_epochs = 0
+    start_epoch = 1
+    ckpt = None
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = _checkpoint_path(checkpoint_dir)
+        if resume and ckpt.is_file():
+            try:
+                state = torch.load(ckpt, map_location="cpu", weights_only=True)
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+            except Exception as exc:
+                raise ModelError(f"{ckpt}: cannot resume from checkpoint ({exc})") from None
+            best_state = state["best_model"]
+            best_metric = float(state["best_metric"])
+            best_epoch = int(state["best_epoch"])
+            bad_epochs = int(state["bad_epochs"])
+            history = json.loads(state["history"])
+            start_epoch = int(state["epoch"]) + 1
+    elif resume:
+        raise OptionError("resume=True needs a checkpoint_dir")
+
+    n_batches = math.ceil(len(train_stream) / batch_size)
+    t_start = time.perf_counter()
+    stopped_early = False
+    epoch = start_epoch - 1
+    bar = tqdm(total=epochs, initial=start_epoch - 1, disable=not progress, desc="train", unit="epoch")
+    for epoch in range(start_epoch, epochs + 1):
+        if patience and bad_epochs >= patience:
+            stopped_early = True
+            epoch -= 1
+            break
+        t0 = time.perf_counter()
+        nll = epoch > warmup
+        rng = np.random.default_rng([seed, epoch, 2])
+        train_stream.epoch = epoch
+        model.train()
+        total, count = 0.0, 0
+        inner = tqdm(
+            _batches(train_stream, batch_size), total=n_batches, leave=False,
+            disable=not progress, desc=f"epoch {epoch}", unit="batch",
+        )
+        for raw, xy in inner:
+            normed, target = augment_batch(raw, xy, config.patch, rng if augment else None, noise=noise)
+            x = torch.from_numpy(normed[:, None]).to(dev)
+            t = torch.from_numpy(target).to(dev)
+            loss = _loss(model(x), t, nll, beta)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(raw)
+            count += len(raw)
+            inner.set_postfix(loss=f"{total / count:.4g}")
+        inner.close()
+        batches = val_batches if val_batches is not None else _batches(val_stream, 4096)
+        val_loss, errs, _ = _evaluate(model, batches, dev, config.patch, nll, beta)
+        row = {
+            "epoch": epoch,
+            "train_loss": total / max(count, 1),
+            "val_loss": val_loss,
+            "val_median_px": float(np.median(errs)) if len(errs) else math.nan,
+            "val_p90_px": float(np.quantile(errs, 0.9)) if len(errs) else math.nan,
+            "val_mean_px": float(np.mean(errs)) if len(errs) else math.nan,
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(row)
+        # Judge on the mean pixel error (not the loss, whose meaning changes at warm-up end).
+        metric = row["val_mean_px"] if len(errs) else row["train_loss"]
+        if metric < best_metric:
+            best_metric, best_epoch, bad_epochs = metric, epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['train_loss']:.4g}", val_px=f"{row['val_median_px']:.3f}")
+        if ckpt is not None:
+            tmp = ckpt.with_name(ckpt.name + ".tmp")
+            torch.save(
+                {
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizer": opt.state_dict(),
+                    "best_model": best_state,
+                    "best_metric": best_metric,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs,
+                    "epoch": epoch,
+                    "history": json.dumps(history),
+                    "config": config.to_json(),
+                },
+                tmp,
+            )
+            os.replace(tmp, ckpt)
+        if max_minutes is not None and time.perf_counter() - t_start > 60 * max_minutes:
+            stopped_early = epoch < epochs
+            break
+    bar.close()
+
+    model.load_state_dict(best_state)
+    model.to(dev)
+    # Out-of-distribution thresholds from the validation set of the best weights.
+    batches = val_batches if val_batches is not None else _batches(val_stream, 4096)
+    raw_max_offsets: list[np.ndarray] = []
+    stds: list[np.ndarray] = []
+    errs: list[np.ndarray] = []
+    c = config.patch // 2
+    for raw, xy in batches:
+        normed, target = augment_batch(raw, xy, config.patch, None)
+        _, e, s = _evaluate(model, [(raw, xy)], dev, config.patch, True, beta)
+        errs.append(e)
+        stds.append(s)
+        arg = normed.reshape(len(normed), -1).argmax(axis=1)
+        raw_max_offsets.append(np.maximum(np.abs(arg // config.patch - c), np.abs(arg % config.patch - c)))
+    errs_all = np.concatenate(errs) if errs else np.zeros(1)
+    std_all = np.concatenate(stds) if stds else np.ones(1)
+    off_all = np.concatenate(raw_max_offsets) if raw_max_offsets else np.zeros(1)
+    shift = MARGIN if augment else 0
+    final = dataclasses.replace(
+        config,
+        # 2x the 99.9th percentile of the predicted error on validation data: flags what
+        # the model itself finds far less certain than anything it was validated on.
+        ood_sigma=float(max(2.0 * np.quantile(std_all, 0.999), 0.05)),
+        max_offset=float(min(int(off_all.max()) + shift, c)),
+    )
+    model.config = final
+    history_df = pd.DataFrame(history)
+    summary = {
+        "training": {
+            "source": _describe(source),
+            "epochs_run": int(epoch),
+            "best_epoch": int(best_epoch),
+            "seed": int(seed),
+            "batch_size": int(batch_size),
+            "lr": float(lr),
+            "augment": bool(augment),
+            "val_median_px": float(np.median(errs_all)),
+            "val_p90_px": float(np.quantile(errs_all, 0.9)),
+            "history": history,
+        }
+    }
+    path = save_model(model.cpu(), out, extra=summary)
+    return TrainResult(
+        model_path=path,
+        config_path=path.with_suffix(".json"),
+        epochs_run=int(epoch),
+        best_epoch=int(best_epoch),
+        val_median_px=float(np.median(errs_all)),
+        val_p90_px=float(np.quantile(errs_all, 0.9)),
+        stopped_early=stopped_early,
+        history=history_df,
+        config=final,
+    )
+
+
+def _describe(source) -> dict:
+    d = {"type": type(source).__name__}
+    for f in dataclasses.fields(source):
+        v = getattr(source, f.name)
+        if callable(v) or isinstance(v, pd.DataFrame):
+            v = "<in memory>" if v is not None else None
+        elif isinstance(v, os.PathLike):
+            v = str(v)
+        d[f.name] = v
+    return d
