@@ -34,7 +34,7 @@ import pandas as pd
 
 from . import __version__
 from .config import FindConfig
-from .errors import OptionError
+from .errors import BraggTrackError, OptionError
 from .pipeline import Calibration, empty_peak_table, find_chunk, load_localizer_model
 from .tables import write_table
 
@@ -190,7 +190,7 @@ def process_chunk(task: ChunkTask) -> dict:
     peaks.attrs = {}
     write_table(peaks, task.out_file)
     frames = res.frames.copy()
-    frames.to_parquet(_frames_file(task.out_file), index=False) if len(frames) else None
+    write_table(frames, _frames_file(task.out_file))
     return {
         "start": task.start,
         "stop": task.stop,
@@ -410,92 +410,204 @@ def run(
     >>> res = bt.run(bt.data.sample(), "myrun", progress=False)           # doctest: +SKIP
     >>> res.tracks.groupby("particle").size().max()                       # doctest: +SKIP
     """
-    from .io import open_frames
-
-    config = config or FindConfig()
-    track = track or TrackConfig()
-    if chunk_size < 1:
-        raise OptionError(f"--chunk-size must be >= 1 frames, got {chunk_size}")
-    if workers < 1:
-        raise OptionError(f"--workers must be >= 1, got {workers}")
-    source = str(source)
-    out = Path(out_dir)
-    series = open_frames(source, dataset=dataset)
-    n = len(series)
-    dark_t = None
-    if dark is not None:
-        dark_t = (str(dark),) if isinstance(dark, (str, os.PathLike)) else tuple(map(str, dark))
-    calib_files = {"dark": list(dark_t) if dark_t else None,
-                   "flat": None if flat is None else str(flat),
-                   "mask": None if mask is None else str(mask)}
-    fingerprint = _fingerprint(str(Path(source).resolve()) if Path(source).exists() else source,
-                               dataset, config, calib_files, chunk_size, track)
-    previous = _prepare_run_dir(out, source, fingerprint, force=force, resume=resume)
-    # Fail on a bad dark/mask/model before any chunk is started, not inside a worker.
-    _calibration(dark_t, calib_files["flat"], calib_files["mask"])
-    model_rec = _model_record(config)
-    _model(config)
-
-    (out / CHUNK_DIR).mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    info = {
-        "braggtrack_version": __version__,
-        "command": command or "braggtrack.run(...)",
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "fingerprint": fingerprint,
-        "parameters": {**config.to_dict(), **track.to_dict(), "dataset": dataset,
-                       "chunk_size": chunk_size, "workers": workers, "scheduler": scheduler,
-                       "strict": strict, **calib_files},
-        "inputs": (previous or {}).get("inputs") or _input_record(source),
-        "model": model_rec,
-        "n_frames": n,
-        "frame_shape": list(series.shape),
-        "started": (previous or {}).get("started") or _now(),
-        "resumed": previous is not None,
-        "finished": None,
-        "chunks": [],
-        "skipped_frames": [],
-        "counts": {},
-    }
-    done = {(c["start"], c["stop"]): c for c in (previous or {}).get("chunks", [])
-            if (out / c["file"]).exists()}
-    info["chunks"] = sorted(done.values(), key=lambda c: c["start"])
-    _write_json_atomic(out / RUN_JSON, info)
-
-    tasks = []
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
-        if (start, stop) in done:
-            continue
-        tasks.append(ChunkTask(
-            source=source, dataset=dataset, start=start, stop=stop, config=config,
-            dark=dark_t, flat=calib_files["flat"], mask=calib_files["mask"],
-            out_file=str(out / CHUNK_DIR / f"peaks-{start:06d}-{stop:06d}.parquet"),
-            strict=strict,
-        ))
-
-    bar = _run_progress(n, sum(c["stop"] - c["start"] for c in done.values()), progress)
-    peaks_so_far = [sum(int(c.get("peaks", 0)) for c in done.values())]
-
-    def on_done(result: dict) -> None:
-        record = {k: result[k] for k in ("start", "stop", "file", "peaks")}
-        info["chunks"] = sorted(
-            [c for c in info["chunks"] if c["start"] != record["start"]] + [record],
-            key=lambda c: c["start"],
-        )
-        _write_json_atomic(out / RUN_JSON, info)
-        peaks_so_far[0] += record["peaks"]
-        bar.update(record["stop"] - record["start"])
-        bar.set_postfix(peaks=peaks_so_far[0])
-
+    state = _RunState.open(
+        source, out_dir, config=config, track=track, dataset=dataset, dark=dark, flat=flat,
+        mask=mask, chunk_size=chunk_size, workers=workers, scheduler=scheduler, force=force,
+        resume=resume, strict=strict, command=command,
+    )
+    n = len(state.series)
+    bar = _run_progress(n, state.frames_done(), progress)
     try:
-        _execute(tasks, workers, scheduler, on_done)
+        _execute(state.tasks(0, n), workers, scheduler, lambda r: state.record(r, bar))
     finally:
         bar.close()
+    return state.finish()
 
-    result = _finish(out, info, config, track, series, started)
-    return result
+
+def watch(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    config: FindConfig | None = None,
+    track: TrackConfig | None = None,
+    dataset: str | None = None,
+    dark: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    flat: str | os.PathLike | None = None,
+    mask: str | os.PathLike | None = None,
+    chunk_size: int = 4,
+    workers: int = 1,
+    scheduler: str | None = None,
+    force: bool = False,
+    strict: bool = False,
+    poll_s: float = 1.0,
+    quiet_s: float = 30.0,
+    report_every_s: float = 60.0,
+    progress: bool = True,
+    command: str | None = None,
+) -> RunResult:
+    """Follow a growing series (a folder receiving files, or an HDF5 file being appended to).
+
+    Frames are processed in chunks as they arrive; the tables are rewritten after every new
+    chunk and the report at most every ``report_every_s`` seconds.  The watch ends after
+    ``quiet_s`` seconds without a new frame, or on Ctrl-C, and then processes the last partial
+    chunk and writes the final tables and report, so the output is always consistent.
+
+    In a folder series the newest file may still be being written, so it is only read once a
+    newer file exists or the series has been quiet for ``quiet_s``.
+    """
+    from .io import open_frames
+
+    deadline = time.time() + quiet_s
+    while True:  # the first frame may not exist yet
+        try:
+            open_frames(source, dataset=dataset)
+            break
+        except BraggTrackError:
+            if time.time() > deadline:
+                raise
+            time.sleep(poll_s)
+    state = _RunState.open(
+        source, out_dir, config=config, track=track, dataset=dataset, dark=dark, flat=flat,
+        mask=mask, chunk_size=chunk_size, workers=workers, scheduler=scheduler, force=force,
+        resume=None, strict=strict, command=command,
+    )
+    folder = not Path(source).is_file()
+    bar = _run_progress(None, state.frames_done(), progress)
+    last_new, last_report, seen = time.time(), 0.0, -1
+    try:
+        while True:
+            try:
+                state.series = open_frames(source, dataset=dataset)
+            except BraggTrackError:
+                time.sleep(poll_s)  # being rewritten right now: look again
+                continue
+            n = len(state.series)
+            if n != seen:
+                seen, last_new = n, time.time()
+            quiet = time.time() - last_new > quiet_s
+            ready = n if (quiet or not folder) else max(n - 1, 0)
+            tasks = state.tasks(state.done_until(), ready, partial=quiet)
+            if tasks:
+                _execute(tasks, workers, scheduler, lambda r: state.record(r, bar))
+                due = time.time() - last_report > report_every_s
+                state.finish(report=due and state.track.report)
+                last_report = time.time() if due else last_report
+            if quiet and not state.tasks(0, n):
+                break
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        bar.close()
+    return state.finish()
+
+
+class _RunState:
+    """The run folder while a run is in progress: which chunks are done, and run.json."""
+
+    def __init__(self, **kw) -> None:
+        self.__dict__.update(kw)
+
+    @classmethod
+    def open(cls, source, out_dir, *, config, track, dataset, dark, flat, mask, chunk_size,
+             workers, scheduler, force, resume, strict, command, wait_for_input=False):
+        from .io import open_frames
+
+        config = config or FindConfig()
+        track = track or TrackConfig()
+        if chunk_size < 1:
+            raise OptionError(f"--chunk-size must be >= 1 frames, got {chunk_size}")
+        if workers < 1:
+            raise OptionError(f"--workers must be >= 1, got {workers}")
+        source = str(source)
+        out = Path(out_dir)
+        series = open_frames(source, dataset=dataset)
+        dark_t = None
+        if dark is not None:
+            dark_t = (str(dark),) if isinstance(dark, (str, os.PathLike)) else tuple(map(str, dark))
+        calib_files = {"dark": list(dark_t) if dark_t else None,
+                       "flat": None if flat is None else str(flat),
+                       "mask": None if mask is None else str(mask)}
+        resolved = str(Path(source).resolve()) if Path(source).exists() else source
+        fingerprint = _fingerprint(resolved, dataset, config, calib_files, chunk_size, track)
+        previous = _prepare_run_dir(out, source, fingerprint, force=force, resume=resume)
+        # Fail on a bad dark/mask/model before any chunk is started, not inside a worker.
+        _calibration(dark_t, calib_files["flat"], calib_files["mask"])
+        model_rec = _model_record(config)
+        _model(config)
+        (out / CHUNK_DIR).mkdir(parents=True, exist_ok=True)
+        info = {
+            "braggtrack_version": __version__,
+            "command": command or "braggtrack.run(...)",
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "fingerprint": fingerprint,
+            "parameters": {**config.to_dict(), **track.to_dict(), "dataset": dataset,
+                           "chunk_size": chunk_size, "workers": workers,
+                           "scheduler": scheduler, "strict": strict, **calib_files},
+            "inputs": (previous or {}).get("inputs") or _input_record(source),
+            "model": model_rec,
+            "n_frames": len(series),
+            "frame_shape": list(series.shape),
+            "started": (previous or {}).get("started") or _now(),
+            "resumed": previous is not None,
+            "finished": None,
+            "chunks": [],
+            "skipped_frames": [],
+            "counts": {},
+        }
+        done = [c for c in (previous or {}).get("chunks", []) if (out / c["file"]).exists()]
+        info["chunks"] = sorted(done, key=lambda c: c["start"])
+        _write_json_atomic(out / RUN_JSON, info)
+        return cls(source=source, out=out, series=series, info=info, config=config, track=track,
+                   dataset=dataset, dark=dark_t, calib_files=calib_files, chunk_size=chunk_size,
+                   strict=strict, started=time.time())
+
+    def frames_done(self) -> int:
+        return sum(c["stop"] - c["start"] for c in self.info["chunks"])
+
+    def done_until(self) -> int:
+        """First frame not covered by a contiguous run of finished chunks from frame 0."""
+        end = 0
+        for c in self.info["chunks"]:
+            if c["start"] != end:
+                break
+            end = c["stop"]
+        return end
+
+    def tasks(self, start: int, stop: int, *, partial: bool = True) -> list[ChunkTask]:
+        """Tasks for the unfinished chunks of frames ``start..stop`` (chunk-aligned)."""
+        done = {(c["start"], c["stop"]) for c in self.info["chunks"]}
+        tasks = []
+        cs = self.chunk_size
+        for a in range(start - start % cs, stop, cs):
+            b = min(a + cs, stop)
+            if (a, b) in done or (b - a < cs and not partial):
+                continue
+            tasks.append(ChunkTask(
+                source=self.source, dataset=self.dataset, start=a, stop=b, config=self.config,
+                dark=self.dark, flat=self.calib_files["flat"], mask=self.calib_files["mask"],
+                out_file=str(self.out / CHUNK_DIR / f"peaks-{a:06d}-{b:06d}.parquet"),
+                strict=self.strict,
+            ))
+        return tasks
+
+    def record(self, result: dict, bar=None) -> None:
+        """A chunk is finished: note it in run.json (atomically) so it is never redone."""
+        record = {k: result[k] for k in ("start", "stop", "file", "peaks")}
+        self.info["chunks"] = sorted(
+            [c for c in self.info["chunks"] if c["start"] != record["start"]] + [record],
+            key=lambda c: c["start"],
+        )
+        _write_json_atomic(self.out / RUN_JSON, self.info)
+        if bar is not None:
+            bar.update(record["stop"] - record["start"])
+            bar.set_postfix(peaks=sum(int(c["peaks"]) for c in self.info["chunks"]))
+
+    def finish(self, *, report: bool | None = None) -> RunResult:
+        self.info["n_frames"] = len(self.series)
+        track = self.track if report is None else dataclasses.replace(self.track, report=report)
+        return _finish(self.out, self.info, self.config, track, self.series, self.started)
 
 
 def _run_progress(total: int, initial: int, enabled: bool):
