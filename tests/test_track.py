@@ -1,0 +1,241 @@
+"""Tests of braggtrack.track: linking, splitting, summaries and the evaluation helper."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from braggtrack.errors import OptionError
+from braggtrack.track import (
+    evaluate_tracking,
+    filter_tracks,
+    link,
+    particles,
+    split_on_shape_change,
+)
+
+
+def drifting_series(
+    n_particles=150, n_frames=60, shape=(512, 512), noise=0.02, vanish=0.03, seed=0,
+    min_spacing=8.0,
+):
+    """Truth and noisy 'detected' positions: common drift + own velocity, appear/vanish.
+
+    Returns (peaks, truth): truth holds the true positions of the peaks present in each frame
+    (each particle has a lifetime and random drop-outs), peaks the same with noise.
+    """
+    rng = np.random.default_rng(seed)
+    # well-separated starting positions (rejection sampling)
+    pos = []
+    while len(pos) < n_particles:
+        p = rng.uniform(20, np.array(shape[::-1]) - 20)
+        if all(np.hypot(*(p - q)) > min_spacing for q in pos):
+            pos.append(p)
+    pos = np.array(pos)
+    t = np.arange(n_frames)
+    drift = np.column_stack([1.5 * np.sin(t / 15.0), 0.05 * t])  # px, common to all
+    rows, seen = [], []
+    for p in range(n_particles):
+        vel = rng.normal(0, 0.02, 2)
+        # lifetime: most live all along, some appear late or vanish early
+        start = 0 if rng.random() < 0.7 else int(rng.integers(0, n_frames // 3))
+        stop = n_frames if rng.random() < 0.7 else int(rng.integers(2 * n_frames // 3, n_frames))
+        f = t[start:stop]
+        x = pos[p, 0] + drift[f, 0] + vel[0] * f
+        y = pos[p, 1] + drift[f, 1] + vel[1] * f
+        truth = pd.DataFrame({"frame": f, "particle": p, "x": x, "y": y})
+        # a vanished peak is absent from the frame (not rendered), so absent from the truth
+        keep = rng.random(len(f)) > vanish
+        rows.append(truth[keep])
+        obs = truth[keep].copy()
+        obs["x"] += rng.normal(0, noise, len(obs))
+        obs["y"] += rng.normal(0, noise, len(obs))
+        seen.append(obs)
+    truth = pd.concat(rows, ignore_index=True)
+    peaks = pd.concat(seen, ignore_index=True).rename(columns={"particle": "true_particle"})
+    peaks["ok"] = True
+    peaks["intensity"] = 1000.0
+    return peaks.sample(frac=1.0, random_state=1).reset_index(drop=True), truth
+
+
+def test_link_recovers_drifting_particles():
+    peaks, truth = drifting_series()
+    tracks = link(peaks, search_range=3.0, memory=3)
+    assert tracks["particle"].dtype == np.int64
+    assert len(tracks) == len(peaks)
+    score = evaluate_tracking(tracks, truth, match_radius=0.5)
+    assert score["recovered"] >= 0.99
+    assert score["identity_swaps"] == 0
+    assert score["drift_rms"] <= 0.05
+    assert score["displacement_rms"] <= 0.05
+    # every trajectory is one true particle (checked directly, not through the helper)
+    assert (tracks.groupby("particle")["true_particle"].nunique() == 1).all()
+
+
+def test_prediction_helps_fast_drift():
+    # the drift speeds up from 0.5 to 3.4 px/frame; search_range 1.5 px: without prediction
+    # the trajectories break once the step exceeds the range, with prediction they do not
+    rng = np.random.default_rng(3)
+    n, frames = 30, 20
+    x0 = np.arange(n) * 15.0 + 10
+    shift = 0.5 * np.arange(frames) + 0.075 * np.arange(frames) ** 2
+    rows = [pd.DataFrame({"frame": f, "x": x0 + shift[f] + rng.normal(0, 0.02, n),
+                          "y": 50.0 + rng.normal(0, 0.02, n), "truth": np.arange(n)})
+            for f in range(frames)]
+    peaks = pd.concat(rows, ignore_index=True)
+    with_pred = link(peaks, search_range=1.5, memory=0, predict=True)
+    without = link(peaks, search_range=1.5, memory=0, predict=False)
+    assert with_pred["particle"].nunique() == n
+    assert (with_pred.groupby("particle")["truth"].nunique() == 1).all()
+    assert without["particle"].nunique() > 5 * n
+
+
+def test_memory_bridges_gaps():
+    frames = [0, 1, 2, 5, 6]  # vanishes in frames 3 and 4
+    peaks = pd.DataFrame({"frame": frames, "x": 10.0, "y": 10.0})
+    peaks = pd.concat([peaks, pd.DataFrame({"frame": range(7), "x": 40.0, "y": 40.0})])
+    assert link(peaks, memory=2).query("x == 10")["particle"].nunique() == 1
+    assert link(peaks, memory=1).query("x == 10")["particle"].nunique() == 2
+
+
+def test_competing_peaks_global_assignment():
+    # two peaks 1.6 px apart both move +1 px in x. Greedy nearest-neighbour from peak A would
+    # take B's new position (distance 0.6) and leave B unlinked; the global optimum keeps both.
+    f0 = pd.DataFrame({"frame": 0, "x": [10.0, 11.6], "y": [5.0, 5.0], "id": [0, 1]})
+    f1 = pd.DataFrame({"frame": 1, "x": [11.0, 12.6], "y": [5.0, 5.0], "id": [0, 1]})
+    tracks = link(pd.concat([f0, f1]), search_range=1.5, memory=0, predict=False)
+    assert tracks["particle"].nunique() == 2
+    assert (tracks.groupby("particle")["id"].nunique() == 1).all()
+
+
+def test_only_ok_and_min_length_and_empty():
+    peaks = pd.DataFrame({"frame": [0, 1, 2, 0], "x": [1.0, 1.1, 1.2, 30.0],
+                          "y": [1.0, 1.0, 1.0, 30.0], "ok": [True, True, True, False]})
+    out = link(peaks)
+    assert len(out) == 3 and out["particle"].tolist() == [0, 0, 0]
+    assert len(link(peaks, only_ok=False)) == 4
+    assert len(link(peaks, only_ok=False, min_length=2)) == 3
+    empty = link(peaks.iloc[:0])
+    assert len(empty) == 0 and "particle" in empty.columns
+    single = link(peaks[peaks["frame"] == 0], only_ok=False)
+    assert sorted(single["particle"]) == [0, 1]
+
+
+def test_link_bad_options():
+    peaks = pd.DataFrame({"frame": [0], "x": [1.0], "y": [1.0]})
+    with pytest.raises(OptionError):
+        link(peaks, search_range=-1)
+    with pytest.raises(OptionError):
+        link(peaks, memory=-2)
+    with pytest.raises(OptionError):
+        link(peaks.drop(columns="y"))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.floats(0, 100), st.floats(0, 100)),
+                min_size=0, max_size=40))
+def test_link_invariants(points):
+    """Every input row comes out once, with one particle per frame at most once."""
+    peaks = pd.DataFrame(points, columns=["frame", "x", "y"])
+    out = link(peaks, search_range=5.0, memory=1)
+    assert len(out) == len(peaks)
+    assert not out.duplicated(["frame", "particle"]).any()
+    if len(out):
+        assert set(out["particle"]) == set(range(out["particle"].nunique()))
+
+
+def test_filter_tracks():
+    t = pd.DataFrame({"frame": [0, 1, 2, 0, 5], "particle": [0, 0, 0, 1, 1],
+                      "x": 1.0, "y": 1.0})
+    assert filter_tracks(t, min_length=3)["particle"].unique().tolist() == [0]
+    # particle 1: 2 frames over a 6-frame span
+    assert filter_tracks(t, min_coverage=0.5)["particle"].unique().tolist() == [0]
+    assert len(filter_tracks(t)) == 5
+
+
+def test_split_on_shape_change():
+    rng = np.random.default_rng(0)
+    n = 40
+    inten = 1000 * np.exp(rng.normal(0, 0.05, n))
+    inten[20:] *= 3.0  # another reflection takes over at frame 20
+    inten[8] *= 3.0  # a one-frame flash: no split
+    sig = np.full(n, 1.2) * np.exp(rng.normal(0, 0.02, n))
+    other = pd.DataFrame({"frame": range(n), "particle": 1, "x": 90.0, "y": 90.0,
+                          "intensity": 500 * np.exp(rng.normal(0, 0.05, n)),
+                          "sigma_x": 1.0, "sigma_y": 1.0})
+    t = pd.DataFrame({"frame": range(n), "particle": 0, "x": 10.0, "y": 10.0,
+                      "intensity": inten, "sigma_x": sig, "sigma_y": sig})
+    out = split_on_shape_change(pd.concat([t, other], ignore_index=True))
+    a = out[out["x"] == 10.0].sort_values("frame")
+    assert a["particle"].nunique() == 2
+    first, second = a[a["frame"] < 20], a[a["frame"] >= 20]
+    assert first["particle"].nunique() == 1 and second["particle"].nunique() == 1
+    assert out[out["x"] == 90.0]["particle"].nunique() == 1
+
+    # width jump alone also splits
+    w = np.r_[np.full(15, 1.0), np.full(15, 2.0)]
+    t2 = pd.DataFrame({"frame": range(30), "particle": 0, "x": 1.0, "y": 1.0,
+                       "intensity": 100.0, "sigma_x": w, "sigma_y": w})
+    assert split_on_shape_change(t2)["particle"].nunique() == 2
+
+
+def test_particles_summary():
+    frames = np.array([0, 1, 2, 3, 4, 6])
+    x = 5.0 + 0.1 * frames + 0.01 * frames**2  # exactly quadratic: fit_rms 0
+    t = pd.DataFrame({"frame": frames, "particle": 3, "x": x, "y": 7.0,
+                      "intensity": [1.0, 2, 3, 4, 5, 6], "strain": [0, 1e-4, 2e-4, 0, -1e-4, 0]})
+    rng = np.random.default_rng(0)
+    noisy = pd.DataFrame({"frame": range(200), "particle": 1, "x": 50 + rng.normal(0, 0.1, 200),
+                          "y": 60.0 + rng.normal(0, 0.1, 200), "intensity": 1.0,
+                          "strain": 0.0})
+    s = particles(pd.concat([t, noisy], ignore_index=True))
+    assert s["particle"].tolist() == [1, 3]
+    r = s.set_index("particle").loc[3]
+    assert r.n_frames == 6 and r.first_frame == 0 and r.last_frame == 6
+    assert r.coverage == pytest.approx(6 / 7)
+    assert r.mean_intensity == pytest.approx(3.5)
+    assert r.x_mean == pytest.approx(x.mean())
+    assert r.fit_rms == pytest.approx(0.0, abs=1e-9)
+    assert r.strain_min == pytest.approx(-1e-4) and r.strain_range == pytest.approx(3e-4)
+    # isotropic noise 0.1 px per axis: rms distance from the fit ~ sqrt(2) * 0.1
+    assert s.set_index("particle").loc[1].fit_rms == pytest.approx(0.1414, rel=0.15)
+    assert len(particles(t.iloc[:0])) == 0
+    assert not s.isna().any().any()
+
+
+def test_evaluate_tracking_counts_swaps():
+    truth = pd.concat([
+        pd.DataFrame({"frame": range(10), "particle": 0, "x": 10.0, "y": 10.0}),
+        pd.DataFrame({"frame": range(10), "particle": 1, "x": 50.0, "y": 10.0}),
+    ], ignore_index=True)
+    tracks = truth.copy()
+    tracks["particle"] = tracks["particle"].where(tracks["frame"] < 5, 1 - tracks["particle"])
+    score = evaluate_tracking(tracks, truth)
+    assert score["identity_swaps"] == 2
+    assert score["recovered"] == 0.0
+    perfect = evaluate_tracking(truth, truth)
+    assert perfect["recovered"] == 1.0 and perfect["identity_swaps"] == 0
+    assert perfect["drift_rms"] == 0.0
+
+
+def test_with_simulator_truth_if_available():
+    simulate = pytest.importorskip("braggtrack.simulate")
+    if not hasattr(simulate, "simulate_series"):
+        pytest.skip("simulate_series not there yet")
+    try:
+        _, truth = simulate.simulate_series(frames=5, shape=(128, 128), peaks=10, messy=0.0,
+                                            seed=0)
+    except TypeError:
+        pytest.skip("simulate_series has another signature")
+    if "particle" not in truth.columns:
+        pytest.skip("truth has no particle column")
+    rng = np.random.default_rng(0)
+    peaks = truth[["frame", "x", "y"]].copy()
+    peaks["x"] += rng.normal(0, 0.02, len(peaks))
+    peaks["y"] += rng.normal(0, 0.02, len(peaks))
+    tracks = link(peaks, search_range=3.0)
+    score = evaluate_tracking(tracks, truth, match_radius=0.5)
+    assert score["matched"] > 0.95
