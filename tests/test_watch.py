@@ -1,0 +1,71 @@
+"""Live mode: frames appended by another process while braggtrack watches are all processed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+from braggtrack.config import FindConfig
+from braggtrack.runner import TrackConfig, watch
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from conftest import render_frame
+    kind, path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    rng = np.random.default_rng(0)
+    def frame(i):
+        peaks = [(15.2 + 0.1 * i, 20.3, 1.0, 5000.0), (40.7, 44.1 - 0.1 * i, 1.1, 7000.0)]
+        return rng.poisson(render_frame((64, 64), peaks, 20.0)).astype(np.uint16)
+    if kind == "h5":
+        import h5py
+        with h5py.File(path, "w", libver="latest") as f:
+            ds = f.create_dataset("/entry/data/data", shape=(1, 64, 64), maxshape=(None, 64, 64),
+                                  dtype=np.uint16, chunks=(1, 64, 64))
+            ds[0] = frame(0)
+            f.swmr_mode = True
+            for i in range(1, n):
+                time.sleep(0.3)
+                ds.resize((i + 1, 64, 64))
+                ds[i] = frame(i)
+                ds.flush()
+    else:
+        import tifffile
+        for i in range(n):
+            tifffile.imwrite(f"{{path}}/frame_{{i:05d}}.tif", frame(i))
+            time.sleep(0.3)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["h5", "folder"])
+def test_watch_processes_every_frame_appended_by_another_process(tmp_path, kind):
+    import tests_path  # noqa: F401  (see conftest: makes the tests folder importable)
+
+    n = 10
+    if kind == "h5":
+        source = tmp_path / "live.h5"
+    else:
+        source = tmp_path / "live"
+        source.mkdir()
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER.format(tests=str(tests_path.HERE)))
+    writer = subprocess.Popen([sys.executable, str(script), kind, str(source), str(n)])
+    try:
+        res = watch(source, tmp_path / "run", config=FindConfig(localizer="gauss"),
+                    track=TrackConfig(report=False), chunk_size=3, poll_s=0.2, quiet_s=3.0,
+                    progress=False)
+    finally:
+        writer.wait(timeout=60)
+    frames = pd.read_parquet(tmp_path / "run" / "frames.parquet")
+    assert sorted(frames.frame) == list(range(n))
+    assert (frames.status == "ok").all()
+    assert (res.peaks.groupby("frame").ok.sum() == 2).all()
+    assert res.particles.shape[0] == 2
