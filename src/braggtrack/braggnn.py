@@ -434,9 +434,9 @@ def predict(
         One row per patch with the columns of :func:`braggtrack.localize.localize`:
         ``dx, dy`` (px from the central pixel), ``dx_err, dy_err`` (predicted 1-sigma),
         ``sigma_x, sigma_y`` (second moments), ``amplitude, background, intensity``
-        (from the raw counts), ``converged`` and ``reason`` (``''``, ``'flat'`` or
-        ``'out_of_distribution'``).  Never NaN: flagged rows hold 0 offsets and
-        ``converged=False``.
+        (from the raw counts), ``converged`` and ``reason`` (``''``, ``'flat'``,
+        ``'non_finite'`` or ``'out_of_distribution'``).  Never NaN: flagged rows hold
+        0 offsets and ``converged=False``.
 
     Examples
     --------
@@ -447,7 +447,12 @@ def predict(
     >>> abs(table.dx[0] - 0.3) < 0.1 and abs(table.dy[0] + 0.2) < 0.1
     True
     """
-    p = np.asarray(patches)
+    if hasattr(patches, "patches") and not isinstance(patches, np.ndarray):
+        patches = patches.patches  # a braggtrack.patches.PatchSet
+    try:
+        p = np.asarray(patches, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise OptionError(f"patches must be a numeric array of shape (n, N, N): {exc}") from None
     if p.ndim == 2:
         p = p[None]
     size = model.config.patch
@@ -488,13 +493,16 @@ def predict(
         | (np.abs(dx) > c)
         | (np.abs(dy) > c)
     ) & ~flat
-    reason = np.where(flat, "flat", np.where(ood, "out_of_distribution", ""))
-    bad = flat | ood
+    nonfinite = ~np.isfinite(p).all(axis=(1, 2))
+    reason = np.where(
+        flat, "flat", np.where(nonfinite, "non_finite", np.where(ood, "out_of_distribution", ""))
+    )
+    bad = flat | ood | nonfinite
     moments = _moments(np.where(np.isfinite(p), p, 0.0))
     table = pd.DataFrame(
         {
-            "dx": np.where(bad, 0.0, dx),
-            "dy": np.where(bad, 0.0, dy),
+            "dx": np.where(flat | ood, 0.0, dx),
+            "dy": np.where(flat | ood, 0.0, dy),
             "dx_err": np.where(flat, 0.0, dx_err),
             "dy_err": np.where(flat, 0.0, dy_err),
             "sigma_x": moments["sigma_x"],
@@ -503,7 +511,7 @@ def predict(
             "background": moments["background"],
             "intensity": moments["intensity"],
             "converged": ~bad,
-            "reason": reason.astype(object),
+            "reason": reason.astype(str),
         }
     )
     return table

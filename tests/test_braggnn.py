@@ -1,0 +1,253 @@
+"""Tests of braggtrack.braggnn: model, safe loading, predict, export, shipped model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import erf
+
+from braggtrack import braggnn
+from braggtrack.braggnn import (
+    DEFAULT_MODEL,
+    PREDICT_COLUMNS,
+    BraggNN,
+    BraggNNConfig,
+    count_macs,
+    export_model,
+    load_model,
+    predict,
+    save_model,
+)
+from braggtrack.errors import ModelError, OptionError
+
+SHIPPED = DEFAULT_MODEL.is_file()
+needs_shipped = pytest.mark.skipif(not SHIPPED, reason="shipped model not trained yet")
+
+
+def gaussian_patches(x, y, sigma=1.0, amplitude=3000.0, background=10.0, size=11, seed=None):
+    """Pixel-integrated Gaussian peaks at patch coordinates (x, y); Poisson noise with a seed."""
+    x, y = np.atleast_1d(x).astype(float), np.atleast_1d(y).astype(float)
+    edges = np.arange(size + 1) - 0.5
+    ax = 0.5 * np.diff(erf((edges[None] - x[:, None]) / (np.sqrt(2) * sigma)), axis=1)
+    ay = 0.5 * np.diff(erf((edges[None] - y[:, None]) / (np.sqrt(2) * sigma)), axis=1)
+    lam = background + amplitude * 2 * np.pi * sigma**2 * ay[:, :, None] * ax[:, None, :]
+    if seed is None:
+        return lam.astype(np.float32)
+    return np.random.default_rng(seed).poisson(lam).astype(np.float32)
+
+
+def test_forward_shapes_slim_and_published():
+    slim = BraggNN(BraggNNConfig())
+    assert slim(torch.rand(5, 1, 11, 11)).shape == (5, 4)
+    published = BraggNN(BraggNNConfig(channels=(64, 32, 8), nonlocal_block=True, dense=(16, 8)))
+    assert published(torch.rand(3, 1, 11, 11)).shape == (3, 4)
+    wide = BraggNN(BraggNNConfig(patch=15, channels=(8, 8, 8, 8)))
+    assert wide(torch.rand(2, 1, 15, 15)).shape == (2, 4)
+
+
+def test_macs_match_hand_count():
+    # conv 1->16 on 9x9, 16->24 on 7x7, 24->16 on 5x5 (3x3 kernels), dense 400-64-32-4.
+    expected = 81 * 16 * 9 + 49 * 24 * 16 * 9 + 25 * 16 * 24 * 9 + 400 * 64 + 64 * 32 + 32 * 4
+    assert count_macs(BraggNNConfig()) == expected
+
+
+def test_bad_config():
+    with pytest.raises(OptionError):
+        BraggNNConfig(patch=10)
+    with pytest.raises(OptionError):
+        BraggNNConfig(patch=5, channels=(8, 8, 8))
+
+
+def test_predict_columns_and_no_nan_on_garbage():
+    model = BraggNN(BraggNNConfig())
+    patches = np.stack(
+        [
+            np.zeros((11, 11)),
+            np.full((11, 11), 7.0),
+            np.random.default_rng(0).normal(0, 1e30, (11, 11)),
+            np.where(np.eye(11) > 0, np.nan, gaussian_patches(5.2, 4.9)[0]),
+            np.full((11, 11), np.inf),
+            gaussian_patches(5.2, 4.9)[0],
+        ]
+    ).astype(np.float32)
+    table = predict(model, patches, batch_size=2)
+    assert tuple(table.columns) == PREDICT_COLUMNS
+    try:
+        from braggtrack.localize import COLUMNS
+    except ImportError:
+        pass
+    else:
+        assert tuple(table.columns) == tuple(COLUMNS)
+    numeric = table.drop(columns=["converged", "reason"]).to_numpy(dtype=float)
+    assert np.isfinite(numeric).all()
+    assert list(table.reason[:2]) == ["flat", "flat"]
+    assert not table.converged[:2].any()
+    assert table.reason[3] == "non_finite" and table.reason[4] in ("flat", "non_finite")
+    assert table.converged.dtype == bool
+
+
+def test_predict_rejects_wrong_shape():
+    with pytest.raises(OptionError):
+        predict(BraggNN(), np.zeros((3, 9, 9)))
+    with pytest.raises(OptionError):
+        predict(BraggNN(), np.zeros((3, 11, 11)), batch_size=0)
+
+
+def test_off_centre_maximum_is_flagged():
+    model = BraggNN(BraggNNConfig(max_offset=2.0, ood_sigma=1e9))
+    table = predict(model, gaussian_patches([5.0, 9.0], [5.0, 5.0]))
+    assert table.reason.tolist()[1] == "out_of_distribution"
+    assert table.reason.tolist()[0] == ""
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = BraggNN(BraggNNConfig(channels=(8, 8), dense=(16,), ood_sigma=0.7))
+    x = torch.rand(4, 1, 11, 11)
+    for name in ("m.safetensors", "m.pt"):
+        path = save_model(model, tmp_path / name)
+        info = json.loads(path.with_suffix(".json").read_text())
+        assert info["config"]["channels"] == [8, 8]
+        loaded = load_model(path)
+        assert loaded.config == model.config
+        with torch.no_grad():
+            assert torch.equal(loaded(x), model(x))
+    # Without the sidecar JSON the config comes from inside the file.
+    (tmp_path / "m.json").unlink()
+    assert load_model(tmp_path / "m.safetensors").config == model.config
+
+
+class _Payload:
+    """Unpickling this object would create a marker file (code execution)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_is_refused_and_payload_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": _Payload(str(marker)), "config": "{}"}, evil)
+    assert not marker.exists()
+    with pytest.raises(ModelError, match="refused"):
+        load_model(evil)
+    assert not marker.exists()
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(ModelError, match="no such"):
+        load_model(tmp_path / "none.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a model at all")
+    with pytest.raises(ModelError):
+        load_model(junk)
+    # Weights that do not fit the config.
+    path = save_model(BraggNN(BraggNNConfig(channels=(8, 8))), tmp_path / "m.safetensors")
+    info = json.loads(path.with_suffix(".json").read_text())
+    info["config"]["channels"] = [4, 4]
+    info.pop("sha256")
+    path.with_suffix(".json").write_text(json.dumps(info))
+    with pytest.raises(ModelError, match="do not fit"):
+        load_model(path)
+
+
+@needs_shipped
+def test_shipped_model_checksum(tmp_path, monkeypatch):
+    model = load_model()
+    assert isinstance(model, BraggNN)
+    info = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    assert len(info["sha256"]) == 64
+    tampered = tmp_path / DEFAULT_MODEL.name
+    shutil.copy(DEFAULT_MODEL, tampered)
+    shutil.copy(DEFAULT_MODEL.with_suffix(".json"), tampered.with_suffix(".json"))
+    data = bytearray(tampered.read_bytes())
+    data[-3] ^= 0x01
+    tampered.write_bytes(bytes(data))
+    monkeypatch.setattr(braggnn, "DEFAULT_MODEL", tampered)
+    with pytest.raises(ModelError, match="sha256"):
+        load_model()
+    tampered.with_suffix(".json").unlink()
+    with pytest.raises(ModelError, match="sha256"):
+        load_model()
+
+
+def _sharp_truth(n, seed):
+    """Sharp peaks with exact truth: the project simulator when present, else analytic Gaussians."""
+    try:
+        from braggtrack.simulate import simulate_patches
+    except ImportError:
+        rng = np.random.default_rng(seed)
+        x, y = 5 + rng.uniform(-0.5, 0.5, n), 5 + rng.uniform(-0.5, 0.5, n)
+        sigma = rng.uniform(0.7, 1.2)
+        return gaussian_patches(x, y, sigma=sigma, seed=seed), x - 5, y - 5
+    patches, truth = simulate_patches(n, patch=11, kinds=["sharp"], seed=seed)
+    return patches, truth["x"].to_numpy() - 5, truth["y"].to_numpy() - 5
+
+
+@needs_shipped
+def test_shipped_model_accuracy_on_sharp_peaks():
+    patches, tx, ty = _sharp_truth(300, seed=12345)
+    table = predict(load_model(), patches)
+    ok = table.converged.to_numpy()
+    assert ok.mean() > 0.95
+    err = np.hypot(table.dx - tx, table.dy - ty)[ok]
+    assert np.median(err) < 0.1
+    # The predicted 1-sigma errors are of the right order (not 10x off).
+    assert 0.2 < np.median(err) / np.median(np.hypot(table.dx_err, table.dy_err)[ok]) < 5
+
+
+@needs_shipped
+def test_no_pixel_locking_when_sliding_across_a_pixel():
+    """Error stays flat while a peak slides across a pixel in 0.05 px steps (DESIGN.md)."""
+    shifts = np.arange(-0.5, 0.5001, 0.05)
+    table = predict(load_model(), gaussian_patches(5 + shifts, np.full_like(shifts, 5.2)))
+    err = table.dx.to_numpy() - shifts
+    assert np.abs(err).max() < 0.1
+    assert np.abs(table.dy.to_numpy() - 0.2).max() < 0.1
+    # Monotone: the prediction never moves backwards as the truth moves forwards.
+    assert (np.diff(table.dx.to_numpy()) > 0).all()
+
+
+def test_export_round_trip(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    torch.manual_seed(1)
+    model = load_model() if SHIPPED else BraggNN()
+    normed, _ = braggnn.normalize_patches(gaussian_patches(5 + np.linspace(-1, 1, 7), np.full(7, 4.6), seed=2))
+    x = normed[:, None]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    onnx_path = export_model(model, tmp_path / "m.onnx", format="onnx")
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"patches": x})[0]
+    np.testing.assert_allclose(got[:, :2], ref[:, :2], atol=1e-5)
+    ts_path = export_model(model, tmp_path / "m.pt", format="torchscript")
+    loaded = torch.jit.load(str(ts_path))
+    with torch.no_grad():
+        got_ts = loaded(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got_ts[:, :2], ref[:, :2], atol=1e-5)
+    with pytest.raises(OptionError):
+        export_model(model, tmp_path / "m.x", format="keras")
+
+
+def test_device_auto_and_missing_cuda():
+    assert braggnn.resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(OptionError):
+            braggnn.resolve_device("cuda")
+
+
+def test_threads_are_restored():
+    before = torch.get_num_threads()
+    predict(BraggNN(), gaussian_patches(5.0, 5.0), threads=1)
+    assert torch.get_num_threads() == before
+    assert os.cpu_count() >= 1
