@@ -1,0 +1,238 @@
+"""Tests of braggtrack.geometry against hand-computed geometry, pyFAI files and Monte Carlo."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from braggtrack.errors import InputFileError, OptionError
+from braggtrack.geometry import (
+    Geometry,
+    add_geometry,
+    add_radial_shift,
+    add_strain,
+    lattice_parameter,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def simple():
+    # 100 mm, pixels 100 um (x) by 150 um (y), beam on the centre of pixel (col 50, row 40)
+    return Geometry.simple(100.0, 50.0, 40.0, pixel_x_um=100.0, pixel_y_um=150.0,
+                           wavelength_A=1.0)
+
+
+def test_simple_two_theta_by_hand(simple):
+    # 10 px along x = 1.0 mm; 10 px along y = 1.5 mm; the beam pixel itself is at 2-theta 0
+    tt = simple.two_theta([60.0, 50.0, 50.0, 40.0, 53.0], [40.0, 50.0, 40.0, 40.0, 44.0])
+    expected = np.degrees([math.atan(1.0 / 100), math.atan(1.5 / 100), 0.0,
+                           math.atan(1.0 / 100), math.atan(math.hypot(0.3, 0.6) / 100)])
+    np.testing.assert_allclose(tt, expected, atol=1e-9)
+    assert simple.beam_centre == pytest.approx((50.0, 40.0))
+
+
+def test_sub_pixel_positions_are_pixel_centre_convention(simple):
+    # half a pixel to the right of the beam pixel centre is 0.05 mm away, not 0 or 0.1 mm
+    tt = simple.two_theta([50.5], [40.0])
+    assert tt[0] == pytest.approx(math.degrees(math.atan(0.05 / 100)), abs=1e-10)
+
+
+def test_chi_quadrants(simple):
+    chi = simple.chi([60.0, 50.0, 40.0, 50.0, 60.0], [40.0, 50.0, 40.0, 30.0, 50.0])
+    # +x -> 0, +y (down the rows) -> 90, -x -> 180, -y -> -90; (1 mm, 1.5 mm) -> atan2(1.5, 1)
+    np.testing.assert_allclose(
+        chi, [0.0, 90.0, 180.0, -90.0, math.degrees(math.atan2(1.5, 1.0))], atol=1e-9
+    )
+
+
+def test_q_and_d_by_hand(simple):
+    theta = math.atan(1.0 / 100) / 2
+    q_hand = 4 * math.pi / 0.1 * math.sin(theta)  # 1/nm with lambda = 0.1 nm
+    d_hand = 1.0 / (2 * math.sin(theta))  # angstrom
+    assert simple.q([60.0], [40.0])[0] == pytest.approx(q_hand, rel=1e-9)
+    assert simple.d_spacing([60.0], [40.0])[0] == pytest.approx(d_hand, rel=1e-9)
+
+
+def test_energy_and_options():
+    g = Geometry.simple(200.0, 0, 0, 75.0, energy_keV=20.0)
+    assert g.wavelength_A == pytest.approx(12.398419843320026 / 20.0)
+    assert g.energy_keV == pytest.approx(20.0)
+    with pytest.raises(OptionError):
+        Geometry.simple(100.0, 0, 0, 75.0, energy_keV=20.0, wavelength_A=1.0)
+    with pytest.raises(OptionError):
+        Geometry.simple(-1.0, 0, 0, 75.0)
+    with pytest.raises(OptionError):
+        Geometry.simple(100.0, 0, 0)
+
+
+def test_poni_round_trip_against_hand(tmp_path):
+    from pyFAI.detectors import Detector
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+    # written by pyFAI itself; beam at the centre of pixel (row 100, col 200), 172 um pixels
+    p = 172e-6
+    ai = AzimuthalIntegrator(dist=0.25, poni1=100.5 * p, poni2=200.5 * p,
+                             detector=Detector(pixel1=p, pixel2=p, max_shape=(512, 512)),
+                             wavelength=0.7e-10)
+    path = tmp_path / "det.poni"
+    ai.save(str(path))
+    g = Geometry.from_poni(path)
+    assert g.shape == (512, 512)
+    assert g.wavelength_A == pytest.approx(0.7)
+    assert g.beam_centre == pytest.approx((200.0, 100.0))
+    tt = g.two_theta([230.0, 200.0], [100.0, 60.0])
+    np.testing.assert_allclose(
+        tt, np.degrees([math.atan(30 * p / 0.25), math.atan(40 * p / 0.25)]), atol=1e-9
+    )
+    # and our writer gives back the same geometry
+    g2 = Geometry.from_poni(g.to_poni(tmp_path / "again.poni"))
+    np.testing.assert_allclose(g2.two_theta([230.0], [100.0]), tt[:1], atol=1e-12)
+
+
+def test_poni_with_tilt_matches_pyfai(tmp_path):
+    from pyFAI.detectors import Detector
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+    ai = AzimuthalIntegrator(dist=0.2, poni1=0.02, poni2=0.03, rot1=0.05, rot2=-0.03, rot3=0.1,
+                             detector=Detector(pixel1=1e-4, pixel2=1e-4), wavelength=1e-10)
+    path = tmp_path / "tilt.poni"
+    ai.save(str(path))
+    g = Geometry.from_poni(path)
+    x, y = np.array([10.0, 300.5]), np.array([20.0, 150.25])
+    np.testing.assert_allclose(g.two_theta(x, y), np.degrees(ai.tth(y, x)), atol=1e-12)
+
+
+def test_bad_poni_files(tmp_path):
+    with pytest.raises(InputFileError, match="no such"):
+        Geometry.from_poni(tmp_path / "missing.poni")
+    bad = tmp_path / "bad.poni"
+    bad.write_bytes(b"\x00\x01 this is not a poni\nDistance: banana\n")
+    with pytest.raises(InputFileError):
+        Geometry.from_poni(bad)
+
+
+def test_add_geometry_columns_and_flags(simple):
+    t = pd.DataFrame({"x": [60.0, 50.0, np.nan], "y": [40.0, 40.0, 1.0],
+                      "x_err": [0.1, 0.1, 0.1], "y_err": [0.1, 0.1, 0.1],
+                      "ok": True, "reason": ""})
+    out = add_geometry(t, simple)
+    for col in ("two_theta", "two_theta_err", "chi", "chi_err", "q", "q_err", "d_spacing",
+                "d_spacing_err"):
+        assert col in out.columns
+        assert np.isfinite(out[col]).all()
+    assert out["ok"].tolist() == [True, False, False]
+    assert out["reason"].tolist() == ["", "beam_centre", "no_position"]
+    # analytic error along x for a point on the x axis: d(2theta)/dx = p / D / (1 + (r/D)^2)
+    slope = math.degrees(0.1 / 100 / (1 + (1.0 / 100) ** 2))
+    assert out["two_theta_err"][0] == pytest.approx(slope * 0.1, rel=1e-5)
+
+
+def test_white_beam_has_no_d():
+    g = Geometry.simple(80.0, 100.0, 100.0, 73.4)
+    out = add_geometry(pd.DataFrame({"x": [150.0], "y": [100.0]}), g)
+    assert "two_theta" in out.columns and "d_spacing" not in out.columns and "q" not in out
+    with pytest.raises(OptionError):
+        g.q([1.0], [1.0])
+
+
+def test_error_propagation_matches_monte_carlo():
+    from pyFAI.detectors import Detector  # noqa: F401 (pyFAI present)
+
+    g = Geometry(distance_m=0.15, poni1_m=0.01, poni2_m=0.012, pixel1_m=1e-4, pixel2_m=1e-4,
+                 rot1=0.1, rot2=-0.05, wavelength_m=1.2e-10)
+    x0, y0, xe, ye = 300.0, 260.0, 0.3, 0.2
+    out = add_geometry(pd.DataFrame({"x": [x0], "y": [y0], "x_err": [xe], "y_err": [ye]}), g)
+    rng = np.random.default_rng(0)
+    xs = x0 + rng.normal(0, xe, 20000)
+    ys = y0 + rng.normal(0, ye, 20000)
+    for col, func in (("two_theta", g.two_theta), ("chi", g.chi), ("q", g.q),
+                      ("d_spacing", g.d_spacing)):
+        mc = np.std(func(xs, ys))
+        assert out[f"{col}_err"][0] == pytest.approx(mc, rel=0.03), col
+
+
+def test_lattice_parameters_of_known_reflections():
+    # silicon a = 5.431 A: d(111) = 3.1356, d(220) = 1.9201, d(311) = 1.6375
+    a, _ = lattice_parameter([3.1356, 1.9201, 1.6375], [[1, 1, 1], [2, 2, 0], [3, 1, 1]])
+    np.testing.assert_allclose(a, 5.431, atol=1e-3)
+    # hexagonal NMC-like a = 2.87, c = 14.2: d(003) = 4.73333, d(110) = 1.435,
+    # d(104) = 1 / sqrt(4/3 / 2.87^2 + 16 / 14.2^2) = 2.036062
+    c, c_err = lattice_parameter(4.733333, (0, 0, 3), "hexagonal", parameter="c", d_err=0.001)
+    assert c[0] == pytest.approx(14.2, rel=1e-6) and c_err[0] == pytest.approx(0.003)
+    a, _ = lattice_parameter(1.435, (1, 1, 0), "hexagonal")
+    assert a[0] == pytest.approx(2.87, rel=1e-6)
+    a, _ = lattice_parameter(2.036062, (1, 0, 4), "hexagonal", c_over_a=14.2 / 2.87)
+    assert a[0] == pytest.approx(2.87, rel=1e-5)
+    c, _ = lattice_parameter(2.036062, (1, 0, 4), "hexagonal", c_over_a=14.2 / 2.87,
+                             parameter="c")
+    assert c[0] == pytest.approx(14.2, rel=1e-5)
+    # tetragonal a = 4, c = 6: d(101) = 1 / sqrt(1/16 + 1/36) = 3.328201
+    a, _ = lattice_parameter(3.328201, (1, 0, 1), "tetragonal", c_over_a=1.5)
+    assert a[0] == pytest.approx(4.0, rel=1e-6)
+    with pytest.raises(OptionError, match="c_over_a"):
+        lattice_parameter(2.0, (1, 0, 4), "hexagonal")
+    with pytest.raises(OptionError):
+        lattice_parameter(2.0, (0, 0, 0))
+    with pytest.raises(OptionError):
+        lattice_parameter(2.0, (1, 1, 1), "monoclinic")
+
+
+def test_add_strain_reference_frames():
+    t = pd.DataFrame({
+        "particle": [0, 0, 0, 1, 1],
+        "frame": [0, 1, 2, 1, 2],
+        "d_spacing": [2.0, 2.002, 1.999, 3.0, 3.003],
+        "d_spacing_err": [0.0002, 0.0002, 0.0002, 0.0003, 0.0003],
+    })
+    out = add_strain(t)
+    np.testing.assert_allclose(out["strain"], [0, 1e-3, -5e-4, 0, 1e-3], atol=1e-12)
+    assert out["strain_ref_frame"].tolist() == [0, 0, 0, 1, 1]
+    assert out["strain_err"][0] == 0.0
+    assert out["strain_err"][1] == pytest.approx(math.hypot(1e-4, 2.002 * 0.0002 / 4), rel=1e-9)
+    out = add_strain(t, reference_frame=2)
+    assert out["strain"][2] == 0.0 and out["strain"][0] == pytest.approx(2.0 / 1.999 - 1)
+    out = add_strain(t, d_ref={0: 2.0, 1: 2.997})
+    assert out["strain"][3] == pytest.approx(3.0 / 2.997 - 1)
+    assert out["strain_ref_frame"].eq(-1).all()
+
+
+def test_add_strain_from_two_theta_without_wavelength():
+    # at fixed wavelength d ~ 1/sin(theta): strain = sin(theta_ref)/sin(theta) - 1
+    t = pd.DataFrame({"particle": 0, "frame": [0, 1], "two_theta": [20.0, 19.98],
+                      "two_theta_err": [0.001, 0.001]})
+    out = add_strain(t)
+    expected = math.sin(math.radians(10.0)) / math.sin(math.radians(9.99)) - 1
+    assert out["strain"][1] == pytest.approx(expected, rel=1e-9)
+
+
+def test_add_radial_shift():
+    t = pd.DataFrame({"particle": [0, 0, 1, 1], "frame": [0, 1, 0, 1],
+                      "x": [110.0, 110.3, 10.0, 10.0], "y": [50.0, 50.0, 20.0, 19.0],
+                      "x_err": 0.1, "y_err": 0.1})
+    out = add_radial_shift(t, (10.0, 50.0))
+    np.testing.assert_allclose(out["radial_shift"], [0.0, 0.3, 0.0, 1.0], atol=1e-12)
+    # along a radial direction the radius error equals the position error; two points: sqrt 2
+    assert out["radial_shift_err"][1] == pytest.approx(0.1 * math.sqrt(2))
+
+
+def test_lauetools_det_file():
+    det = DATA / "laue_gan_nanowire_calib.det"
+    if not det.exists():
+        pytest.skip("shared data not available")
+    g = Geometry.from_lauetools_det(det)
+    assert g.wavelength_m is None and g.shape == (2018, 2016)
+    # LaueTools: the detector normal through (xcen, ycen) is at 90 deg - xbet from the beam
+    assert g.two_theta([977.81], [932.17])[0] == pytest.approx(90.0 - 0.477, abs=1e-4)
+    # along the column through the normal's foot (xgam small), 2-theta changes by the angle
+    # subtended: 200 px * 0.0734 mm at 79.612 mm -> about atan(14.68 / 79.612) = 10.45 deg
+    tt = g.two_theta([977.81, 977.81], [732.17, 1132.17])
+    assert abs(tt[0] - tt[1]) == pytest.approx(2 * math.degrees(math.atan(14.68 / 79.612)),
+                                               rel=0.02)
+    with pytest.raises(InputFileError):
+        Geometry.from_lauetools_det(DATA / "README.md")
