@@ -62,11 +62,28 @@ def test_training_is_deterministic(tmp_path):
     assert a.config_path.exists()
 
 
+class _Interrupted(Exception):
+    pass
+
+
 def test_checkpoint_and_resume_match_uninterrupted_run(tmp_path):
     full = _tiny(tmp_path, "full.safetensors", epochs=3, warmup_epochs=1, patience=0)
+    calls = []
+
+    def crashing(n, patch, kinds, seed):
+        # 1 validation chunk, then 2 chunks per epoch: the 6th call is in epoch 3.
+        calls.append(seed)
+        if len(calls) == 6:
+            raise _Interrupted
+        return gaussian_patches(n, patch, kinds, seed)
+
     ck = tmp_path / "ck"
-    _tiny(tmp_path, "part.safetensors", epochs=2, warmup_epochs=1, patience=0, checkpoint_dir=ck)
+    source = SimulatorSource(n_train=512, n_val=128, chunk=256, simulate=crashing)
+    with pytest.raises(_Interrupted):
+        train_model(source, tmp_path / "part.safetensors", epochs=3, batch_size=64, seed=3,
+                    progress=False, threads=1, warmup_epochs=1, patience=0, checkpoint_dir=ck)
     assert (ck / "checkpoint.pt").is_file()
+    assert not (tmp_path / "part.safetensors").exists()
     resumed = _tiny(
         tmp_path, "resumed.safetensors", epochs=3, warmup_epochs=1, patience=0,
         checkpoint_dir=ck, resume=True,

@@ -579,6 +579,7 @@ def train_model(
     chunk_frames: int | None = None,
     threads: int | None = None,
     max_minutes: float | None = None,
+    cosine: bool = True,
 ) -> TrainResult:
     """Train a BraggNN and save the best epoch's weights to ``out``.
 
@@ -618,7 +619,10 @@ def train_model(
     threads : int, optional
         Torch intra-op threads while training.
     max_minutes : float, optional
-        Stop (after the current epoch) once this much wall time has passed.
+        Stop (after the current epoch) once this much wall time has passed (the result
+        then depends on the machine's speed; use ``epochs`` for reproducible runs).
+    cosine : bool
+        Cosine decay of the learning rate from ``lr`` to ``lr / 50`` over ``epochs``.
 
     Returns
     -------
@@ -679,7 +683,7 @@ def train_model(
             batch_size=batch_size, lr=lr, seed=seed, patience=patience, augment=augment,
             noise=noise, checkpoint_dir=checkpoint_dir, resume=resume, dev=dev,
             progress=progress, warmup=warmup, beta=beta, max_minutes=max_minutes,
-            source=source,
+            source=source, cosine=cosine,
         )
     finally:
         if reader is not None:
@@ -691,7 +695,7 @@ def train_model(
 def _fit(
     train_stream, val_stream, val_batches, out, *, config, epochs, batch_size, lr, seed,
     patience, augment, noise, checkpoint_dir, resume, dev, progress, warmup, beta,
-    max_minutes, source,
+    max_minutes, source, cosine,
 ) -> TrainResult:
     from tqdm.auto import tqdm
 
@@ -737,6 +741,11 @@ def _fit(
             break
         t0 = time.perf_counter()
         nll = epoch > warmup
+        if cosine:
+            # A function of the epoch alone, so resumed runs follow the same schedule.
+            scale = 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
         rng = np.random.default_rng([seed, epoch, 2])
         train_stream.epoch = epoch
         model.train()
@@ -824,7 +833,8 @@ def _fit(
         # 2x the 99.9th percentile of the predicted error on validation data: flags what
         # the model itself finds far less certain than anything it was validated on.
         ood_sigma=float(max(2.0 * np.quantile(std_all, 0.999), 0.05)),
-        max_offset=float(min(int(off_all.max()) + shift, c)),
+        # Hot pixels put the maximum anywhere in a few patches: use a high quantile.
+        max_offset=float(min(int(np.ceil(np.quantile(off_all, 0.995))) + shift, c)),
     )
     model.config = final
     history_df = pd.DataFrame(history)
@@ -836,6 +846,11 @@ def _fit(
             "seed": int(seed),
             "batch_size": int(batch_size),
             "lr": float(lr),
+            "cosine": bool(cosine),
+            "warmup_epochs": int(warmup),
+            "beta": float(beta),
+            "noise": float(noise),
+            "config": dataclasses.asdict(config),
             "augment": bool(augment),
             "val_median_px": float(np.median(errs_all)),
             "val_p90_px": float(np.quantile(errs_all, 0.9)),
@@ -866,3 +881,55 @@ def _describe(source) -> dict:
             v = str(v)
         d[f.name] = v
     return d
+
+
+def main(argv: list[str] | None = None) -> TrainResult:
+    """``python -m braggtrack.train``: train from the simulator (reproduces the shipped model).
+
+    The ``braggtrack train`` command of the CLI is the user-facing entry point; this one
+    exists so that ``benchmarks/train_default_model.sh`` needs nothing but the package.
+    """
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m braggtrack.train", description=main.__doc__.splitlines()[0])
+    ap.add_argument("out", help="weights file (.safetensors or .pt)")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--n-train", type=int, default=32768, help="simulated patches per epoch")
+    ap.add_argument("--n-val", type=int, default=4096)
+    ap.add_argument("--kinds", default=None, help="comma-separated peak kinds (default: all)")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--patience", type=int, default=8)
+    ap.add_argument("--warmup-epochs", type=int, default=None)
+    ap.add_argument("--channels", default="16,24,16")
+    ap.add_argument("--dense", default="64,32")
+    ap.add_argument("--nonlocal-block", action="store_true")
+    ap.add_argument("--checkpoint-dir", default=None)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--max-minutes", type=float, default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    config = BraggNNConfig(
+        channels=tuple(int(v) for v in args.channels.split(",")),
+        dense=tuple(int(v) for v in args.dense.split(",")) if args.dense else (),
+        nonlocal_block=args.nonlocal_block,
+    )
+    kinds = tuple(args.kinds.split(",")) if args.kinds else None
+    result = train_model(
+        SimulatorSource(n_train=args.n_train, n_val=args.n_val, kinds=kinds),
+        args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        patience=args.patience, warmup_epochs=args.warmup_epochs, config=config,
+        checkpoint_dir=args.checkpoint_dir, resume=args.resume, threads=args.threads,
+        max_minutes=args.max_minutes, device=args.device, progress=not args.no_progress,
+    )
+    print(result.history.to_string(index=False))
+    print(f"best epoch {result.best_epoch}: validation median {result.val_median_px:.4f} px, "
+          f"p90 {result.val_p90_px:.4f} px -> {result.model_path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
