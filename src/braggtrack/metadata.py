@@ -1,0 +1,433 @@
+"""Per-frame metadata: read it, put a cycler log on the frames' time base, join it to peaks.
+
+Operando experiments record, beside the frames, per-frame values (time stamps, temperature,
+motor positions) and an electrochemical cycler log (time, voltage, current, capacity) on the
+cycler's own clock.  This module turns them into one row per ``frame`` that can be joined to a
+peak or track table, and labels the charge/discharge branches and cycle numbers.
+
+Policy for frames without metadata (never NaN in a table)
+---------------------------------------------------------
+* :func:`load_frame_meta` with ``n_frames``: a table without a ``frame`` column must have
+  exactly ``n_frames`` rows (else :class:`~braggtrack.errors.InputFileError`); duplicate frame
+  numbers are an ``InputFileError``; frames outside ``0..n_frames-1`` are dropped and frames
+  missing inside it are filled (numeric columns linearly interpolated in frame, held constant
+  beyond the ends; integer, boolean and text columns from the nearest frame) with a :class:`FrameMetaWarning`
+  naming how many, and flagged ``meta_filled=True``.
+* :func:`join_frame_meta` fills the frames of the table that the metadata lacks the same way
+  (warning + ``meta_filled``).
+* :func:`interpolate_cycler` clips frame times outside the log to its first/last value, warns,
+  and flags those frames ``cycler_outside=True`` (``outside="error"`` raises instead).
+
+Plain numpy/pandas (``np.interp``, a cumulative trapezoid) is enough here; no library adds
+anything for this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputFileError, OptionError
+
+__all__ = [
+    "FrameMetaWarning",
+    "load_frame_meta",
+    "interpolate_cycler",
+    "join_frame_meta",
+    "branches",
+]
+
+_HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs", ".nx5", ".hdf")
+# groups of a NeXus file that are not per-frame metadata
+_SKIP_GROUPS = ("truth", "cycler_log", "data", "instrument")
+
+
+class FrameMetaWarning(UserWarning):
+    """Per-frame metadata that had to be filled, dropped or clipped."""
+
+
+def _read_hdf5_meta(path: Path, n_frames: int | None, group: str | None) -> pd.DataFrame:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if group is None:
+            group = "/entry/frame_meta" if "/entry/frame_meta" in f else None
+        if group is not None:
+            if group not in f or not isinstance(f[group], h5py.Group):
+                raise InputFileError(path, f"has no group {group}")
+            g = f[group]
+            names = json.loads(g.attrs["columns"]) if "columns" in g.attrs else list(g.keys())
+            data = {}
+            for name in names:
+                d = g[name]
+                if not isinstance(d, h5py.Dataset) or d.ndim != 1:
+                    continue
+                v = d[()]
+                data[name] = v.astype(str).astype(object) if v.dtype.kind in "SO" else v
+            lengths = {len(v) for v in data.values()}
+            if len(lengths) > 1:
+                raise InputFileError(path, f"{group}: columns of different lengths {sorted(lengths)}")
+            return pd.DataFrame(data)
+        # no table: 1-D datasets under /entry with one value per frame
+        if n_frames is None:
+            for stack in ("/entry/data/data", "/entry/instrument/detector/data"):
+                if stack in f and f[stack].ndim == 3:
+                    n_frames = int(f[stack].shape[0])
+                    break
+        if n_frames is None:
+            raise InputFileError(path, "no /entry/frame_meta table and no frame stack to "
+                                       "count frames; give n_frames")
+        data: dict[str, np.ndarray] = {}
+
+        def visit(name, obj):
+            parts = name.split("/")
+            if any(p in _SKIP_GROUPS for p in parts):
+                return
+            if isinstance(obj, h5py.Dataset) and obj.ndim == 1 and len(obj) == n_frames:
+                if obj.dtype.kind in "biuf":
+                    key = parts[-1] if parts[-1] not in data else name.replace("/", "_")
+                    data[key] = obj[()]
+
+        if "entry" in f:
+            f["entry"].visititems(visit)
+        if not data:
+            raise InputFileError(path, f"no per-frame datasets of length {n_frames} under /entry")
+        return pd.DataFrame(data)
+
+
+def load_frame_meta(
+    path: str | os.PathLike,
+    *,
+    n_frames: int | None = None,
+    group: str | None = None,
+) -> pd.DataFrame:
+    """Read per-frame metadata from CSV, Parquet or a NeXus/HDF5 file.
+
+    Parameters
+    ----------
+    path : path-like
+        ``.csv``, ``.parquet`` or HDF5 (``.h5``, ``.nxs``, ...).  In HDF5 the table is
+        ``/entry/frame_meta`` (one 1-D dataset per column, as the simulator writes it) or the
+        group named by ``group``; without either, every numeric 1-D dataset under ``/entry``
+        with one value per frame (length ``n_frames``, or the frame count of
+        ``/entry/data/data``) becomes a column.
+    n_frames : int, optional
+        Number of frames of the series, to check the table against (see the module notes).
+    group : str, optional
+        HDF5 group holding the table.
+
+    Returns
+    -------
+    DataFrame
+        One row per frame, sorted, with an int64 ``frame`` column (added as 0..n-1 when the
+        file has none) and, when ``n_frames`` is given, ``meta_filled`` (bool).
+
+    Examples
+    --------
+    >>> import tempfile, os, pandas as pd
+    >>> p = os.path.join(tempfile.mkdtemp(), "meta.csv")
+    >>> pd.DataFrame({"time_s": [0.0, 10.0, 20.0]}).to_csv(p, index=False)
+    >>> load_frame_meta(p, n_frames=3)["frame"].tolist()
+    [0, 1, 2]
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "no such metadata file")
+    if n_frames is not None and (int(n_frames) != n_frames or n_frames < 1):
+        raise OptionError(f"n_frames must be a positive integer, got {n_frames}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            meta = pd.read_csv(path)
+        elif suffix == ".parquet":
+            meta = pd.read_parquet(path)
+        elif suffix in _HDF5_SUFFIXES:
+            meta = _read_hdf5_meta(path, n_frames, group)
+        else:
+            raise InputFileError(path, f"unknown metadata format {suffix!r}; use .csv, "
+                                       ".parquet or HDF5")
+    except InputFileError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputFileError(path, f"not a readable metadata table ({exc.__class__.__name__})") \
+            from None
+    if len(meta) == 0:
+        raise InputFileError(path, "metadata table is empty")
+    if "frame" not in meta.columns:
+        if n_frames is not None and len(meta) != n_frames:
+            raise InputFileError(path, f"{len(meta)} metadata rows for {n_frames} frames and no "
+                                       "frame column to align them")
+        meta.insert(0, "frame", np.arange(len(meta), dtype=np.int64))
+    frame = pd.to_numeric(meta["frame"], errors="coerce").to_numpy(float)
+    if not np.isfinite(frame).all() or np.any(frame != np.round(frame)) or np.any(frame < 0):
+        raise InputFileError(path, "frame column must hold non-negative integers")
+    meta["frame"] = frame.astype(np.int64)
+    dup = meta["frame"].duplicated()
+    if dup.any():
+        raise InputFileError(path, f"duplicate frame numbers, e.g. {int(meta['frame'][dup].iloc[0])}")
+    meta = meta.sort_values("frame").reset_index(drop=True)
+    if n_frames is not None:
+        extra = meta["frame"] >= n_frames
+        if extra.any():
+            warnings.warn(f"{path}: {int(extra.sum())} metadata rows for frames >= {n_frames} "
+                          "dropped", FrameMetaWarning, stacklevel=2)
+            meta = meta[~extra]
+        if len(meta) == 0:
+            raise InputFileError(path, f"no metadata for frames 0..{n_frames - 1}")
+        meta = _fill_frames(meta, np.arange(n_frames), str(path))
+    return meta.reset_index(drop=True)
+
+
+def _fill_frames(meta: pd.DataFrame, frames: np.ndarray, where: str) -> pd.DataFrame:
+    """Rows of ``meta`` for ``frames``; missing frames filled and flagged ``meta_filled``."""
+    frames = np.unique(np.asarray(frames, dtype=np.int64))
+    have = meta["frame"].to_numpy(np.int64)
+    missing = ~np.isin(frames, have)
+    base = meta.drop(columns=["meta_filled"], errors="ignore")
+    if not missing.any():
+        out = base[np.isin(have, frames)].copy()
+        out["meta_filled"] = meta["meta_filled"].to_numpy(bool)[np.isin(have, frames)] \
+            if "meta_filled" in meta.columns else False
+        return out.reset_index(drop=True)
+    warnings.warn(f"{where}: no metadata for {int(missing.sum())} of {len(frames)} frames; "
+                  "filled from neighbouring frames (meta_filled=True)", FrameMetaWarning,
+                  stacklevel=3)
+    out = pd.DataFrame({"frame": frames})
+    nearest = np.clip(np.searchsorted(have, frames), 0, len(have) - 1)
+    left = np.clip(nearest - 1, 0, len(have) - 1)
+    closer_left = np.abs(have[left] - frames) <= np.abs(have[nearest] - frames)
+    nearest = np.where(closer_left, left, nearest)
+    for col in base.columns:
+        if col == "frame":
+            continue
+        values = base[col].to_numpy()
+        if values.dtype.kind == "f":
+            ok = np.isfinite(values)
+            out[col] = (np.interp(frames, have[ok], values[ok]) if ok.any()
+                        else np.zeros(len(frames)))
+        else:  # counters, flags, labels: the nearest frame's value
+            out[col] = values[nearest]
+    prev = meta["meta_filled"].to_numpy(bool)[nearest] if "meta_filled" in meta.columns else False
+    out["meta_filled"] = missing | prev
+    return out
+
+
+def interpolate_cycler(
+    log: pd.DataFrame,
+    frame_times,
+    *,
+    time_col: str = "time_s",
+    voltage_col: str = "voltage_V",
+    current_col: str = "current_mA",
+    capacity_col: str = "capacity_mAh",
+    outside: str = "clip",
+) -> pd.DataFrame:
+    """Put a cycler log on the frames' time base.
+
+    Parameters
+    ----------
+    log : DataFrame
+        Cycler log with ``time_col`` (seconds, same clock as the frames) and any of
+        ``voltage_col`` (V), ``current_col`` (mA, positive = charge), ``capacity_col`` (mAh).
+    frame_times : array_like or DataFrame
+        Time of each frame (seconds), frame ``i`` at position ``i``; or a table with ``frame``
+        and ``time_col`` (e.g. from :func:`load_frame_meta`).
+    time_col, voltage_col, current_col, capacity_col : str
+        Column names.
+    outside : {"clip", "error"}
+        Frame times outside the log: hold the first/last logged values and flag
+        ``cycler_outside=True`` with a :class:`FrameMetaWarning` ("clip"), or raise
+        :class:`~braggtrack.errors.OptionError` ("error").
+
+    Returns
+    -------
+    DataFrame
+        ``frame``, ``time_col``, every numeric column of the log linearly interpolated (other
+        columns: the last logged value at or before the frame time), ``capacity_col`` integrated
+        from the current (trapezoid, mAh, net charge since the start of the log) when the log
+        has none, and ``cycler_outside`` (bool).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> log = pd.DataFrame({"time_s": [0.0, 3600.0], "voltage_V": [3.0, 4.0],
+    ...                     "current_mA": [1.0, 1.0]})
+    >>> out = interpolate_cycler(log, [1800.0])
+    >>> float(out.voltage_V[0]), float(out.capacity_mAh[0])
+    (3.5, 0.5)
+    """
+    if outside not in ("clip", "error"):
+        raise OptionError(f"outside must be 'clip' or 'error', got {outside!r}")
+    if not isinstance(log, pd.DataFrame) or time_col not in log.columns:
+        raise OptionError(f"cycler log must be a table with a {time_col!r} column")
+    if isinstance(frame_times, pd.DataFrame):
+        if time_col not in frame_times.columns:
+            raise OptionError(f"frame table lacks {time_col!r}")
+        frames = (frame_times["frame"].to_numpy(np.int64) if "frame" in frame_times.columns
+                  else np.arange(len(frame_times)))
+        t = frame_times[time_col].to_numpy(float)
+    else:
+        t = np.atleast_1d(np.asarray(frame_times, dtype=float))
+        frames = np.arange(len(t))
+    if not np.isfinite(t).all():
+        raise OptionError("frame times must be finite")
+    log = log.copy()
+    log[time_col] = pd.to_numeric(log[time_col], errors="coerce")
+    log = log[np.isfinite(log[time_col].to_numpy(float))]
+    log = log.sort_values(time_col, kind="stable").drop_duplicates(time_col)
+    if len(log) < 2:
+        raise OptionError("cycler log needs at least two time points")
+    lt = log[time_col].to_numpy(float)
+    if capacity_col not in log.columns and current_col in log.columns:
+        current = log[current_col].to_numpy(float)
+        cap = np.concatenate([[0.0], np.cumsum(0.5 * (current[1:] + current[:-1]) * np.diff(lt))])
+        log[capacity_col] = cap / 3600.0
+    out_of_range = (t < lt[0]) | (t > lt[-1])
+    if out_of_range.any():
+        msg = (f"{int(out_of_range.sum())} of {len(t)} frame times outside the cycler log "
+               f"({lt[0]:g}..{lt[-1]:g} s)")
+        if outside == "error":
+            raise OptionError(msg)
+        warnings.warn(msg + "; values held at the log's ends (cycler_outside=True)",
+                      FrameMetaWarning, stacklevel=2)
+    out = pd.DataFrame({"frame": frames, time_col: t})
+    step = np.clip(np.searchsorted(lt, t, side="right") - 1, 0, len(lt) - 1)
+    for col in log.columns:
+        if col == time_col:
+            continue
+        values = log[col].to_numpy()
+        if values.dtype.kind in "fiu":
+            v = values.astype(float)
+            ok = np.isfinite(v)
+            if ok.sum() == 0:
+                continue
+            out[col] = np.interp(t, lt[ok], v[ok])
+        else:
+            out[col] = values[step]
+    out["cycler_outside"] = out_of_range
+    return out
+
+
+def join_frame_meta(table: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
+    """Left-join per-frame metadata to a peak or track table on ``frame``.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Any table with ``frame``.
+    meta : DataFrame
+        One row per frame with ``frame`` (e.g. :func:`load_frame_meta`,
+        :func:`interpolate_cycler`).  Columns that the table already has (other than
+        ``frame``) are added with the suffix ``_meta``.
+
+    Returns
+    -------
+    DataFrame
+        ``table``'s rows in order with the metadata columns; frames that the metadata lacks
+        are filled from neighbouring frames (warning, ``meta_filled=True``).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> peaks = pd.DataFrame({"frame": [0, 1, 1], "x": [1.0, 2.0, 3.0]})
+    >>> meta = pd.DataFrame({"frame": [0, 1], "voltage_V": [3.7, 3.8]})
+    >>> join_frame_meta(peaks, meta)["voltage_V"].tolist()
+    [3.7, 3.8, 3.8]
+    """
+    for name, t in (("table", table), ("metadata", meta)):
+        if not isinstance(t, pd.DataFrame) or "frame" not in t.columns:
+            raise OptionError(f"{name} must be a table with a frame column")
+    if meta["frame"].duplicated().any():
+        raise OptionError("metadata has duplicate frame numbers")
+    out = table.reset_index(drop=True)
+    if len(meta) == 0:
+        raise OptionError("metadata table is empty")
+    meta = meta.copy()
+    meta["frame"] = meta["frame"].astype(np.int64)
+    meta = meta.sort_values("frame")
+    clash = [c for c in meta.columns if c != "frame" and c in out.columns]
+    meta = meta.rename(columns={c: f"{c}_meta" for c in clash})
+    if len(out):
+        meta = _fill_frames(meta, out["frame"].to_numpy(np.int64), "join_frame_meta")
+    elif "meta_filled" not in meta.columns:
+        meta["meta_filled"] = False
+    left = out.assign(frame=out["frame"].astype(np.int64))
+    joined = left.merge(meta, on="frame", how="left", sort=False)
+    return joined
+
+
+def branches(
+    meta: pd.DataFrame,
+    *,
+    current_col: str = "current_mA",
+    voltage_col: str = "voltage_V",
+    time_col: str = "time_s",
+    rest_fraction: float = 0.01,
+    window: int = 5,
+) -> pd.DataFrame:
+    """Label charge / discharge / rest and number the cycles.
+
+    With a current column: ``charge`` where current > ``rest_fraction`` * max |current|,
+    ``discharge`` where it is below minus that, ``rest`` between.  Without one, the sign of the
+    voltage slope (after a running median over ``window`` rows, against ``time_col`` or row
+    order) gives charge (rising) or discharge (falling); no rest is detected that way.  A cycle
+    starts at every charge that follows a discharge (rests in between do not count); cycles
+    count from 1.
+
+    Parameters
+    ----------
+    meta : DataFrame
+        Per-frame (or per-log-row) table in time order.
+    current_col, voltage_col, time_col : str
+        Column names (current positive on charge).
+    rest_fraction : float
+        Relative current below which the cell is at rest.
+    window : int
+        Running-median window for the voltage slope.
+
+    Returns
+    -------
+    DataFrame
+        Same index as ``meta``: ``branch`` (str: charge, discharge, rest) and ``cycle`` (int64).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> m = pd.DataFrame({"current_mA": [1.0, 1.0, 0.0, -1.0, -1.0, 1.0]})
+    >>> b = branches(m)
+    >>> b["branch"].tolist(), b["cycle"].tolist()
+    (['charge', 'charge', 'rest', 'discharge', 'discharge', 'charge'], [1, 1, 1, 1, 1, 2])
+    """
+    if not isinstance(meta, pd.DataFrame):
+        raise OptionError("branches needs a table")
+    if not 0 <= rest_fraction < 1 or int(window) != window or window < 1:
+        raise OptionError("rest_fraction must lie in [0, 1) and window be a positive integer")
+    n = len(meta)
+    if current_col in meta.columns:
+        current = meta[current_col].to_numpy(float)
+        current = np.where(np.isfinite(current), current, 0.0)
+        limit = rest_fraction * (np.abs(current).max() if n else 0.0)
+        label = np.where(current > limit, "charge", np.where(current < -limit, "discharge",
+                                                            "rest"))
+    elif voltage_col in meta.columns:
+        volt = pd.Series(meta[voltage_col].to_numpy(float)).interpolate(limit_direction="both")
+        smooth = volt.rolling(int(window), center=True, min_periods=1).median().to_numpy()
+        t = meta[time_col].to_numpy(float) if time_col in meta.columns else np.arange(n, dtype=float)
+        slope = np.gradient(smooth, t) if n > 1 else np.zeros(n)
+        sign = pd.Series(np.sign(slope)).replace(0.0, np.nan).ffill().bfill().fillna(1.0)
+        label = np.where(sign.to_numpy() > 0, "charge", "discharge")
+    else:
+        raise OptionError(f"branches needs a {current_col!r} or {voltage_col!r} column")
+    label = np.asarray(label, dtype=object)
+    # a new cycle at each charge whose last non-rest predecessor was a discharge
+    active = pd.Series(np.where(label == "rest", None, label), dtype=object).ffill()
+    prev = active.shift(1)
+    starts = (label == "charge") & (prev.to_numpy() == "discharge")
+    cycle = 1 + np.cumsum(starts)
+    return pd.DataFrame({"branch": label.astype(str), "cycle": cycle.astype(np.int64)},
+                        index=meta.index)
