@@ -226,7 +226,7 @@ def test_with_simulator_truth_if_available():
     if not hasattr(simulate, "simulate_series"):
         pytest.skip("simulate_series not there yet")
     try:
-        _, truth = simulate.simulate_series(frames=5, shape=(128, 128), peaks=10, messy=0.0,
+        _, truth = simulate.simulate_series(frames=8, shape=(128, 128), peaks=10, messy=0.0,
                                             seed=0)
     except TypeError:
         pytest.skip("simulate_series has another signature")
@@ -239,3 +239,5 @@ def test_with_simulator_truth_if_available():
     tracks = link(peaks, search_range=3.0)
     score = evaluate_tracking(tracks, truth, match_radius=0.5)
     assert score["matched"] > 0.95
+    assert score["recovered"] >= 0.99 and score["identity_swaps"] == 0
+    assert score["displacement_rms"] <= 0.05
