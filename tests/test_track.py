@@ -226,7 +226,7 @@ def test_with_simulator_truth_if_available():
     if not hasattr(simulate, "simulate_series"):
         pytest.skip("simulate_series not there yet")
     try:
-        _, truth = simulate.simulate_series(frames=8, shape=(128, 128), peaks=10, messy=0.0,
+        _, truth = simulate.simulate_series(frames=5, shape=(128, 128), peaks=10, messy=0.0,
                                             seed=0)
     except TypeError:
         pytest.skip("simulate_series has another signature")
