@@ -715,11 +715,13 @@ def link_and_measure(
         if "d_spacing" in tracks:
             tracks = add_strain(tracks, reference_frame=track.reference_frame, d_ref=track.d_ref)
             if track.hkl is not None:
-                from .geometry import add_lattice_parameter
+                from .geometry import lattice_parameter
 
-                tracks = add_lattice_parameter(tracks, track.hkl, track.crystal_system,
-                                               c_over_a=track.c_over_a)
-        geometry_info = {"kind": "poni" if track.poni else "simple", **geometry.describe()}
+                a, a_err = lattice_parameter(
+                    tracks["d_spacing"].to_numpy(), track.hkl, track.crystal_system,
+                    c_over_a=track.c_over_a, d_err=tracks["d_spacing_err"].to_numpy())
+                tracks["lattice_a"], tracks["lattice_a_err"] = a, a_err
+        geometry_info = {"kind": "poni" if track.poni else "simple", **geometry.as_dict()}
     else:
         from .geometry import add_radial_shift
 
