@@ -37,8 +37,6 @@ __all__ = ["persistence", "select_peaks"]
 
 PEAK_COLUMNS = ("y", "x", "birth", "death", "persistence")
 
-_RADIX_BITS = 11
-_RADIX_SIZE = 1 << _RADIX_BITS
 
 
 def _jit(func):
@@ -65,14 +63,31 @@ def _jit(func):
 def _radix_order_descending(keys):  # pragma: no cover - compiled
     """Indices that visit ``keys`` from the largest down; equal keys by decreasing index.
 
-    Stable LSD radix sort with 11-bit digits; digits that are constant over all keys are
-    skipped, so small-range integer frames take one counting pass.
+    A counting sort when the key range is small (integer frames: one pass to count, one
+    to place), else a stable LSD radix sort with 11-bit digits, skipping the digits that
+    are constant over all keys.
     """
     n = keys.size
     order = np.empty(n, np.int64)
     if n == 0:
         return order
     top = keys.max()
+    if top < np.uint64(max(65536, n)):
+        # Slot of value v starts after all larger values; filling from the last index
+        # down puts equal values in decreasing index order.
+        counts = np.zeros(np.int64(top) + 2, np.int64)
+        for j in range(n):
+            counts[np.int64(keys[j])] += 1
+        total = 0
+        for v in range(np.int64(top), -1, -1):
+            c = counts[v]
+            counts[v] = total
+            total += c
+        for j in range(n - 1, -1, -1):
+            v = np.int64(keys[j])
+            order[counts[v]] = j
+            counts[v] += 1
+        return order
     # Complementing the key turns "descending" into the ascending radix order; reading
     # the input backwards makes ties come out by decreasing index.
     ndigits = 1
@@ -125,7 +140,8 @@ def _find(parent, x):  # pragma: no cover - compiled
 def _union_find(sidx, member, height, width, eight):  # pragma: no cover - compiled
     """Elder-rule union-find over pixels visited in the order ``sidx`` (flat indices).
 
-    ``member[p]`` says whether pixel ``p`` takes part at all.  Components are named by
+    ``member[p]`` says whether pixel ``p`` takes part at all; an empty ``member`` means
+    every pixel does (``sidx`` holds them all), which saves one memory stream.  Components are named by
     the visiting rank of their eldest pixel, so "elder" is simply "smaller rank".
     Returns, per rank: whether a component was born there, the rank at which that
     component died (-1: never) and the rank of the last pixel that joined it.
@@ -139,6 +155,7 @@ def _union_find(sidx, member, height, width, eight):  # pragma: no cover - compi
     death = np.full(m, -1, np.int32)
     last = np.empty(m, np.int32)
     roots = np.empty(8, np.int32)
+    dense = member.size == 0
     if eight:
         drs = np.array([-1, -1, -1, 0, 0, 1, 1, 1])
         dcs = np.array([-1, 0, 1, -1, 1, -1, 0, 1])
@@ -156,7 +173,7 @@ def _union_find(sidx, member, height, width, eight):  # pragma: no cover - compi
             if rr < 0 or rr >= height or cc < 0 or cc >= width:
                 continue
             q = rr * width + cc
-            if member[q]:
+            if dense or member[q]:
                 j = rank[q]
                 if j < i:
                     roots[k] = _find(parent, j)
@@ -334,8 +351,12 @@ def persistence(
     floating = a.dtype.kind == "f"
 
     if threshold is None:
-        member = np.isfinite(flat) if floating else np.ones(flat.size, bool)
-        idx = None if member.all() else np.flatnonzero(member)
+        member = np.isfinite(flat) if floating else np.ones(0, bool)
+        idx = None
+        if floating and member.all():
+            member = np.ones(0, bool)
+        elif floating:
+            idx = np.flatnonzero(member)
     else:
         member = _above(a, threshold).reshape(-1)
         idx = np.flatnonzero(member)
@@ -500,39 +521,37 @@ def select_peaks(
 
     table = peaks.reset_index(drop=True)
     pers = table["persistence"].to_numpy(np.float64)
+    all_y = table["y"].to_numpy().astype(np.int64)
+    all_x = table["x"].to_numpy().astype(np.int64)
     span = _intensity_range(a)
     score = pers * (255.0 / span) if span > 0 else np.zeros_like(pers)
     score = np.where(np.isfinite(score), score, 0.0)
-    table = table.assign(score=score)
-    keep = (pers > 0) & (pers >= min_persistence) & (score >= min_score)
-    table = table[keep]
-    table = table.iloc[np.argsort(-table["persistence"].to_numpy(np.float64), kind="stable")]
-    table = table.reset_index(drop=True)
+    # Work on row positions and build the output table once (pandas is slow per step).
+    rows = np.flatnonzero((pers > 0) & (pers >= min_persistence) & (score >= min_score))
+    rows = rows[np.argsort(-pers[rows], kind="stable")]
 
-    if min_distance > 0 and len(table) > 1:
-        pos = table[["y", "x"]].to_numpy(np.float64)
+    if min_distance > 0 and rows.size > 1:
+        pos = np.column_stack([all_y[rows], all_x[rows]]).astype(np.float64)
         pairs = cKDTree(pos).query_pairs(float(min_distance), output_type="ndarray")
         if pairs.size:
             d2 = ((pos[pairs[:, 0]] - pos[pairs[:, 1]]) ** 2).sum(axis=1)
             pairs = pairs[d2 < float(min_distance) ** 2]
             pairs = np.sort(pairs, axis=1)  # row = (more persistent, less persistent)
             pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
-            kept = _greedy_suppress(len(table), pairs[:, 0].astype(np.int64),
+            kept = _greedy_suppress(rows.size, pairs[:, 0].astype(np.int64),
                                     pairs[:, 1].astype(np.int64))
-            table = table[kept].reset_index(drop=True)
-    table = table.iloc[: int(max_peaks)].reset_index(drop=True)
+            rows = rows[kept]
+    rows = rows[: int(max_peaks)]
 
-    y = table["y"].to_numpy().astype(np.int64)
-    x = table["x"].to_numpy().astype(np.int64)
+    y, x = all_y[rows], all_x[rows]
     height, width = a.shape
     e = int(edge)
     at_edge = (x < e) | (y < e) | (x > width - 1 - e) | (y > height - 1 - e)
-    near_mask = np.zeros(len(table), bool)
+    near_mask = np.zeros(rows.size, bool)
     if bad is not None and bad.any():
         near_mask = _near_bad(y, x, bad, e) & ~at_edge
-    reason = np.full(len(table), "", dtype=object)
+    reason = np.full(rows.size, "", dtype=object)
     reason[at_edge] = "edge"
     reason[near_mask] = "mask"
-    table["ok"] = ~(at_edge | near_mask)
-    table["reason"] = pd.array(reason, dtype=object)
-    return table
+    out = table.iloc[rows].reset_index(drop=True)
+    return out.assign(score=score[rows], ok=~(at_edge | near_mask), reason=reason)
