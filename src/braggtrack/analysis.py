@@ -424,7 +424,9 @@ def rank_particles(
         reasons = []
         if len(grid) >= 4 and xs.std() > 0 and ys.std() > 0:
             lag_limit = max_lag if max_lag is not None else max(1, min(len(grid) // 4, 50))
-            row["lag_frames"], row["correlation"] = _lag(xs, ys, int(lag_limit))
+            lag, row["correlation"] = _lag(xs, ys, int(lag_limit))
+            # Sub-frame digits beyond 1e-3 are round-off, not information.
+            row["lag_frames"] = round(lag, 3) + 0.0
         else:
             reasons.append("flat_or_short_series")
         if onset is None:
