@@ -116,6 +116,9 @@ def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _D
         rows, cols = recentre(prepared.full, rows * b + (b - 1) // 2, cols * b + (b - 1) // 2,
                               radius=b // 2)
     full = prepared.full
+    if n == 0:
+        return _Detected(frame=frame, table=_empty_detected(),
+                         patches=np.zeros((0, config.patch, config.patch), np.float32))
     ps = extract_patches(full, rows, cols, size=config.patch, mask=prepared.mask)
     _, flat = normalize(ps.patches)
     centred = centre_filter(ps.patches, tolerance=config.centre_tolerance)
@@ -139,6 +142,15 @@ def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _D
         }
     )
     return _Detected(frame=frame, table=table, patches=ps.patches)
+
+
+def _empty_detected() -> pd.DataFrame:
+    return pd.DataFrame({
+        "frame": pd.Series(dtype=np.int64), "x_det": pd.Series(dtype=np.int64),
+        "y_det": pd.Series(dtype=np.int64), "birth": pd.Series(dtype=np.float64),
+        "death": pd.Series(dtype=np.float64), "persistence": pd.Series(dtype=np.float64),
+        "score": pd.Series(dtype=np.float64), "reason": pd.Series(dtype=object),
+    })
 
 
 def _bin_mask(mask: np.ndarray, b: int, shape: tuple[int, int]) -> np.ndarray:
