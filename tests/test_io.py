@@ -1,0 +1,634 @@
+"""Frame readers: round trips through every format, bad input, HDF5 link safety, fuzzing."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from braggtrack.errors import BraggTrackError, FrameReadError, InputFileError
+from braggtrack.io import as_series, file_checksum, load_image, open_frames
+
+h5py = pytest.importorskip("h5py")
+hdf5plugin = pytest.importorskip("hdf5plugin")
+tifffile = pytest.importorskip("tifffile")
+fabio = pytest.importorskip("fabio")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def stack():
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 60000, size=(4, 24, 20)).astype(np.uint16)
+
+
+def _assert_series(series, expected):
+    assert len(series) == expected.shape[0]
+    assert series.shape == expected.shape[1:]
+    assert series.dtype == expected.dtype
+    for i in range(len(series)):
+        np.testing.assert_array_equal(series[i], expected[i])
+    n = len(expected)
+    np.testing.assert_array_equal(series[1:3], expected[1:3])
+    np.testing.assert_array_equal(series[[n - 1, 0]], expected[[n - 1, 0]])
+    np.testing.assert_array_equal(series[-1], expected[-1])
+    np.testing.assert_array_equal(np.stack(list(series)), expected)
+
+
+def _assert_names_file(exc_info, path):
+    msg = str(exc_info.value)
+    assert "\n" not in msg
+    assert str(path) in msg
+
+
+# ------------------------------------------------------------------ round trips: HDF5
+
+
+@pytest.mark.parametrize(
+    "compression",
+    [
+        {},
+        {"compression": "gzip", "compression_opts": 4},
+        "bitshuffle",
+        "blosc",
+    ],
+    ids=["plain", "gzip", "bitshuffle-lz4", "blosc"],
+)
+def test_hdf5_round_trip(tmp_path, stack, compression):
+    if compression == "bitshuffle":
+        compression = dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    elif compression == "blosc":
+        compression = dict(hdf5plugin.Blosc(cname="lz4", shuffle=hdf5plugin.Blosc.SHUFFLE))
+    path = tmp_path / "series.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=stack, chunks=(1, 24, 20), **compression)
+    series = open_frames(path)
+    _assert_series(series, stack)
+    assert "/entry/data/data" in series.source and str(path) in series.source
+    assert series.path == path and series.files == [path] and series.frame_names is None
+
+
+def test_hdf5_nexus_detector_path_and_largest_3d(tmp_path, stack):
+    path = tmp_path / "det.nxs"
+    with h5py.File(path, "w") as f:
+        f["/entry/instrument/detector/data"] = stack
+        f["/other/big"] = np.zeros((9, 24, 20), np.uint16)  # larger, but NeXus path wins
+    assert open_frames(path).source.split(":")[1].startswith("/entry/instrument/detector/data")
+
+    path2 = tmp_path / "plain.h5"
+    with h5py.File(path2, "w") as f:
+        f["/small"] = np.zeros((2, 5, 5), np.float32)
+        f["/g/frames"] = stack
+        f["/g/image2d"] = np.zeros((100, 100), np.float32)
+    series = open_frames(path2)
+    _assert_series(series, stack)
+    # a named 2-D dataset is a one-frame series
+    one = open_frames(path2, dataset="g/image2d")
+    assert len(one) == 1 and one.shape == (100, 100)
+
+
+def test_hdf5_dataset_option_and_pickle(tmp_path, stack):
+    path = tmp_path / "two.h5"
+    with h5py.File(path, "w") as f:
+        f["/a"] = stack
+        f["/b"] = stack[:2] + 1
+    series = open_frames(path, dataset="/b")
+    np.testing.assert_array_equal(series[1], stack[1] + 1)
+    clone = pickle.loads(pickle.dumps(series))
+    np.testing.assert_array_equal(clone[0], stack[0] + 1)
+    series.close()
+    np.testing.assert_array_equal(series[0], stack[0] + 1)  # reopens after close
+
+
+def test_hdf5_safe_external_link_inside_folder_is_followed(tmp_path, stack):
+    with h5py.File(tmp_path / "data_000001.h5", "w") as f:
+        f["/data"] = stack
+    master = tmp_path / "master.h5"
+    with h5py.File(master, "w") as f:
+        f["/entry/data/data"] = h5py.ExternalLink("data_000001.h5", "/data")
+    _assert_series(open_frames(master), stack)
+
+
+# ------------------------------------------------------------------ HDF5 safety (issue 9)
+
+
+@pytest.fixture
+def outside(tmp_path, stack):
+    """A data file in one folder and the user's folder beside it."""
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    target = other / "secret.h5"
+    with h5py.File(target, "w") as f:
+        f["/data"] = stack
+    user = tmp_path / "user"
+    user.mkdir()
+    return target, user
+
+
+def test_hdf5_external_link_outside_is_refused(outside):
+    target, user = outside
+    for name, link in (("abs.h5", str(target)), ("rel.h5", "../elsewhere/secret.h5")):
+        path = user / name
+        with h5py.File(path, "w") as f:
+            f["/entry/data/data"] = h5py.ExternalLink(link, "/data")
+        with pytest.raises(InputFileError, match="outside") as exc:
+            open_frames(path)
+        _assert_names_file(exc, path)
+        with pytest.raises(InputFileError, match="outside"):
+            open_frames(path, dataset="/entry/data/data")
+
+
+def test_hdf5_external_link_outside_is_not_found_by_search(outside):
+    target, user = outside
+    path = user / "hidden.h5"
+    with h5py.File(path, "w") as f:
+        f["/deep/stack"] = h5py.ExternalLink(str(target), "/data")
+        f["/small"] = np.zeros((2, 2), np.uint8)
+    with pytest.raises(InputFileError, match="refused") as exc:
+        open_frames(path)
+    _assert_names_file(exc, path)
+
+
+def test_hdf5_external_storage_outside_is_refused(outside, tmp_path):
+    _, user = outside
+    raw = tmp_path / "elsewhere" / "raw.bin"
+    np.arange(2 * 4 * 4, dtype="<u2").tofile(raw)
+    path = user / "ext.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", shape=(2, 4, 4), dtype="<u2",
+                         external=[(str(raw), 0, h5py.h5f.UNLIMITED)])
+    with pytest.raises(InputFileError, match="external file") as exc:
+        open_frames(path)
+    _assert_names_file(exc, path)
+
+
+def test_hdf5_external_storage_inside_is_read(tmp_path):
+    raw = tmp_path / "raw.bin"
+    data = np.arange(2 * 4 * 4, dtype="<u2").reshape(2, 4, 4)
+    data.tofile(raw)
+    path = tmp_path / "ext.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", shape=(2, 4, 4), dtype="<u2",
+                         external=[("raw.bin", 0, h5py.h5f.UNLIMITED)])
+    cwd = os.getcwd()
+    try:
+        os.chdir("/")  # relative names resolve against the file's folder, not the cwd
+        _assert_series(open_frames(path), data)
+    finally:
+        os.chdir(cwd)
+
+
+def test_hdf5_virtual_dataset_outside_is_refused(outside, stack):
+    target, user = outside
+    path = user / "vds.h5"
+    layout = h5py.VirtualLayout(shape=stack.shape, dtype=stack.dtype)
+    layout[:] = h5py.VirtualSource(str(target), "/data", shape=stack.shape)
+    with h5py.File(path, "w") as f:
+        f.create_virtual_dataset("/entry/data/data", layout)
+    with pytest.raises(InputFileError, match="virtual") as exc:
+        open_frames(path)
+    _assert_names_file(exc, path)
+
+
+def test_hdf5_virtual_dataset_inside_is_read(tmp_path, stack):
+    src = tmp_path / "part.h5"
+    with h5py.File(src, "w") as f:
+        f["/data"] = stack
+    path = tmp_path / "vds.h5"
+    layout = h5py.VirtualLayout(shape=stack.shape, dtype=stack.dtype)
+    layout[:] = h5py.VirtualSource("part.h5", "/data", shape=stack.shape)
+    with h5py.File(path, "w") as f:
+        f.create_virtual_dataset("/entry/data/data", layout)
+    _assert_series(open_frames(path), stack)
+
+
+# ------------------------------------------------------------------ TIFF, folders, globs
+
+
+def test_tiff_single_and_multipage(tmp_path, stack):
+    single = tmp_path / "one.tif"
+    tifffile.imwrite(single, stack[0])
+    s = open_frames(single)
+    assert len(s) == 1
+    np.testing.assert_array_equal(s[0], stack[0])
+    multi = tmp_path / "multi.tiff"
+    tifffile.imwrite(multi, stack, photometric="minisblack")
+    _assert_series(open_frames(multi), stack)
+
+
+def test_folder_and_glob_natural_sort(tmp_path, stack):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    frames = np.concatenate([stack, stack[::-1] + 1])  # 8 frames
+    for i, fr in enumerate(frames):
+        tifffile.imwrite(folder / f"img_{i}.tif", fr)
+    (folder / "notes.txt").write_text("not a frame")
+    series = open_frames(folder)
+    _assert_series(series, frames)
+    assert series.frame_names[:3] == ["img_0.tif", "img_1.tif", "img_2.tif"]
+    for i in range(8, 12):  # img_10 must sort after img_9, not after img_1
+        tifffile.imwrite(folder / f"img_{i}.tif", frames[0] + i)
+    series = open_frames(folder)
+    assert series.frame_names[9:11] == ["img_9.tif", "img_10.tif"]
+    np.testing.assert_array_equal(series[10], frames[0] + 10)
+    glob = open_frames(str(folder / "img_1*.tif"))
+    assert glob.frame_names == ["img_1.tif", "img_10.tif", "img_11.tif"]
+    np.testing.assert_array_equal(glob[1], frames[0] + 10)
+    listed = open_frames([folder / "img_3.tif", folder / "img_0.tif"])
+    np.testing.assert_array_equal(listed[0], frames[3])
+
+
+def test_folder_of_edf_files(tmp_path, stack):
+    for i, fr in enumerate(stack):
+        fabio.edfimage.EdfImage(data=fr).write(str(tmp_path / f"f{i:03d}.edf"))
+    _assert_series(open_frames(tmp_path), stack)
+
+
+# ------------------------------------------------------------------ fabio formats, npy, npz
+
+
+def test_edf_and_cbf(tmp_path, stack):
+    edf = tmp_path / "frame.edf"
+    fabio.edfimage.EdfImage(data=stack[0]).write(str(edf))
+    s = open_frames(edf)
+    assert len(s) == 1
+    np.testing.assert_array_equal(s[0], stack[0])
+    cbf = tmp_path / "frame.cbf"
+    data = stack[1].astype(np.int32) - 30000  # CBF stores signed ints
+    fabio.cbfimage.CbfImage(data=data).write(str(cbf))
+    s = open_frames(cbf)
+    np.testing.assert_array_equal(s[0], data)
+    np.testing.assert_array_equal(load_image(cbf), data)
+
+
+def _write_ge(path: Path, frames: np.ndarray) -> None:
+    """GE a-Si file as written at APS: 8192-byte (blanked) header + little-endian uint16 frames."""
+    with open(path, "wb") as fh:
+        fh.write(bytes(8192))
+        fh.write(frames.astype("<u2").tobytes())
+
+
+def test_ge2_multiframe(tmp_path):
+    # the blanked-header GE layout fixes 2048 x 2048 frames; 2 frames = 16 MB
+    frames = np.zeros((2, 2048, 2048), np.uint16)
+    frames[0, 100, 200] = 1234
+    frames[1, 2000, 5] = 4321
+    frames[1, :, 7] = np.arange(2048)
+    path = tmp_path / "scan_00001.ge2"
+    _write_ge(path, frames)
+    series = open_frames(path)
+    assert len(series) == 2 and series.shape == (2048, 2048) and series.dtype == np.uint16
+    f1 = series[1]
+    assert f1[2000, 5] == 4321 and f1[100, 200] == 0
+    np.testing.assert_array_equal(f1[:, 7], np.arange(2048))
+    assert series[0][100, 200] == 1234
+
+
+def test_npy_memmap(tmp_path, stack):
+    path = tmp_path / "stack.npy"
+    np.save(path, stack)
+    series = open_frames(path)
+    _assert_series(series, stack)
+    frame = series[0]
+    frame[0, 0] = 1  # a returned frame is a private copy, not the file
+    assert open_frames(path)[0][0, 0] == stack[0, 0, 0]
+
+
+def _write_framecache(path: Path, frames: np.ndarray, **extra) -> None:
+    arrays = {"shape": np.array(frames.shape[1:]), "nframes": np.array(len(frames)),
+              "dtype": np.array(str(frames.dtype).encode())}
+    for i, fr in enumerate(frames):
+        r, c = np.nonzero(fr)
+        arrays[f"{i}_row"], arrays[f"{i}_col"], arrays[f"{i}_data"] = r, c, fr[r, c]
+    arrays.update(extra)
+    np.savez_compressed(path, **arrays)
+
+
+def test_framecache_npz(tmp_path, stack):
+    sparse = np.where(stack > 50000, stack, 0).astype(np.uint16)
+    path = tmp_path / "fc.npz"
+    omega = np.stack([np.arange(4.0), np.arange(4.0) + 1], axis=1)
+    _write_framecache(path, sparse, omega=omega)
+    series = open_frames(path)
+    _assert_series(series, sparse)
+    np.testing.assert_array_equal(series.meta["omega"], omega)
+
+
+def test_in_memory_arrays(stack):
+    _assert_series(open_frames(stack), stack)
+    _assert_series(as_series(stack[0]), stack[:1])
+    s = as_series(stack)
+    assert as_series(s) is s and open_frames(s) is s
+
+
+def test_dtype_conversions(tmp_path):
+    for dtype, expected in ((np.int8, np.float32), (np.float16, np.float32),
+                            (np.bool_, np.uint8), (np.int32, np.int32), (np.float64, np.float64)):
+        arr = (np.arange(2 * 3 * 4) % 2).reshape(2, 3, 4).astype(dtype)
+        series = open_frames(arr)
+        assert series.dtype == expected
+        assert series[1].dtype == expected
+        np.testing.assert_array_equal(series[1], arr[1].astype(expected))
+    big_endian = np.arange(12, dtype=">u2").reshape(1, 3, 4)
+    path = tmp_path / "be.npy"
+    np.save(path, big_endian)
+    s = open_frames(path)
+    assert s.dtype == np.dtype("=u2") and s[0].dtype.isnative
+    np.testing.assert_array_equal(s[0], big_endian[0])
+
+
+def test_nan_pixels_returned_as_stored():
+    arr = np.ones((1, 4, 4), np.float32)
+    arr[0, 1, 2], arr[0, 2, 2] = np.nan, np.inf
+    out = open_frames(arr)[0]
+    assert np.isnan(out[1, 2]) and np.isinf(out[2, 2])
+
+
+def test_load_image_and_checksum(tmp_path, stack):
+    path = tmp_path / "darks.h5"
+    with h5py.File(path, "w") as f:
+        f["/entry/data/data"] = stack[:3]
+    np.testing.assert_array_equal(load_image(path), stack[0])
+    np.testing.assert_allclose(load_image(path, reduce="median"),
+                               np.median(stack[:3].astype(np.float64), axis=0))
+    only2d = tmp_path / "mask.h5"
+    with h5py.File(only2d, "w") as f:
+        f["/mask"] = (stack[0] > 30000).astype(np.uint8)
+    np.testing.assert_array_equal(load_image(only2d), stack[0] > 30000)
+    import hashlib
+
+    data = os.urandom(3 * (1 << 20) + 17)
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(data)
+    assert file_checksum(blob) == hashlib.sha256(data).hexdigest()
+    assert file_checksum(blob, chunk_size=1000) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared real data absent")
+def test_real_files():
+    laue = open_frames(SHARED_DATA / "laue_gan_nanowire_nw1_0000.tif")
+    assert len(laue) == 1 and laue.shape == (2018, 2016) and laue.dtype == np.uint16
+    hedm = open_frames(SHARED_DATA / "hedm_zr_dac_ge2_framecache.npz")
+    assert len(hedm) == 100 and hedm.shape == (2048, 2048)
+    z = np.load(SHARED_DATA / "hedm_zr_dac_ge2_framecache.npz")
+    frame = hedm[7]
+    assert np.count_nonzero(frame) == len(z["7_data"])
+    np.testing.assert_array_equal(frame[z["7_row"], z["7_col"]], z["7_data"])
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_missing_file_and_empty_glob(tmp_path):
+    path = tmp_path / "nope.h5"
+    with pytest.raises(InputFileError, match="not found") as exc:
+        open_frames(path)
+    _assert_names_file(exc, path)
+    pattern = str(tmp_path / "*.tif")
+    with pytest.raises(InputFileError, match="matches no files") as exc:
+        open_frames(pattern)
+    _assert_names_file(exc, pattern)
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".nxs", ".tif", ".npy", ".npz", ".edf", ".cbf", ".ge2"])
+def test_wrong_format_for_suffix(tmp_path, suffix):
+    path = tmp_path / f"text{suffix}"
+    path.write_text("this is a text file, not detector data\n" * 20)
+    with pytest.raises(InputFileError) as exc:
+        open_frames(path)
+    _assert_names_file(exc, path)
+
+
+def test_empty_file_and_empty_folder(tmp_path):
+    path = tmp_path / "empty.h5"
+    path.write_bytes(b"")
+    with pytest.raises(InputFileError, match="empty") as exc:
+        open_frames(path)
+    _assert_names_file(exc, path)
+    folder = tmp_path / "nothing"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("x")
+    with pytest.raises(InputFileError, match="no frame files") as exc:
+        open_frames(folder)
+    _assert_names_file(exc, folder)
+
+
+def test_truncated_hdf5(tmp_path, stack):
+    path = tmp_path / "cut.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=stack, chunks=(1, 24, 20))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(BraggTrackError) as exc:
+        series = open_frames(path)
+        for i in range(len(series)):
+            series[i]
+    _assert_names_file(exc, path)
+
+
+def test_corrupt_chunk_raises_frame_read_error(tmp_path, stack):
+    path = tmp_path / "bad_chunk.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("/entry/data/data", data=stack, chunks=(1, 24, 20),
+                              compression="gzip")
+        offset, size = ds.id.get_chunk_info(2).byte_offset, ds.id.get_chunk_info(2).size
+    raw = bytearray(path.read_bytes())
+    raw[offset: offset + size] = b"\x00" * size
+    path.write_bytes(bytes(raw))
+    series = open_frames(path)
+    np.testing.assert_array_equal(series[1], stack[1])
+    with pytest.raises(FrameReadError) as exc:
+        series[2]
+    assert exc.value.index == 2
+    _assert_names_file(exc, path)
+    np.testing.assert_array_equal(series[3], stack[3])
+    with pytest.raises(FrameReadError):
+        series[1:4]  # a block read containing the bad frame names it too
+
+
+def test_no_3d_dataset_and_wrong_dataset(tmp_path):
+    path = tmp_path / "flat.h5"
+    with h5py.File(path, "w") as f:
+        f["/a/image"] = np.zeros((8, 8), np.uint16)
+        f["/labels"] = np.array([b"x", b"y"])
+    with pytest.raises(InputFileError, match="no 3-D dataset") as exc:
+        open_frames(path)
+    _assert_names_file(exc, path)
+    assert "/a/image" in str(exc.value)
+    with pytest.raises(InputFileError, match="no dataset '/missing'") as exc:
+        open_frames(path, dataset="/missing")
+    _assert_names_file(exc, path)
+    assert "/a/image (8 x 8 uint16)" in str(exc.value)
+    with pytest.raises(InputFileError, match="group") as exc:
+        open_frames(path, dataset="/a")
+    with pytest.raises(InputFileError, match="non-numeric") as exc:
+        open_frames(path, dataset="/labels")
+    _assert_names_file(exc, path)
+
+
+def test_different_shapes_in_folder(tmp_path, stack):
+    tifffile.imwrite(tmp_path / "a_1.tif", stack[0])
+    tifffile.imwrite(tmp_path / "a_2.tif", stack[1][:10])
+    series = open_frames(tmp_path)
+    np.testing.assert_array_equal(series[0], stack[0])
+    with pytest.raises(FrameReadError, match="differs") as exc:
+        series[1]
+    assert isinstance(exc.value, InputFileError)
+    _assert_names_file(exc, tmp_path / "a_2.tif")
+
+
+def test_truncated_file_in_folder(tmp_path, stack):
+    for i in range(3):
+        tifffile.imwrite(tmp_path / f"f{i}.tif", stack[i])
+    bad = tmp_path / "f1.tif"
+    bad.write_bytes(bad.read_bytes()[:300])
+    series = open_frames(tmp_path)
+    assert len(series) == 3
+    with pytest.raises(FrameReadError) as exc:
+        series[1]
+    _assert_names_file(exc, bad)
+    np.testing.assert_array_equal(series[2], stack[2])
+
+
+@pytest.mark.parametrize(
+    "array, match",
+    [
+        (np.zeros(5), "1-D"),
+        (np.zeros((2, 2, 3, 3)), "4-D"),
+        (np.zeros((0, 4, 4)), "no frames"),
+        (np.zeros((2, 0, 4)), "zero-sized"),
+        (np.zeros((2, 4, 4), complex), "complex"),
+        (np.array([["a", "b"], ["c", "d"]]), "non-numeric"),
+    ],
+)
+def test_bad_arrays_in_files(tmp_path, array, match):
+    path = tmp_path / "bad.npy"
+    np.save(path, array)
+    with pytest.raises(InputFileError, match=match) as exc:
+        open_frames(path)
+    _assert_names_file(exc, path)
+    h5 = tmp_path / "bad.h5"
+    with h5py.File(h5, "w") as f:
+        f["/entry/data/data"] = array.astype("S1") if array.dtype.kind == "U" else array
+    with pytest.raises(InputFileError) as exc:
+        open_frames(h5, dataset="/entry/data/data")
+    _assert_names_file(exc, h5)
+
+
+def test_empty_hdf5_dataset(tmp_path):
+    path = tmp_path / "empty_ds.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", shape=(0, 16, 16), dtype=np.uint16,
+                         maxshape=(None, 16, 16), chunks=(1, 16, 16))
+    with pytest.raises(InputFileError, match="no frames") as exc:
+        open_frames(path)
+    _assert_names_file(exc, path)
+
+
+def test_bad_framecache(tmp_path, stack):
+    path = tmp_path / "fc.npz"
+    _write_framecache(path, stack[:2])
+    z = dict(np.load(path))
+    z["1_row"] = z["1_row"] + 1000  # outside the frame
+    np.savez(path, **z)
+    series = open_frames(path)
+    np.testing.assert_array_equal(series[0], stack[0])
+    with pytest.raises(FrameReadError, match="outside") as exc:
+        series[1]
+    _assert_names_file(exc, path)
+    del z["1_data"]
+    np.savez(path, **z)
+    with pytest.raises(InputFileError, match="lacks") as exc:
+        open_frames(path)
+    _assert_names_file(exc, path)
+
+
+def test_truncated_ge_and_npy(tmp_path, stack):
+    ge = tmp_path / "cut.ge3"
+    with open(ge, "wb") as fh:
+        fh.write(bytes(8192) + bytes(1000))
+    with pytest.raises(InputFileError) as exc:
+        open_frames(ge)
+    _assert_names_file(exc, ge)
+    npy = tmp_path / "cut.npy"
+    np.save(npy, stack)
+    npy.write_bytes(npy.read_bytes()[:500])
+    with pytest.raises(InputFileError) as exc:
+        open_frames(npy)
+    _assert_names_file(exc, npy)
+
+
+# ------------------------------------------------------------------ fuzzing
+
+
+def _valid_bytes(tmp_path_factory):
+    """Small valid files of each format, to truncate and corrupt."""
+    d = tmp_path_factory.mktemp("valid")
+    arr = (np.arange(2 * 12 * 10) % 251).astype(np.uint16).reshape(2, 12, 10)
+    out = {}
+    with h5py.File(d / "a.h5", "w") as f:
+        f.create_dataset("/entry/data/data", data=arr, chunks=(1, 12, 10), compression="gzip")
+    tifffile.imwrite(d / "a.tif", arr, photometric="minisblack")
+    fabio.edfimage.EdfImage(data=arr[0]).write(str(d / "a.edf"))
+    fabio.cbfimage.CbfImage(data=arr[0].astype(np.int32)).write(str(d / "a.cbf"))
+    np.save(d / "a.npy", arr)
+    _write_framecache(d / "a.npz", arr)
+    with open(d / "a.ge2", "wb") as fh:
+        fh.write(bytes(8192) + bytes(2048 * 2048 * 2))
+    for p in d.iterdir():
+        out[p.suffix] = p.read_bytes()
+    return out
+
+
+def exercise(path: Path) -> None:
+    """Open ``path`` and read every frame; only BraggTrackError may come out."""
+    try:
+        series = open_frames(path)
+        for i in range(min(len(series), 4)):
+            try:
+                frame = series[i]
+                assert frame.shape == series.shape
+            except FrameReadError:
+                pass
+        series.close()
+    except BraggTrackError as exc:
+        assert "\n" not in str(exc)
+
+
+SUFFIXES = [".h5", ".tif", ".edf", ".cbf", ".ge2", ".npz", ".npy"]
+
+
+@settings(max_examples=50, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(suffix=st.sampled_from(SUFFIXES), data=st.binary(min_size=0, max_size=600))
+def test_fuzz_random_bytes(tmp_path, suffix, data):
+    path = tmp_path / f"fuzz{suffix}"
+    path.write_bytes(data)
+    exercise(path)
+
+
+@pytest.fixture(scope="module")
+def valid_bytes(tmp_path_factory):
+    return _valid_bytes(tmp_path_factory)
+
+
+@settings(max_examples=50, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(suffix=st.sampled_from(SUFFIXES), cut=st.floats(0.0, 1.0),
+       flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=8))
+def test_fuzz_truncated_and_corrupted(tmp_path, valid_bytes, suffix, cut, flips):
+    data = bytearray(valid_bytes[suffix])
+    if suffix == ".ge2":  # keep the big GE file short: header + a little
+        data = data[: 8192 + 4096]
+    for where, value in flips:
+        data[int(where * (len(data) - 1))] = value
+    data = data[: int(cut * len(data))]
+    path = tmp_path / f"fuzz{suffix}"
+    path.write_bytes(bytes(data))
+    exercise(path)
