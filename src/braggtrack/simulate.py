@@ -36,8 +36,11 @@ What is simulated
   profile actually rendered: the nominal centre for a single peak (exact, see above), the
   intensity-weighted centre of both sub-grains for ``split`` peaks, each peak's own centre for
   ``overlapping`` pairs.  The series places peaks so that no support is clipped by the frame
-  edge (``clipped`` is then False); if one is, ``x, y`` is the quadrature centre of mass of the
-  part inside the frame and ``clipped`` is True.
+  edge (``clipped`` is then False) wherever the frame is large enough (supports up to a quarter
+  of the frame); in small frames only the core (4 sigma) is kept inside, and a peak whose
+  support is cut has ``clipped`` True and ``x, y`` the centre of mass of the part inside the
+  frame (from the quadrature nodes, i.e. continuous, not the pixelized centroid), while
+  ``x_centre, y_centre`` keep the centre of the whole profile (what :func:`render_peaks` uses).
 * **Frame.**  A smooth background (pedestal-free level with a linear gradient and a broad
   Gaussian hump around the beam centre, :class:`Background`), Poisson counting noise from a
   seeded :class:`numpy.random.Generator`, persistent hot pixels, and optional detector gain,
@@ -116,6 +119,8 @@ TRUTH_COLUMNS: dict[str, str] = {
     "y": "true centre of mass, row, pixels",
     "x0": "unstrained (strain = 0) position of the particle, column, pixels",
     "y0": "unstrained position, row, pixels",
+    "x_centre": "centre of the whole (unclipped) profile, column; equals x unless clipped",
+    "y_centre": "centre of the whole profile, row; equals y unless clipped",
     "amplitude": "integrated counts of the peak (all sub-grains), before noise",
     "height": "maximum of the continuous noise-free profile, counts per pixel",
     "background": "background level at the peak centre, counts per pixel",
@@ -129,8 +134,8 @@ TRUTH_COLUMNS: dict[str, str] = {
     "split_ratio": "split peaks: amplitude of the second sub-grain over the first (0 otherwise)",
     "partner": "overlapping peaks: particle id of the neighbour, -1 otherwise",
     "strain": "true lattice strain d / d0 - 1 of the particle in this frame",
-    "r": "radial distance of (x, y) from the beam centre, pixels",
-    "two_theta": "scattering angle of (x, y), degrees",
+    "r": "radial distance of (x_centre, y_centre) from the beam centre, pixels",
+    "two_theta": "scattering angle of (x_centre, y_centre), degrees",
     "d_spacing": "true d-spacing in this frame, angstrom",
     "visible": "True when the peak is present in the frame (rows with False are not rendered)",
     "clipped": "True when part of the peak's support lies outside the frame",
@@ -248,8 +253,8 @@ class DetectorSetup:
 
     Examples
     --------
-    >>> DetectorSetup(distance_mm=500.0).radius(2.0)   # doctest: +ELLIPSIS
-    np.float64(128.0...)
+    >>> round(float(DetectorSetup(distance_mm=500.0).radius(2.0)), 2)
+    259.29
     """
 
     distance_mm: float | None = None
@@ -469,8 +474,9 @@ def profile_peak(sigma_x, sigma_y, eta, *, max_radius: float = MAX_RADIUS):
 def _expand(table: pd.DataFrame, image_index: np.ndarray) -> _Components:
     """Peak rows -> components; a split peak becomes two sub-grains around its centre of mass."""
     n = len(table)
-    x = table["x"].to_numpy(float)
-    y = table["y"].to_numpy(float)
+    # x_centre / y_centre (profile centre) differ from x, y only for peaks clipped by the frame.
+    x = table["x_centre" if "x_centre" in table.columns else "x"].to_numpy(float)
+    y = table["y_centre" if "y_centre" in table.columns else "y"].to_numpy(float)
     a = table["amplitude"].to_numpy(float)
     get = lambda name, default: (table[name].to_numpy(float) if name in table.columns  # noqa: E731
                                  else np.full(n, default, float))
@@ -570,7 +576,7 @@ def render_peaks(shape: tuple[int, int], peaks: pd.DataFrame, *,
     --------
     >>> import pandas as pd
     >>> img = render_peaks((21, 21), pd.DataFrame({"x": [10.3], "y": [9.8], "amplitude": [1000.0]}))
-    >>> round(float(img.sum()), 6)
+    >>> round(float(img.sum()), 3)
     1000.0
     """
     h, w = _check_frame_shape(shape)
@@ -876,6 +882,7 @@ def _build_truth(particles: pd.DataFrame, strain: np.ndarray, visible: np.ndarra
         "frame": np.tile(np.arange(n), p),
         "particle": rep(particles.index.to_numpy()),
         "x": x.ravel(), "y": y.ravel(),
+        "x_centre": x.ravel(), "y_centre": y.ravel(),
         "x0": rep(particles["x0"]), "y0": rep(particles["y0"]),
         "amplitude": amp.ravel(),
         "height": (amp * height1[:, None]).ravel(),
@@ -941,8 +948,13 @@ def _plan_particles(rng, n: int, shape, messy: float, *, amplitude_range, bg: np
     extent = np.maximum(shapes["sigma_x"], shapes["sigma_y"]).to_numpy() + sep
     bx, by = setup.beam_centre
     far = max(math.hypot(cx - bx, cy - by) for cx in (0, w - 1) for cy in (0, h - 1))
-    # Margin: the whole support plus the largest radial drift stays inside the frame.
-    margin = np.ceil(half + sep + max_strain * 1.1 * far + 1.0)
+    # Margin: the whole support plus the largest radial drift stays inside the frame, where the
+    # frame is large enough; in small frames only the core (4 sigma) is kept inside and clipped
+    # tails are flagged (truth x, y then the centre of mass of the part inside).
+    drift = max_strain * 1.1 * far + 1.0
+    full = np.ceil(half + sep + drift)
+    core = np.ceil(4.0 * extent + drift)
+    margin = np.where(full <= min(h, w) / 4.0, full, core)
     r_min = 0.05 * min(h, w)
     if propose is None:
         def propose(i, k):
