@@ -681,28 +681,35 @@ def _fit_pvoigt_block(p, oversample, max_iter, xtol, ftol, engine):
 # engine (whose cost is dominated by temporaries); see benchmarks/bench_fits.py.
 
 _GAUSS, _PVOIGT = 0, 1
+# Fast-math without the no-NaN/no-inf assumptions, which the failure checks rely on.
+_FAST = {"contract", "reassoc", "arcp", "nsz"}
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=_FAST)
 def _nb_gauss_axes(p, size, ex, exc, exs, ey, eyc, eys):
     half = size // 2
+    erf_edge = np.empty(size + 1)
+    phi_edge = np.empty(size + 1)
     for axis in range(2):
         c = p[0] if axis == 0 else p[1]
         s = p[2] if axis == 0 else p[3]
         e = ex if axis == 0 else ey
         ec = exc if axis == 0 else eyc
         es = exs if axis == 0 else eys
+        # Neighbouring pixels share an edge: N + 1 erf/exp evaluations, not 2 N.
+        for i in range(size + 1):
+            z = i - half - 0.5 - c
+            erf_edge[i] = math.erf(z / (_SQRT2 * s))
+            phi_edge[i] = math.exp(-0.5 * (z / s) ** 2) / (_SQRT2PI * s)
         for i in range(size):
             hi = i - half + 0.5 - c
             lo = i - half - 0.5 - c
-            e[i] = 0.5 * (math.erf(hi / (_SQRT2 * s)) - math.erf(lo / (_SQRT2 * s)))
-            ph = math.exp(-0.5 * (hi / s) ** 2) / (_SQRT2PI * s)
-            pl = math.exp(-0.5 * (lo / s) ** 2) / (_SQRT2PI * s)
-            ec[i] = pl - ph
-            es[i] = -(hi * ph - lo * pl) / s
+            e[i] = 0.5 * (erf_edge[i + 1] - erf_edge[i])
+            ec[i] = phi_edge[i] - phi_edge[i + 1]
+            es[i] = -(hi * phi_edge[i + 1] - lo * phi_edge[i]) / s
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=_FAST)
 def _nb_gauss_uv(p, size):
     """Jacobian column k of the Gaussian is the outer product u[k] (rows) x v[k] (cols)."""
     ex = np.empty(size)
@@ -731,7 +738,7 @@ def _nb_gauss_uv(p, size):
     return u, v
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=_FAST)
 def _nb_gauss_normal(p, data, jtj, jtr):
     size = data.shape[0]
     u, v = _nb_gauss_uv(p, size)
@@ -760,7 +767,7 @@ def _nb_gauss_normal(p, data, jtj, jtr):
     return chi2
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=_FAST)
 def _nb_pvoigt_row(p, size, oversample, j, i, row):
     """Jacobian row of pixel (j, i) (averaged over sub-pixel samples); returns the model."""
     half = size // 2
@@ -793,7 +800,7 @@ def _nb_pvoigt_row(p, size, oversample, j, i, row):
     return bg + amp * row[6]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=_FAST)
 def _nb_pvoigt_normal(p, data, oversample, jtj, jtr):
     size = data.shape[0]
     jtj[:, :] = 0.0
@@ -814,14 +821,14 @@ def _nb_pvoigt_normal(p, data, oversample, jtj, jtr):
     return chi2
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=_FAST)
 def _nb_normal(model, p, data, oversample, jtj, jtr):
     if model == _GAUSS:
         return _nb_gauss_normal(p, data, jtj, jtr)
     return _nb_pvoigt_normal(p, data, oversample, jtj, jtr)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=_FAST)
 def _nb_rows(model, p, data, oversample, rows, resid):
     """Dense Jacobian rows (M, k) and residuals (M,) at ``p``."""
     size = data.shape[0]
@@ -840,7 +847,7 @@ def _nb_rows(model, p, data, oversample, rows, resid):
                 resid[pix] = data[j, i] - _nb_pvoigt_row(p, size, oversample, j, i, rows[pix])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=_FAST)
 def _nb_project(model, p, lower, upper):
     for k in range(p.shape[0]):
         p[k] = min(max(p[k], lower[k]), upper[k])
@@ -849,7 +856,7 @@ def _nb_project(model, p, lower, upper):
         p[3] = min(max(p[3], -lim), lim)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=_FAST)
 def _nb_cholesky(a, low):
     """Lower Cholesky factor of symmetric ``a`` into ``low``; False if not positive definite."""
     k = a.shape[0]
@@ -870,7 +877,7 @@ def _nb_cholesky(a, low):
     return True
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=_FAST)
 def _nb_forward(low, g, x):
     for i in range(low.shape[0]):
         s = g[i]
@@ -879,7 +886,7 @@ def _nb_forward(low, g, x):
         x[i] = s / low[i, i]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=_FAST)
 def _nb_chol_solve(low, g, x):
     _nb_forward(low, g, x)
     for i in range(low.shape[0] - 1, -1, -1):
@@ -889,7 +896,7 @@ def _nb_chol_solve(low, g, x):
         x[i] = s / low[i, i]
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, fastmath=_FAST)
 def _nb_levenberg_marquardt(model, p0, data, lower, upper, oversample, max_iter, xtol, ftol):
     n, k = p0.shape
     params = p0.copy()
@@ -970,7 +977,7 @@ def _nb_levenberg_marquardt(model, p0, data, lower, upper, oversample, max_iter,
     return params, chi2_out, converged, n_iter
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, fastmath=_FAST)
 def _nb_sandwich_var(model, params, data, oversample):
     """Variance of (dx, dy): leverage-corrected (HC3) sandwich covariance, per patch.
 
@@ -978,7 +985,8 @@ def _nb_sandwich_var(model, params, data, oversample):
     each pixel. Unlike ``(J^T J)^-1`` times the reduced chi-square it stays right when the
     noise varies over the patch (Poisson: bright peak pixels, dim background) and needs no
     assumption about the units; the leverage term keeps it from being optimistic when a
-    few peak pixels carry the position.
+    few peak pixels carry the position. Only two entries of the diagonal are needed:
+    ``var_k = sum_i w_i ((J^T J)^-1 J_i)_k^2``.
     """
     n, k = params.shape
     size = data.shape[1]
@@ -991,8 +999,9 @@ def _nb_sandwich_var(model, params, data, oversample):
         bread = np.zeros((k, k))
         for pix in range(npix):
             for m in range(k):
+                rm = rows[pix, m]
                 for m2 in range(m, k):
-                    bread[m, m2] += rows[pix, m] * rows[pix, m2]
+                    bread[m, m2] += rm * rows[pix, m2]
         trace = 0.0
         for m in range(k):
             trace += bread[m, m]
@@ -1003,32 +1012,36 @@ def _nb_sandwich_var(model, params, data, oversample):
         low = np.empty((k, k))
         if not _nb_cholesky(bread, low):
             continue
-        meat = np.zeros((k, k))
-        z = np.empty(k)
-        for pix in range(npix):
-            _nb_forward(low, rows[pix], z)
-            h = 0.0
-            for m in range(k):
-                h += z[m] * z[m]
-            h = min(h, 0.99)
-            w = resid[pix] ** 2 / (1.0 - h) ** 2
-            for m in range(k):
-                for m2 in range(m, k):
-                    meat[m, m2] += w * rows[pix, m] * rows[pix, m2]
-        for m in range(k):
-            for m2 in range(m):
-                meat[m, m2] = meat[m2, m]
+        inv = np.empty((k, k))
         e = np.zeros(k)
         col = np.empty(k)
-        for axis in range(2):
+        for m in range(k):
             e[:] = 0.0
-            e[axis] = 1.0
+            e[m] = 1.0
             _nb_chol_solve(low, e, col)
-            var = 0.0
+            for m2 in range(k):
+                inv[m2, m] = col[m2]
+        var0 = 0.0
+        var1 = 0.0
+        for pix in range(npix):
+            h = 0.0
+            c0 = 0.0
+            c1 = 0.0
             for m in range(k):
+                acc = 0.0
                 for m2 in range(k):
-                    var += col[m] * meat[m, m2] * col[m2]
-            out[t, axis] = var
+                    acc += inv[m, m2] * rows[pix, m2]
+                h += rows[pix, m] * acc
+                if m == 0:
+                    c0 = acc
+                elif m == 1:
+                    c1 = acc
+            h = min(max(h, 0.0), 0.99)
+            w = resid[pix] * resid[pix] / ((1.0 - h) * (1.0 - h))
+            var0 += w * c0 * c0
+            var1 += w * c1 * c1
+        out[t, 0] = var0
+        out[t, 1] = var1
     return out
 
 
