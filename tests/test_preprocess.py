@@ -1,0 +1,286 @@
+"""Preprocessing: dark, flat, masks, binning and its coordinate map, thresholds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import erf
+
+from braggtrack.errors import OptionError
+from braggtrack.preprocess import (
+    PreparedFrame,
+    Preprocessor,
+    apply_flat,
+    apply_threshold,
+    auto_mask,
+    bin_frame,
+    binned_to_full,
+    full_to_binned,
+    load_dark,
+    load_mask,
+    robust_threshold,
+    subtract_dark,
+)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def gaussian(shape, x0, y0, sigma, amplitude=1.0):
+    """Pixel-integrated 2-D Gaussian (exact erf integral over each pixel)."""
+    h, w = shape
+    s = sigma * np.sqrt(2.0)
+    fx = np.diff(0.5 * erf((np.arange(w + 1) - 0.5 - x0) / s))
+    fy = np.diff(0.5 * erf((np.arange(h + 1) - 0.5 - y0) / s))
+    return amplitude * np.outer(fy, fx)
+
+
+# ------------------------------------------------------------------ dark, flat, mask
+
+
+def test_subtract_dark_clips_and_is_float32():
+    frame = np.array([[10, 3], [7, 65535]], np.uint16)
+    dark = np.array([[4.0, 5.0], [7.0, 0.5]])
+    out = subtract_dark(frame, dark)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[6.0, 0.0], [0.0, 65534.5]])
+    with pytest.raises(OptionError, match="shape"):
+        subtract_dark(frame, np.zeros((3, 3)))
+
+
+def test_load_dark_median_of_files(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    values = [5.0, 100.0, 7.0, 6.0, 1.0]  # median 6, robust to the 100 (a zinger frame)
+    paths = []
+    for k, v in enumerate(values):
+        p = tmp_path / f"dark_{k}.tif"
+        tifffile.imwrite(p, np.full((4, 5), v, np.float32))
+        paths.append(p)
+    np.testing.assert_array_equal(load_dark(paths), np.full((4, 5), 6.0))
+    stack = tmp_path / "darks.npy"
+    np.save(stack, np.stack([np.full((3, 3), v) for v in values]))
+    np.testing.assert_array_equal(load_dark(stack), np.full((3, 3), 6.0))
+
+
+def test_apply_flat_normalised_and_bad_pixels():
+    frame = np.full((2, 3), 12.0)
+    flat = np.array([[1.0, 2.0, 4.0], [2.0, 0.0, np.nan]])
+    out = apply_flat(frame, flat)
+    # median of the valid flat pixels is 2 -> gains 0.5, 1, 2, 1
+    np.testing.assert_allclose(out, [[24.0, 12.0, 6.0], [12.0, 0.0, 0.0]])
+    with pytest.raises(OptionError):
+        apply_flat(frame, np.zeros((2, 3)))
+
+
+def test_load_mask_formats(tmp_path):
+    mask = np.zeros((6, 7), np.uint8)
+    mask[2, 3] = 1
+    mask[5, 0] = 255
+    expected = mask != 0
+    np.save(tmp_path / "m.npy", mask)
+    np.testing.assert_array_equal(load_mask(tmp_path / "m.npy"), expected)
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "m.tif", mask)
+    np.testing.assert_array_equal(load_mask(tmp_path / "m.tif"), expected)
+    fabio = pytest.importorskip("fabio")
+    fabio.edfimage.EdfImage(data=mask).write(str(tmp_path / "m.edf"))
+    np.testing.assert_array_equal(load_mask(tmp_path / "m.edf"), expected)
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        f["/mask"] = mask.astype(bool)
+    np.testing.assert_array_equal(load_mask(tmp_path / "m.h5"), expected)
+    np.testing.assert_array_equal(load_mask(tmp_path / "m.npy", invert=True), ~expected)
+
+
+# ------------------------------------------------------------------ auto mask
+
+
+def test_auto_mask_hot_saturated_nonfinite_but_not_sharp_peaks():
+    rng = np.random.default_rng(1)
+    frame = rng.poisson(100, (64, 64)).astype(np.float64)
+    # sharp real peaks (sigma 0.35 and 0.5 px) centred on a pixel: must NOT be masked
+    frame += gaussian(frame.shape, 20, 20, 0.35, 40000)
+    frame += gaussian(frame.shape, 40, 12, 0.5, 40000)
+    frame = frame.astype(np.uint16)
+    frame[50, 50] = 30000  # hot pixel
+    frame[5, 60] = 65535  # saturated
+    frame[0, 0] = 20000  # hot pixel in a corner
+    bad = auto_mask(frame)
+    assert bad[50, 50] and bad[5, 60] and bad[0, 0]
+    assert not bad[20, 20] and not bad[12, 40]
+    assert bad.sum() == 3
+    bad = auto_mask(frame, saturation=10000)  # the peak cores count as saturated now
+    assert bad[20, 20] and bad[12, 40]
+
+    f = frame.astype(np.float32)
+    f[3, 3], f[4, 4] = np.nan, -np.inf
+    bad = auto_mask(f)
+    assert bad[3, 3] and bad[4, 4] and bad[50, 50] and not bad[20, 20]
+
+
+def test_auto_mask_sparse_thresholded_frame():
+    # a frame thresholded upstream at 6: a real peak whose wings were zeroed is kept,
+    # an isolated single bright pixel (far above anything its zeroed neighbours held) is hot
+    frame = np.zeros((40, 40), np.uint16)
+    peak = gaussian(frame.shape, 10, 10, 0.6, 600)
+    frame[:] = np.where(peak >= 6, peak, 0).astype(np.uint16)
+    frame[30, 30] = 400
+    frame[30, 10] = 8  # a faint isolated pixel near the floor: could be real, kept
+    bad = auto_mask(frame)
+    assert bad[30, 30]
+    assert not bad[10, 10] and not bad[30, 10]
+
+
+# ------------------------------------------------------------------ binning
+
+
+def test_bin_frame_sum_and_crop():
+    frame = np.arange(5 * 7, dtype=np.uint16).reshape(5, 7)
+    out = bin_frame(frame, 2)
+    assert out.shape == (2, 3) and out.dtype == np.float32
+    assert out[1, 2] == frame[2:4, 4:6].sum()
+    np.testing.assert_array_equal(bin_frame(frame, 1), frame.astype(np.float32))
+    big = np.full((4, 4), 60000, np.uint16)
+    assert bin_frame(big, 2)[0, 0] == 240000  # no uint16 overflow
+    for bad in (0, -1, 1.5, 9):
+        with pytest.raises(OptionError):
+            bin_frame(frame, bad)
+
+
+def test_binned_to_full_known_values():
+    assert binned_to_full(0, 2) == 0.5
+    assert binned_to_full(3, 2) == 6.5
+    assert binned_to_full(0, 3) == 1.0
+    assert binned_to_full(5, 1) == 5.0
+    np.testing.assert_array_equal(binned_to_full(np.array([0, 1]), 4), [1.5, 5.5])
+    assert full_to_binned(6.5, 2) == 3.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(b=st.integers(0, 5000), factor=st.integers(1, 8), frac=st.floats(-0.49, 0.49))
+def test_full_to_binned_inverts_binned_to_full(b, factor, frac):
+    assert full_to_binned(binned_to_full(b, factor), factor) == b
+    x = b + frac
+    assert abs(full_to_binned(binned_to_full(x, factor), factor) - x) < 1e-9
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    x0=st.floats(40.0, 55.0),
+    y0=st.floats(40.0, 55.0),
+    width=st.floats(0.8, 1.5),
+    factor=st.integers(2, 4),
+)
+def test_binning_preserves_centroid(x0, y0, width, factor):
+    """The centroid of a blob in binned pixels, mapped back, is the full-res centroid.
+
+    The blob is at least as wide as a bin (sigma >= 0.8 * factor): a narrower blob is
+    undersampled by the binned grid and its binned centroid is biased by up to a
+    fraction of a bin whatever the coordinate map (aliasing, not a mapping error).
+    """
+    sigma = width * factor
+    frame = gaussian((96, 97), x0, y0, sigma, 1e4)
+    yy, xx = np.indices(frame.shape)
+    cx, cy = (frame * xx).sum() / frame.sum(), (frame * yy).sum() / frame.sum()
+    binned = bin_frame(frame, factor).astype(np.float64)
+    by, bx = np.indices(binned.shape)
+    bcx, bcy = (binned * bx).sum() / binned.sum(), (binned * by).sum() / binned.sum()
+    # the cropped remainder holds a negligible tail (blob far from the edges)
+    assert abs(binned_to_full(bcx, factor) - cx) < 2e-3
+    assert abs(binned_to_full(bcy, factor) - cy) < 2e-3
+    assert abs(cx - x0) < 2e-3 and abs(cy - y0) < 2e-3  # analytic truth
+
+
+# ------------------------------------------------------------------ thresholds
+
+
+def test_apply_threshold_dtype_and_values():
+    frame = np.array([[3, 5, 8, 4]], np.uint32)
+    out = apply_threshold(frame, 4.5)
+    assert out.dtype == np.uint32
+    np.testing.assert_array_equal(out, [[0, 5, 8, 0]])
+    np.testing.assert_array_equal(apply_threshold(frame, 4), [[0, 5, 8, 4]])
+    np.testing.assert_array_equal(apply_threshold(frame, 1e12), [[0, 0, 0, 0]])
+    np.testing.assert_array_equal(frame, [[3, 5, 8, 4]])  # input untouched
+    f = np.array([[0.5, 1.5]], np.float32)
+    assert apply_threshold(f, 1.0).dtype == np.float32
+
+
+def test_robust_threshold_gaussian_noise_with_peaks():
+    rng = np.random.default_rng(5)
+    frame = rng.normal(1000.0, 10.0, (256, 256))
+    for k in range(40):  # bright peaks (6 % of the pixels) barely move the threshold
+        frame += gaussian(frame.shape, 10 + 6 * k, 20 + 5 * k, 1.5, 2e5)
+    t = robust_threshold(frame, nsigma=5)
+    # MAD rises by about the outlier fraction; a plain mean + 5 std would be ~1e4 off
+    assert 1000 + 5 * 10 * 0.95 < t < 1000 + 5 * 10 * 1.12
+    assert frame.mean() + 5 * frame.std() > 2000
+
+
+def test_robust_threshold_sparse_frame():
+    frame = np.zeros((100, 100), np.uint16)
+    frame[10:13, 10:13] = [[6, 9, 6], [9, 300, 9], [6, 9, 6]]
+    frame[50, 60:64] = [7, 40, 40, 7]
+    assert robust_threshold(frame) == 6.0
+    assert robust_threshold(np.zeros((5, 5))) == 0.0
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared real data absent")
+def test_robust_threshold_on_real_frames():
+    from braggtrack.io import open_frames
+
+    laue = open_frames(SHARED_DATA / "laue_gan_nanowire_nw1_0000.tif")[0]
+    t = robust_threshold(laue)
+    assert 1010 < t < 1200  # above the ~1000-count pedestal, far below the spots
+    assert (laue > t).mean() < 0.1
+    hedm = open_frames(SHARED_DATA / "hedm_zr_dac_ge2_framecache.npz")[3]
+    t = robust_threshold(hedm)
+    assert t == hedm[hedm > 0].min()  # keeps what the upstream threshold kept
+    assert np.count_nonzero(apply_threshold(hedm, t)) == np.count_nonzero(hedm)
+
+
+# ------------------------------------------------------------------ Preprocessor
+
+
+def test_preprocessor_chain():
+    rng = np.random.default_rng(2)
+    dark = np.full((32, 32), 50.0)
+    frame = (rng.poisson(60, (32, 32)) + gaussian((32, 32), 15.0, 16.0, 1.2, 30000)).astype(
+        np.uint16
+    )
+    frame[3, 3] = 40000  # hot
+    mask = np.zeros((32, 32), bool)
+    mask[0, 5] = True
+    prep = Preprocessor(dark=dark, mask=mask, bin=2, threshold=30.0)
+    out = prep(frame)
+    assert isinstance(out, PreparedFrame)
+    assert out.full.dtype == np.float32 and out.full.shape == (32, 32)
+    assert out.image.shape == (16, 16) and out.bin == 2 and out.threshold == 30.0
+    assert out.mask[3, 3] and out.mask[0, 5] and out.full[3, 3] == 0
+    np.testing.assert_allclose(out.full[16, 15], frame[16, 15] - 50.0)
+    thresholded = np.where(out.full < 30, 0, out.full)
+    np.testing.assert_allclose(out.image, bin_frame(thresholded, 2), rtol=1e-6)
+    # robust default threshold per frame
+    auto = Preprocessor(dark=dark)(frame)
+    assert 10 < auto.threshold < 60
+    with pytest.raises(OptionError, match="shape"):
+        prep(np.zeros((10, 10)))
+    with pytest.raises(OptionError):
+        Preprocessor(bin=0)
+    with pytest.raises(OptionError):
+        Preprocessor(threshold=-1)
+
+
+def test_preprocessor_nan_masked_and_paths(tmp_path):
+    frame = np.full((8, 8), 10.0, np.float32)
+    frame[2, 2] = np.nan
+    out = Preprocessor(auto_mask=False, threshold=0)(frame)
+    assert out.mask[2, 2] and out.full[2, 2] == 0 and np.isfinite(out.image).all()
+    np.save(tmp_path / "dark.npy", np.full((8, 8), 4.0))
+    np.save(tmp_path / "mask.npy", np.eye(8))
+    prep = Preprocessor(dark=tmp_path / "dark.npy", mask=str(tmp_path / "mask.npy"), threshold=0)
+    out = prep(np.full((8, 8), 10, np.uint16))
+    assert out.full[0, 1] == 6.0 and out.full[3, 3] == 0 and out.mask[3, 3]
