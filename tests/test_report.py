@@ -45,11 +45,12 @@ def make_fake_run(root: Path, *, n_frames=N_FRAMES, shape=SHAPE, metadata=True, 
                                   intensity=amp[p] * 2 * np.pi * 1.69, localizer="centroid",
                                   ok=True, reason="", particle=p))
         # Rejected peaks: one on the edge, one weak blob.
-        img[1, 60] += 900
-        peak_rows.append(dict(frame=f, x=60.0, y=1.0, x_det=60, y_det=1, persistence=900.0,
+        img[1, w // 2] += 900
+        peak_rows.append(dict(frame=f, x=float(w // 2), y=1.0, x_det=w // 2, y_det=1, persistence=900.0,
                               score=44.0, intensity=900.0, localizer="centroid", ok=False,
                               reason="edge", particle=-1))
-        peak_rows.append(dict(frame=f, x=100.0 - f, y=20.0, x_det=100 - f, y_det=20,
+        xw = int(0.78 * w) - f
+        peak_rows.append(dict(frame=f, x=float(xw), y=20.0, x_det=xw, y_det=20,
                               persistence=15.0, score=0.7, intensity=30.0, localizer="centroid",
                               ok=False, reason="min_score", particle=-1))
         frames[f] = img
@@ -91,6 +92,13 @@ def make_fake_run(root: Path, *, n_frames=N_FRAMES, shape=SHAPE, metadata=True, 
 @pytest.fixture(scope="module")
 def fake_run(tmp_path_factory) -> Path:
     return make_fake_run(tmp_path_factory.mktemp("run") / "run")
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory) -> Path:
+    """A smaller run without cell metadata, for the tests of single behaviours."""
+    return make_fake_run(tmp_path_factory.mktemp("plain") / "run", n_frames=6, shape=(64, 64),
+                         metadata=False)
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +155,8 @@ def test_movie_decodes_with_one_frame_per_input_frame(built_report):
     assert base64.b64encode(movie.read_bytes()).decode() in page
 
 
-def test_movie_subsampled_and_said_so(fake_run, tmp_path):
-    out = report.make_report(fake_run, tmp_path / "sub", max_movie_frames=4, gallery_size=0,
+def test_movie_subsampled_and_said_so(plain_run, tmp_path):
+    out = report.make_report(plain_run, tmp_path / "sub", max_movie_frames=4, gallery_size=0,
                              compare_peaks=0, localizers=("centroid",))
     page = out.read_text()
     assert "the movie shows 4 of" in page
@@ -162,7 +170,7 @@ def test_movie_subsampled_and_said_so(fake_run, tmp_path):
 def test_report_from_table_only(fake_run, tmp_path):
     table = tmp_path / "peaks.parquet"
     shutil.copy(fake_run / "peaks.parquet", table)
-    out = report.make_report(table)
+    out = report.make_report(table, localizers=("centroid",))
     assert out == tmp_path / "report" / "index.html"
     page = out.read_text()
     assert "Only a peak table was given" in page
@@ -170,10 +178,13 @@ def test_report_from_table_only(fake_run, tmp_path):
     assert 'id="counts"' in page
 
 
-def test_report_without_frames_says_why(fake_run, tmp_path):
+def test_report_without_frames_says_why(plain_run, tmp_path):
     run = tmp_path / "moved"
-    shutil.copytree(fake_run, run, ignore=shutil.ignore_patterns("report", "frames.npy"))
-    page = report.make_report(run).read_text()
+    shutil.copytree(plain_run, run, ignore=shutil.ignore_patterns("report", "frames.npy"))
+    info = json.loads((run / "run.json").read_text())
+    info["inputs"][0]["path"] = str(run / "frames.npy")
+    (run / "run.json").write_text(json.dumps(info))
+    page = report.make_report(run, localizers=("centroid",), compare_peaks=0).read_text()
     assert "is no longer there" in page and 'id="movie"' not in page
 
 
