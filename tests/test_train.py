@@ -39,7 +39,7 @@ def gaussian_patches(n, patch=11, kinds=None, seed=0):
 
 
 def _tiny(tmp_path, name, **kw):
-    source = SimulatorSource(n_train=512, n_val=128, chunk=256, simulate=gaussian_patches)
+    source = SimulatorSource(n_train=384, n_val=64, chunk=192, simulate=gaussian_patches)
     args = dict(epochs=2, batch_size=64, seed=3, progress=False, threads=1)
     args.update(kw)
     return train_model(source, tmp_path / name, **args)
@@ -78,7 +78,7 @@ def test_checkpoint_and_resume_match_uninterrupted_run(tmp_path):
         return gaussian_patches(n, patch, kinds, seed)
 
     ck = tmp_path / "ck"
-    source = SimulatorSource(n_train=512, n_val=128, chunk=256, simulate=crashing)
+    source = SimulatorSource(n_train=384, n_val=64, chunk=192, simulate=crashing)
     with pytest.raises(_Interrupted):
         train_model(source, tmp_path / "part.safetensors", epochs=3, batch_size=64, seed=3,
                     progress=False, threads=1, warmup_epochs=1, patience=0, checkpoint_dir=ck)

@@ -435,8 +435,8 @@ def predict(
         ``dx, dy`` (px from the central pixel), ``dx_err, dy_err`` (predicted 1-sigma),
         ``sigma_x, sigma_y`` (second moments), ``amplitude, background, intensity``
         (from the raw counts), ``converged`` and ``reason`` (``''``, ``'flat'``,
-        ``'non_finite'`` or ``'out_of_distribution'``).  Never NaN: flagged rows hold
-        0 offsets and ``converged=False``.
+        ``'non_finite'`` or ``'out_of_distribution'``).  Never NaN: flagged rows have
+        ``converged=False`` and keep the network's best guess (0 offsets when flat).
 
     Examples
     --------
@@ -501,8 +501,8 @@ def predict(
     moments = _moments(np.where(np.isfinite(p), p, 0.0))
     table = pd.DataFrame(
         {
-            "dx": np.where(flat | ood, 0.0, dx),
-            "dy": np.where(flat | ood, 0.0, dy),
+            "dx": np.where(flat, 0.0, dx),
+            "dy": np.where(flat, 0.0, dy),
             "dx_err": np.where(flat, 0.0, dx_err),
             "dy_err": np.where(flat, 0.0, dy_err),
             "sigma_x": moments["sigma_x"],
