@@ -257,6 +257,11 @@ class _FrameCacheBackend(_Backend):
             except Exception as exc:
                 raise InputFileError(path, f"bad frame-cache header ({_first_line(exc)})") from None
             _output_dtype(dt, path)
+            if len(shape) != 2 or n < 0 or 3 * n > len(files):
+                raise InputFileError(
+                    path, f"frame cache header (shape {shape}, {n} frames) does not match its "
+                    f"{len(files)} arrays"
+                )
             self.n, h, w = _stack_shape((n, *shape), path, "the frame cache")
             missing = [
                 f"{i}_{k}" for i in range(self.n) for k in ("row", "col", "data")
@@ -397,14 +402,40 @@ class _TiffBackend(_Backend):
         self._handle = None
 
 
-def _fabio_open(path: Path):
+_FABIO_DIM_KEYS = (
+    ("Dim_1", "Dim_2"),
+    ("X-Binary-Size-Fastest-Dimension", "X-Binary-Size-Second-Dimension"),
+    ("NumberOfColsInFrame", "NumberOfRowsInFrame"),
+)
+
+
+def _fabio_precheck(path: Path) -> None:
+    """Refuse a header that claims an implausibly large frame before fabio allocates it."""
     import fabio
 
     try:
+        header = dict(fabio.openheader(str(path)).header)
+    except Exception:
+        return  # fabio.open below gives the real diagnosis
+    for kx, ky in _FABIO_DIM_KEYS:
+        try:
+            nx, ny = int(float(header[kx])), int(float(header[ky]))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            continue
+        if nx < 0 or ny < 0 or nx * ny > MAX_FRAME_PIXELS:
+            raise InputFileError(path, f"implausible frame size {ny} x {nx} in header (corrupt?)")
+
+
+def _fabio_open(path: Path):
+    import fabio
+
+    _fabio_precheck(path)
+    try:
         img = fabio.open(str(path))
-    except Exception as exc:
+        data = None if img is None else getattr(img, "data", None)
+    except Exception as exc:  # fabio raises many types (and MemoryError) on damaged files
         raise InputFileError(path, f"not a readable detector image ({_first_line(exc)})") from None
-    if img is None or getattr(img, "data", None) is None:
+    if data is None:
         raise InputFileError(path, "not a readable detector image (no data)")
     return img
 
