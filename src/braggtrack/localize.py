@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -429,7 +430,8 @@ def fit_gauss(
     block : int
         Patches fitted together (bounds memory to a few MB per 1000 patches).
     engine : {'numba', 'numpy'}
-        ``numba``: per-patch LM compiled, parallel over patches (fast);
+        ``numba``: per-patch LM compiled, threads over patches (fast; the first call
+        in a fresh installation compiles for about 20 s, then cached);
         ``numpy``: the same LM vectorized over the block (no compilation).
 
     Returns
@@ -483,7 +485,7 @@ def _fit_gauss_block(p, max_iter, xtol, ftol, engine):
             max_iter, xtol, ftol,
         )
         params[live], converged[live], n_iter[live] = res
-    var = _nb_sandwich_var(_GAUSS, params, u, 1)
+    var = _threaded(_nb_sandwich_var, _GAUSS, params, u, 1)
     sx, sy, vol = params[:, 2], params[:, 3], params[:, 4]
     fit = {
         "dx": params[:, 0],
@@ -658,7 +660,7 @@ def _fit_pvoigt_block(p, oversample, max_iter, xtol, ftol, engine):
             u[live], oversample, engine, max_iter, xtol, ftol,
         )
         params[live], converged[live], n_iter[live] = res
-    var = _nb_sandwich_var(_PVOIGT, params, u, oversample)
+    var = _threaded(_nb_sandwich_var, _PVOIGT, params, u, oversample)
     a, b, c = params[:, 2], params[:, 3], params[:, 4]
     det_q = np.maximum(a * c - b * b, 1e-300) * 2.0 * _LN2
     fit = {
@@ -675,10 +677,12 @@ def _fit_pvoigt_block(p, oversample, max_iter, xtol, ftol, engine):
 
 
 # --------------------------------------------------------------------------- numba engine
-# The same bounded Levenberg-Marquardt, one patch per iteration of a parallel loop. It
-# fuses model, Jacobian and normal equations into one pass over the pixels and lets each
-# patch stop on its own, which on small patches is several times faster than the numpy
-# engine (whose cost is dominated by temporaries); see benchmarks/bench_fits.py.
+# The same bounded Levenberg-Marquardt, one patch at a time in compiled code. It fuses
+# model, Jacobian and normal equations into one pass over the pixels and lets each patch
+# stop on its own, which on small patches is several times faster than the numpy engine
+# (whose cost is dominated by temporaries); see benchmarks/bench_fits.py. The kernels
+# release the GIL and run on a few threads over slices of the block: numba's own
+# ``parallel=True`` costs tens of seconds more compilation for the same speed.
 
 _GAUSS, _PVOIGT = 0, 1
 # Fast-math without the no-NaN/no-inf assumptions, which the failure checks rely on.
@@ -896,7 +900,7 @@ def _nb_chol_solve(low, g, x):
         x[i] = s / low[i, i]
 
 
-@numba.njit(cache=True, parallel=True, fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def _nb_levenberg_marquardt(model, p0, data, lower, upper, oversample, max_iter, xtol, ftol):
     n, k = p0.shape
     params = p0.copy()
@@ -904,7 +908,7 @@ def _nb_levenberg_marquardt(model, p0, data, lower, upper, oversample, max_iter,
     converged = np.zeros(n, dtype=np.bool_)
     n_iter = np.zeros(n, dtype=np.int64)
     exact = 1e-26 * data.shape[1] * data.shape[2]
-    for t in numba.prange(n):
+    for t in range(n):
         d = data[t]
         p = params[t]
         _nb_project(model, p, lower, upper)
@@ -977,7 +981,7 @@ def _nb_levenberg_marquardt(model, p0, data, lower, upper, oversample, max_iter,
     return params, chi2_out, converged, n_iter
 
 
-@numba.njit(cache=True, parallel=True, fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def _nb_sandwich_var(model, params, data, oversample):
     """Variance of (dx, dy): leverage-corrected (HC3) sandwich covariance, per patch.
 
@@ -992,7 +996,7 @@ def _nb_sandwich_var(model, params, data, oversample):
     size = data.shape[1]
     npix = size * size
     out = np.full((n, 2), np.inf)
-    for t in numba.prange(n):
+    for t in range(n):
         rows = np.empty((npix, k))
         resid = np.empty(npix)
         _nb_rows(model, params[t], data[t], oversample, rows, resid)
@@ -1045,6 +1049,25 @@ def _nb_sandwich_var(model, params, data, oversample):
     return out
 
 
+def _threaded(kernel, model, params, data, *args):
+    """Run a GIL-free kernel on slices of the patches in a few threads; concatenate."""
+    n = params.shape[0]
+    threads = max(1, min(numba.config.NUMBA_NUM_THREADS, n // 256))
+    if threads == 1:
+        return kernel(model, params, data, *args)
+    cuts = np.linspace(0, n, threads + 1).astype(int)
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(
+            pool.map(
+                lambda k: kernel(model, params[cuts[k]:cuts[k + 1]], data[cuts[k]:cuts[k + 1]], *args),
+                range(threads),
+            )
+        )
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(items) for items in zip(*parts, strict=True))
+    return np.concatenate(parts)
+
+
 def _run_lm(model, normal, limits, p0, u, oversample, engine, max_iter, xtol, ftol):
     """Fit with the chosen engine; returns ``(params, converged, n_iter)``."""
     lower, upper = limits
@@ -1054,8 +1077,8 @@ def _run_lm(model, normal, limits, p0, u, oversample, engine, max_iter, xtol, ft
             max_iter=max_iter, xtol=xtol, ftol=ftol,
         )
         return params, converged, n_iter
-    params, _, converged, n_iter = _nb_levenberg_marquardt(
-        model, np.ascontiguousarray(p0, dtype=np.float64), np.ascontiguousarray(u),
+    params, _, converged, n_iter = _threaded(
+        _nb_levenberg_marquardt, model, np.ascontiguousarray(p0, dtype=np.float64), np.ascontiguousarray(u),
         lower, upper, int(oversample), int(max_iter), float(xtol), float(ftol),
     )
     return params, converged, n_iter
