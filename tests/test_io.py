@@ -632,3 +632,22 @@ def test_fuzz_truncated_and_corrupted(tmp_path, valid_bytes, suffix, cut, flips)
     path = tmp_path / f"fuzz{suffix}"
     path.write_bytes(bytes(data))
     exercise(path)
+
+
+def test_implausible_headers_refused_without_allocating(tmp_path):
+    edf = tmp_path / "huge.edf"
+    head = (b"{\nHeaderID = EH:000001:000000:000000 ;\nImage = 1 ;\nByteOrder = LowByteFirst ;\n"
+            b"DataType = UnsignedShort ;\nDim_1 = 60000 ;\nDim_2 = 60000 ;\nSize = 7200000000 ;\n")
+    edf.write_bytes(head + b" " * (510 - len(head)) + b"}\n" + b"\x01" * 1000)
+    with pytest.raises(InputFileError, match="implausible") as exc:
+        open_frames(edf)  # 7 GB claimed by a 1.5 kB file
+    _assert_names_file(exc, edf)
+    npz = tmp_path / "fc.npz"
+    np.savez(npz, shape=np.array([10, 10]), nframes=np.array(10**9), dtype=np.array(b"uint16"))
+    with pytest.raises(InputFileError, match="does not match") as exc:
+        open_frames(npz)
+    _assert_names_file(exc, npz)
+    np.savez(npz, shape=np.array([10**6, 10**6]), nframes=np.array(0), dtype=np.array(b"uint16"))
+    with pytest.raises(InputFileError) as exc:
+        open_frames(npz)
+    _assert_names_file(exc, npz)
