@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -522,7 +523,10 @@ def plot_patch_gallery(
     n = len(patches)
     ncols = max(1, min(ncols, n))
     nrows = max(1, int(np.ceil(n / ncols)))
-    fig = Figure(figsize=(panel_size * ncols, panel_size * 1.18 * nrows + 0.6))
+    lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles is not None else 0
+    caption_in = 0.12 * lines + 0.08  # inches of caption text under each patch
+    fig_h = nrows * (panel_size + caption_in) + 0.55
+    fig = Figure(figsize=(panel_size * ncols, fig_h))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     size = patches.shape[-1] if n else 11
     c = size // 2
@@ -565,10 +569,10 @@ def plot_patch_gallery(
             fig.legend(handles, labels, loc="upper center", ncols=len(handles), fontsize=8,
                        frameon=True, facecolor="0.15", edgecolor="0.15", labelcolor="white",
                        bbox_to_anchor=(0.5, 1.0))
-    top = 1 - 0.55 / fig.get_figheight()
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.04, top=top, wspace=0.08, hspace=0.35)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=caption_in / fig_h, top=1 - 0.5 / fig_h,
+                        wspace=0.08, hspace=caption_in / panel_size)
     if title:
-        fig.text(0.01, 1 - 0.05 / fig.get_figheight(), title, fontsize=9, va="top")
+        fig.text(0.01, 1 - 0.05 / fig_h, title, fontsize=9, va="top")
     return fig
 
 
@@ -584,7 +588,7 @@ def plot_worst(result: ComparisonResult, n: int = 24, *, ncols: int = 6):
     titles = [
         f"frame {r.frame}, spread {r.max_distance:.2f} px\n"
         f"FWHM {r.fwhm_x:.1f}x{r.fwhm_y:.1f} px, skew {max(abs(r.skew_x), abs(r.skew_y)):.2f}\n"
-        f"{r.cause}"
+        + textwrap.fill(r.cause, 34)
         for r in worst.itertuples()
     ]
     return plot_patch_gallery(result.patches[idx], markers, titles, ncols=ncols,

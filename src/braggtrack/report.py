@@ -237,8 +237,14 @@ def display_norm(image: np.ndarray):
         return Normalize(lo, lo + 1)
     med = float(np.median(sample))
     sigma = 1.4826 * float(np.median(np.abs(sample - med)))
-    width = max(sigma, (hi - lo) * 1e-3)
-    if (hi - lo) / width < 30:
+    if sigma == 0:
+        # Thresholded or sparse frames (most pixels at one level): the scale turns
+        # logarithmic at half the faintest recorded signal instead of at the noise.
+        above = sample[sample > med]
+        if above.size:
+            sigma = 0.5 * (float(np.percentile(above, 5)) - med)
+    width = max(sigma, (hi - lo) * 1e-4)
+    if (hi - lo) / width < 10:
         return Normalize(lo, hi)
     return AsinhNorm(linear_width=width, vmin=lo, vmax=hi)
 
@@ -704,7 +710,8 @@ def write_movie(
     h, w = first.shape
     norm = norm or display_norm(first)
     factor = max(1, math.ceil(max(h, w) / max_size))
-    up = max(1, 480 // max(math.ceil(h / factor), math.ceil(w / factor)))
+    # Small frames are enlarged (whole pixels) so that markers and trails stay legible.
+    up = max(1, math.ceil(640 / max(math.ceil(h / factor), math.ceil(w / factor))))
     lut = _lut()
     font = ImageFont.load_default(size=max(11, min(22, (w // factor) * up // 40)))
     by_frame = {f: g for f, g in peaks.groupby("frame")} if len(peaks) else {}
@@ -805,10 +812,18 @@ def _gallery_sections(run: RunData, showcase: int, image: np.ndarray, gallery_si
     size -= 1 - size % 2
     parts = []
     cache = {showcase: image}
-    in_frame = run.peaks[run.peaks["frame"] == showcase]
-    acc = in_frame[_ok(in_frame)]
-    if len(acc) < gallery_size:
-        acc = run.accepted
+    accepted = run.accepted
+    # Patches from the overview frame first, then from the frames with most accepted peaks;
+    # at most 8 frames are read, because reading frames is what costs here.
+    counts = accepted["frame"].value_counts()
+    order_frames = [showcase] + [f for f in counts.index if f != showcase]
+    frames_used, total = [], 0
+    for f in order_frames[:8]:
+        frames_used.append(f)
+        total += int(counts.get(f, 0))
+        if total >= gallery_size:
+            break
+    acc = accepted[accepted["frame"].isin(frames_used)]
     if len(acc):
         order = _score(acc).sort_values(ascending=False).index
         pick = order[np.unique(np.linspace(0, len(order) - 1, min(gallery_size, len(order))).round().astype(int))]
@@ -828,7 +843,10 @@ def _gallery_sections(run: RunData, showcase: int, image: np.ndarray, gallery_si
                 f"<b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in skipped.items())
         parts.append("<h3>Accepted peaks</h3>" + _figure(
             figure_to_data_uri(fig),
-            f"{len(chosen)} accepted peaks{' of frame ' + str(showcase) if len(in_frame) >= len(chosen) else ''}, "
+            f"{len(chosen)} accepted peaks "
+            + (f"of frame {showcase}" if frames_used == [showcase] else
+               f"of frames {', '.join(str(int(f)) for f in sorted(frames_used))}")
+            + ", "
             f"from the strongest (top left) to the weakest, each a {size}x{size}-pixel patch "
             "around the detected maximum (own linear colour scale). The markers are the centres "
             "found by each localizer; where they coincide the peak is well described by all. "
@@ -877,9 +895,17 @@ def _details_section(run: RunData) -> str:
     parts = []
     params = info.get("parameters") or {}
     if params:
-        kv = pd.DataFrame({"parameter": list(params),
-                           "value": [json.dumps(v) if isinstance(v, (list, dict, type(None)))
-                                     else str(v) for v in params.values()]}, dtype=object)
+        values = [json.dumps(v) if isinstance(v, (list, dict, type(None))) else str(v)
+                  for v in params.values()]
+        # Three parameter/value column pairs: a long single column wastes the page.
+        n = len(values)
+        rows = -(-n // 3)
+        kv = pd.DataFrame(index=range(rows))
+        for k in range(3):
+            keys = list(params)[k * rows:(k + 1) * rows]
+            vals = values[k * rows:(k + 1) * rows]
+            kv[f"parameter{' ' * k}"] = pd.Series(keys + [""] * (rows - len(keys)), dtype=object)
+            kv[f"value{' ' * k}"] = pd.Series(vals + [""] * (rows - len(vals)), dtype=object)
         parts.append("<h3>Parameters</h3><p>As given to the run (null = automatic or not "
                      "used).</p>" + table_html(kv, sortable=False, cls="kv"))
     counts = info.get("counts") or {}
@@ -1110,8 +1136,11 @@ def make_report(
         body = _figure(
             figure_to_data_uri(fig),
             f"Frame {showcase} (the frame with the most peaks{'' if frame is None else ', as chosen'}"
-            "). Colour: detector counts on an asinh scale (linear near the background, logarithmic "
-            "for bright spots) so that weak and strong peaks are both visible. Cyan circles: "
+            "). Colour: detector counts "
+            + ("on an asinh scale (linear near the background, logarithmic for bright spots) so "
+               "that weak and strong peaks are both visible. " if type(norm).__name__ == "AsinhNorm"
+               else "on a linear scale (the counts span less than a decade). ")
+            + "Cyan circles: "
             "accepted peaks, the larger the higher their score; red crosses: rejected peaks. "
             "Dashed yellow box: the region shown at full resolution below.", "frame with peaks")
         where = ("the whole frame" if (x1 - x0, y1 - y0) == (image.shape[1], image.shape[0])
