@@ -273,3 +273,14 @@ def test_peak_table_source(tmp_path):
     except NotImplementedError:  # pragma: no cover - io still a stub
         pytest.skip("braggtrack.io not ready")
     assert result.model_path.exists()
+
+
+def test_fine_tune_from_existing_weights(tmp_path):
+    from braggtrack.braggnn import BraggNN, BraggNNConfig, save_model
+
+    start = save_model(BraggNN(BraggNNConfig(channels=(8, 8), dense=(16,))), tmp_path / "start.safetensors")
+    result = _tiny(tmp_path, "tuned.safetensors", epochs=1, init=start)
+    assert result.config.channels == (8, 8)
+    assert load_model(result.model_path).config.dense == (16,)
+    with pytest.raises(OptionError):
+        _tiny(tmp_path, "x.safetensors", epochs=1, init=start, config=BraggNNConfig())

@@ -580,6 +580,7 @@ def train_model(
     threads: int | None = None,
     max_minutes: float | None = None,
     cosine: bool = True,
+    init: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train a BraggNN and save the best epoch's weights to ``out``.
 
@@ -623,6 +624,9 @@ def train_model(
         then depends on the machine's speed; use ``epochs`` for reproducible runs).
     cosine : bool
         Cosine decay of the learning rate from ``lr`` to ``lr / 50`` over ``epochs``.
+    init : path or "default", optional
+        Start from these weights (fine-tuning, e.g. the shipped model on a user's data);
+        the architecture then comes from that model and ``config`` must be None.
 
     Returns
     -------
@@ -644,6 +648,15 @@ def train_model(
         raise OptionError("epochs and batch_size must be >= 1 and lr > 0")
     if not 0 <= val_fraction < 1:
         raise OptionError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    init_state = None
+    if init is not None:
+        from .braggnn import load_model
+
+        if config is not None:
+            raise OptionError("give either config or init, not both")
+        start = load_model(None if str(init) == "default" else init)
+        config = start.config
+        init_state = {k: v.detach().clone() for k, v in start.state_dict().items()}
     config = config or BraggNNConfig()
     dev = resolve_device(device)
     warmup = max(1, epochs // 4) if warmup_epochs is None else int(warmup_epochs)
@@ -683,7 +696,7 @@ def train_model(
             batch_size=batch_size, lr=lr, seed=seed, patience=patience, augment=augment,
             noise=noise, checkpoint_dir=checkpoint_dir, resume=resume, dev=dev,
             progress=progress, warmup=warmup, beta=beta, max_minutes=max_minutes,
-            source=source, cosine=cosine,
+            source=source, cosine=cosine, init_state=init_state,
         )
     finally:
         if reader is not None:
@@ -695,12 +708,15 @@ def train_model(
 def _fit(
     train_stream, val_stream, val_batches, out, *, config, epochs, batch_size, lr, seed,
     patience, augment, noise, checkpoint_dir, resume, dev, progress, warmup, beta,
-    max_minutes, source, cosine,
+    max_minutes, source, cosine, init_state=None,
 ) -> TrainResult:
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
-    model = BraggNN(config).to(dev)
+    model = BraggNN(config)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     history: list[dict] = []
     best_metric = math.inf
@@ -847,6 +863,7 @@ def _fit(
             "batch_size": int(batch_size),
             "lr": float(lr),
             "cosine": bool(cosine),
+            "init": None if init_state is None else "given weights (fine-tuned)",
             "warmup_epochs": int(warmup),
             "beta": float(beta),
             "noise": float(noise),
@@ -910,9 +927,11 @@ def main(argv: list[str] | None = None) -> TrainResult:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--noise", type=float, default=0.03, help="augmentation noise, fraction of range")
+    ap.add_argument("--init", default=None, help="start from these weights ('default': shipped)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    config = BraggNNConfig(
+    config = None if args.init else BraggNNConfig(
         channels=tuple(int(v) for v in args.channels.split(",")),
         dense=tuple(int(v) for v in args.dense.split(",")) if args.dense else (),
         nonlocal_block=args.nonlocal_block,
@@ -924,6 +943,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
         patience=args.patience, warmup_epochs=args.warmup_epochs, config=config,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, threads=args.threads,
         max_minutes=args.max_minutes, device=args.device, progress=not args.no_progress,
+        noise=args.noise, init=args.init,
     )
     print(result.history.to_string(index=False))
     print(f"best epoch {result.best_epoch}: validation median {result.val_median_px:.4f} px, "
