@@ -3,8 +3,9 @@
 Four localizers share one output table (one row per patch, see :func:`localize`):
 
 ``centroid``
-    Background-subtracted centre of mass (background = median of the patch border,
-    pixels below it count as zero), with Poisson-propagated uncertainty.
+    Background-subtracted centre of mass (background = median of the patch border;
+    pixels count with their height above background + 3 border-noise sigmas), with
+    Poisson-propagated uncertainty.
 ``gauss``
     Least-squares fit of an axis-aligned 2-D Gaussian *integrated over each pixel*
     (differences of ``erf``) plus a constant background. Pixel integration makes the
@@ -20,12 +21,17 @@ Four localizers share one output table (one row per patch, see :func:`localize`)
     The CNN of :mod:`braggtrack.braggnn` (imported only when asked for).
 
 Why a hand-written fitter rather than ``scipy.optimize.curve_fit``/``least_squares``: those
-fit one peak per call, with Python overhead per iteration per peak (a few hundred to a few
-thousand peaks per second). Here one Levenberg-Marquardt runs on all patches of a block
-together, in numpy: batched analytic Jacobians, per-patch damping, batched ``(n, p, p)``
-solves, a per-patch convergence test, and only the still-running patches are carried to
-the next iteration. Bounds (centre inside the patch, widths >= 0.2 px, ``0 <= eta <= 1``,
-amplitude >= 0) are enforced by projecting each trial point.
+fit one peak per call, with Python overhead per iteration per peak (a few to a few
+thousand peaks per second). Here one bounded Levenberg-Marquardt handles all patches of a
+block: analytic Jacobians, per-patch damping, a per-patch convergence test, starting
+values from moments in a 5 x 5 window around the centre. Two engines run the same
+algorithm: ``numba`` (default) compiles a per-patch loop that releases the GIL and runs on
+a few threads, ``numpy`` vectorizes over the block (batched ``(n, p, p)`` solves, only the
+still-running patches carried to the next iteration). Bounds (centre inside the patch,
+widths >= 0.2 px, ``0 <= eta <= 1``, amplitude >= 0) are kept by projection with an active
+set: a parameter on its bound whose descent direction points outward is held there.
+Uncertainties are leverage-corrected sandwich (HC3) estimates, right under Poisson noise
+whatever the units.
 
 Each patch is min-max scaled to [0, 1] before fitting (results are scaled back), so that
 arbitrary finite input is numerically safe and the tolerances are scale free. Every
