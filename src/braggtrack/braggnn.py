@@ -48,6 +48,7 @@ __all__ = [
     "predict",
     "export_model",
     "normalize_patches",
+    "patch_stats",
     "resolve_device",
     "count_macs",
 ]
@@ -79,8 +80,11 @@ class BraggNNConfig:
     ood_sigma : float
         Predicted 1-sigma error (px) above which a patch is flagged out of distribution.
     max_offset : float
-        Largest |dx| or |dy| (px) of the brightest pixel from the centre seen in training;
-        patches whose maximum is further out are flagged.
+        Largest |dx| or |dy| (px) from the centre of the maximum of the 3x3-smoothed
+        patch seen in training; patches whose maximum is further out are flagged.
+    min_snr : float
+        Smallest signal-to-noise ratio (see :func:`patch_stats`) seen in training;
+        patches below it are flagged.
     """
 
     patch: int = 11
@@ -89,6 +93,7 @@ class BraggNNConfig:
     dense: tuple[int, ...] = (64, 32)
     ood_sigma: float = 1.0
     max_offset: float = 2.0
+    min_snr: float = 0.0
 
     def __post_init__(self) -> None:
         if self.patch < 5 or self.patch % 2 == 0:
@@ -379,6 +384,45 @@ def normalize_patches(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return normed.astype(np.float32), flat
 
 
+def patch_stats(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Input statistics used for the out-of-distribution flag.
+
+    Returns ``(snr, offset)``: the height of the 3x3-smoothed maximum above the border
+    median, over the noise of a 3x3 mean (pixel noise from the median absolute
+    neighbour difference, divided by 3); and the Chebyshev distance (px) of that
+    smoothed maximum from the central pixel.  Smoothing keeps single hot pixels from
+    passing as peaks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> yy, xx = np.mgrid[:11, :11]
+    >>> peak = rng.poisson(10 + 500 * np.exp(-((xx - 5) ** 2 + (yy - 5) ** 2) / 2))
+    >>> snr, offset = patch_stats(peak[None])
+    >>> bool(snr[0] > 20), int(offset[0])
+    (True, 0)
+    """
+    from scipy.ndimage import uniform_filter
+
+    p = np.nan_to_num(np.asarray(patches, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    n, size, _ = p.shape
+    box = uniform_filter(p, size=(1, 3, 3), mode="nearest")
+    border = np.concatenate([p[:, 0, :], p[:, -1, :], p[:, 1:-1, 0], p[:, 1:-1, -1]], axis=1)
+    diffs = np.concatenate(
+        [np.diff(p, axis=1).reshape(n, -1), np.diff(p, axis=2).reshape(n, -1)], axis=1
+    )
+    noise = 1.4826 * np.median(np.abs(diffs), axis=1) / np.sqrt(2)
+    flat = box.reshape(n, -1)
+    idx = flat.argmax(axis=1)
+    c = size // 2
+    offset = np.maximum(np.abs(idx // size - c), np.abs(idx % size - c))
+    height = flat.max(axis=1) - np.median(border, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(noise > 0, height / (noise / 3.0), np.where(height > 0, np.inf, 0.0))
+    return snr, offset
+
+
 def _moments(patches: np.ndarray) -> dict[str, np.ndarray]:
     """Background (border median), amplitude, intensity and second-moment widths."""
     n, size, _ = patches.shape
@@ -481,12 +525,11 @@ def predict(
     dx_err = np.exp(0.5 * out[:, 2].astype(np.float64))
     dy_err = np.exp(0.5 * out[:, 3].astype(np.float64))
 
-    # Input-domain checks: brightest pixel further out than anything seen in training.
+    # Input-domain checks: a (smoothed) maximum further out, or a signal weaker, than
+    # anything seen in training.
     c = (size - 1) // 2
-    flat_idx = normed.reshape(n, -1).argmax(axis=1)
-    far = (np.abs(flat_idx // size - c) > model.config.max_offset) | (
-        np.abs(flat_idx % size - c) > model.config.max_offset
-    )
+    snr, offset = patch_stats(p)
+    far = (offset > model.config.max_offset) | (snr < model.config.min_snr)
     ood = (
         far
         | (np.maximum(dx_err, dy_err) > model.config.ood_sigma)

@@ -58,6 +58,7 @@ __all__ = [
     "TrainResult",
     "train_model",
     "augment_batch",
+    "calibrate_flags",
 ]
 
 #: Extra pixels cut on each side of a training patch so integer shifts are exact crops.
@@ -829,29 +830,7 @@ def _fit(
     model.to(dev)
     # Out-of-distribution thresholds from the validation set of the best weights.
     batches = val_batches if val_batches is not None else _batches(val_stream, 4096)
-    raw_max_offsets: list[np.ndarray] = []
-    stds: list[np.ndarray] = []
-    errs: list[np.ndarray] = []
-    c = config.patch // 2
-    for raw, xy in batches:
-        normed, target = augment_batch(raw, xy, config.patch, None)
-        _, e, s = _evaluate(model, [(raw, xy)], dev, config.patch, True, beta)
-        errs.append(e)
-        stds.append(s)
-        arg = normed.reshape(len(normed), -1).argmax(axis=1)
-        raw_max_offsets.append(np.maximum(np.abs(arg // config.patch - c), np.abs(arg % config.patch - c)))
-    errs_all = np.concatenate(errs) if errs else np.zeros(1)
-    std_all = np.concatenate(stds) if stds else np.ones(1)
-    off_all = np.concatenate(raw_max_offsets) if raw_max_offsets else np.zeros(1)
-    shift = MARGIN if augment else 0
-    final = dataclasses.replace(
-        config,
-        # 2x the 99.9th percentile of the predicted error on validation data: flags what
-        # the model itself finds far less certain than anything it was validated on.
-        ood_sigma=float(max(2.0 * np.quantile(std_all, 0.999), 0.05)),
-        # Hot pixels put the maximum anywhere in a few patches: use a high quantile.
-        max_offset=float(min(int(np.ceil(np.quantile(off_all, 0.995))) + shift, c)),
-    )
+    final, errs_all = calibrate_flags(model, batches, augment=augment, device=dev)
     model.config = final
     history_df = pd.DataFrame(history)
     summary = {
@@ -886,6 +865,47 @@ def _fit(
         history=history_df,
         config=final,
     )
+
+
+def calibrate_flags(
+    model: BraggNN, batches, *, augment: bool = True, device: str | torch.device = "cpu"
+) -> tuple[BraggNNConfig, np.ndarray]:
+    """Set the out-of-distribution thresholds of ``model.config`` from validation data.
+
+    ``batches`` yields ``(raw, xy)`` as the training streams do (central crops are used).
+    ``ood_sigma`` becomes the 99.5th percentile of the predicted 1-sigma error (so 0.5 %
+    of in-distribution patches are flagged by it), ``min_snr`` the 0.1st percentile of
+    :func:`~braggtrack.braggnn.patch_stats` SNR, and ``max_offset`` the 99.9th percentile
+    of the smoothed maximum's distance from the centre (+1 px when shifts were augmented).
+    Returns the new config and the validation position errors (px).
+    """
+    from .braggnn import patch_stats
+
+    config = model.config
+    patch = config.patch
+    dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+    errs, stds, snrs, offsets = [], [], [], []
+    for raw, xy in batches:
+        _, e, sd = _evaluate(model, [(raw, xy)], dev, patch, True, 0.0)
+        margin = (raw.shape[-1] - patch) // 2
+        crop = raw[:, margin:margin + patch, margin:margin + patch]
+        snr, off = patch_stats(crop)
+        errs.append(e)
+        stds.append(sd)
+        snrs.append(snr)
+        offsets.append(off)
+    errs_all = np.concatenate(errs) if errs else np.zeros(1)
+    std_all = np.concatenate(stds) if stds else np.ones(1)
+    snr_all = np.concatenate(snrs) if snrs else np.zeros(1)
+    off_all = np.concatenate(offsets) if offsets else np.zeros(1)
+    snr_all = snr_all[np.isfinite(snr_all)] if np.isfinite(snr_all).any() else np.zeros(1)
+    final = dataclasses.replace(
+        config,
+        ood_sigma=float(max(np.quantile(std_all, 0.995), 0.05)),
+        min_snr=float(np.quantile(snr_all, 0.001)),
+        max_offset=float(min(np.ceil(np.quantile(off_all, 0.999)) + (MARGIN if augment else 0), patch // 2)),
+    )
+    return final, errs_all
 
 
 def _describe(source) -> dict:
