@@ -517,60 +517,68 @@ def plot_patch_gallery(
     >>> fig = plot_patch_gallery(np.random.rand(3, 11, 11), {"centroid": (np.zeros(3),
     ...                          np.zeros(3), np.ones(3, bool))})
     """
+    import matplotlib
+    from matplotlib.collections import PatchCollection
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
-    patches = np.asarray(patches)
+    # One mosaic image in one axes: dozens of small axes would cost seconds to draw.
+    patches = np.asarray(patches, dtype=np.float64)
     n = len(patches)
     ncols = max(1, min(ncols, n))
     nrows = max(1, int(np.ceil(n / ncols)))
-    lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles is not None else 0
-    caption_in = 0.12 * lines + 0.08  # inches of caption text under each patch
-    fig_h = nrows * (panel_size + caption_in) + 0.55
-    fig = Figure(figsize=(panel_size * ncols, fig_h))
-    axes = fig.subplots(nrows, ncols, squeeze=False)
     size = patches.shape[-1] if n else 11
     c = size // 2
-    for i, ax in enumerate(axes.ravel()):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i >= n:
-            ax.set_visible(False)
-            continue
+    lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles is not None else 0
+    unit = panel_size / (size + 1.0)  # inches per data unit (one pixel)
+    caption = (0.12 * lines + 0.06) / unit  # data units of caption text under each patch
+    gap = 1.0
+    cell_w, cell_h = size + gap, size + gap + caption
+    width, height = ncols * cell_w, nrows * cell_h
+    legend_in = 0.45 if markers else 0.1
+    fig_w, fig_h = width * unit, height * unit + legend_in
+    fig = Figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes((0, 0, 1, 1 - legend_in / fig_h))
+    lut = (matplotlib.colormaps["magma"](np.linspace(0, 1, 256))[:, :3])
+    mosaic = np.ones((int(np.ceil(height)), int(np.ceil(width)), 3))
+    x0 = (np.arange(n) % ncols) * cell_w + gap / 2
+    y0 = (np.arange(n) // ncols) * cell_h + gap / 2
+    for i in range(n):
         p = patches[i]
         lo, hi = np.percentile(p, [1, 100])
-        ax.imshow(p, cmap="magma", vmin=lo, vmax=hi if hi > lo else lo + 1,
-                  interpolation="nearest", origin="upper")
-        for j, (name, (dx, dy, ok)) in enumerate((markers or {}).items()):
-            if not ok[i]:
-                continue
-            style = localizer_style(name, j)
-            label = style.pop("label")
-            # Markers scale with the panel so they stay readable in large galleries.
-            style["s"] = style["s"] * 1.6 * (panel_size / 1.6) ** 2
-            ax.scatter([c + dx[i]], [c + dy[i]], linewidths=1.6, label=label, **style)
-        ax.set_xlim(-0.5, size - 0.5)
-        ax.set_ylim(size - 0.5, -0.5)
-        if titles is not None:
-            ax.set_xlabel(titles[i], fontsize=6.5, labelpad=2)
-        if frame_colour:
-            for spine in ax.spines.values():
-                spine.set_edgecolor(frame_colour)
-                spine.set_linewidth(2)
-    if markers:
-        handles, labels = [], []
-        for ax in axes.ravel():
-            h, lab = ax.get_legend_handles_labels()
-            for hh, ll in zip(h, lab, strict=True):
-                if ll not in labels:
-                    handles.append(hh)
-                    labels.append(ll)
-        if handles:
-            # Dark legend box: the marker colours are chosen for the dark colour map.
-            fig.legend(handles, labels, loc="upper center", ncols=len(handles), fontsize=8,
-                       frameon=True, facecolor="0.15", edgecolor="0.15", labelcolor="white",
-                       bbox_to_anchor=(0.5, 1.0))
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=caption_in / fig_h, top=1 - 0.5 / fig_h,
-                        wspace=0.08, hspace=caption_in / panel_size)
+        scaled = np.clip((p - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+        r0, c0 = int(round(y0[i])), int(round(x0[i]))
+        y0[i], x0[i] = r0, c0
+        mosaic[r0:r0 + size, c0:c0 + size] = lut[(scaled * 255).astype(int)]
+    ax.imshow(mosaic, interpolation="nearest", extent=(-0.5, mosaic.shape[1] - 0.5,
+                                                      mosaic.shape[0] - 0.5, -0.5))
+    if frame_colour and n:
+        boxes = [Rectangle((x0[i] - 0.5, y0[i] - 0.5), size, size) for i in range(n)]
+        ax.add_collection(PatchCollection(boxes, facecolor="none", edgecolor=frame_colour,
+                                          linewidth=2))
+    handles, labels = [], []
+    for j, (name, (dx, dy, ok)) in enumerate((markers or {}).items()):
+        ok = np.asarray(ok, bool)[:n]
+        style = localizer_style(name, j)
+        label = style.pop("label")
+        # Markers scale with the panel so they stay readable in large galleries.
+        style["s"] = style["s"] * 1.6 * (panel_size / 1.6) ** 2
+        h = ax.scatter((x0 + c + np.asarray(dx)[:n])[ok], (y0 + c + np.asarray(dy)[:n])[ok],
+                       linewidths=1.6, **style)
+        handles.append(h)
+        labels.append(label)
+    if titles is not None:
+        for i in range(n):
+            ax.text(x0[i] + c, y0[i] + size - 0.2, str(titles[i]), ha="center", va="top",
+                    fontsize=6.5, linespacing=1.1)
+    ax.set_xlim(-0.5, mosaic.shape[1] - 0.5)
+    ax.set_ylim(mosaic.shape[0] - 0.5, -0.5)
+    ax.set_axis_off()
+    if handles:
+        # Dark legend box: the marker colours are chosen for the dark colour map.
+        fig.legend(handles, labels, loc="upper center", ncols=len(handles), fontsize=8,
+                   frameon=True, facecolor="0.15", edgecolor="0.15", labelcolor="white",
+                   bbox_to_anchor=(0.5, 1.0))
     if title:
         fig.text(0.01, 1 - 0.05 / fig_h, title, fontsize=9, va="top")
     return fig
