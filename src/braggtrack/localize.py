@@ -351,7 +351,6 @@ def _levenberg_marquardt(normal, bounds, p0, data, *, max_iter, xtol, ftol):
 def _finish(p_raw, u, lo, span, flat, nonfinite, fit: dict, converged, size, max_iter_hit):
     """Assemble the table: fall back to the centroid where the fit failed."""
     c = size // 2
-    cen = _centroid_block(p_raw)
     dx, dy = fit["dx"], fit["dy"]
     on_edge = (np.abs(dx) >= c + 0.5 - 1e-6) | (np.abs(dy) >= c + 0.5 - 1e-6)
     no_peak = fit["height"] <= 1e-6
@@ -364,20 +363,21 @@ def _finish(p_raw, u, lo, span, flat, nonfinite, fit: dict, converged, size, max
     reason[~converged & max_iter_hit] = "not_converged"
     reason[flat] = "flat"
     failed = flat | bad | err_bad | ~converged
-    cols = {
-        "dx": np.where(failed, cen.dx.to_numpy(), dx),
-        "dy": np.where(failed, cen.dy.to_numpy(), dy),
-        "dx_err": np.where(failed, cen.dx_err.to_numpy(), fit["dx_err"]),
-        "dy_err": np.where(failed, cen.dy_err.to_numpy(), fit["dy_err"]),
-        "sigma_x": np.where(failed, cen.sigma_x.to_numpy(), fit["sigma_x"]),
-        "sigma_y": np.where(failed, cen.sigma_y.to_numpy(), fit["sigma_y"]),
+    cols = {k: np.array(fit[k], dtype=np.float64) for k in ("dx", "dy", "dx_err", "dy_err",
+                                                            "sigma_x", "sigma_y")}
+    if failed.any():
+        # Only the failed patches need the centroid they fall back to.
+        cen = _centroid_block(p_raw[failed])
+        for k in cols:
+            cols[k][failed] = cen[k].to_numpy()
+    cols.update({
         "amplitude": np.where(flat, 0.0, fit["height"] * span),
         "background": lo + np.where(flat, 0.0, fit["background"] * span),
         "intensity": np.where(
             flat, 0.0, (u - fit["background"][:, None, None]).sum(axis=(1, 2)) * span
         ),
         "converged": ~failed,
-    }
+    })
     return _table(cols, reason)
 
 
