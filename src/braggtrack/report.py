@@ -1154,7 +1154,8 @@ def make_report(
         try:
             image = np.asarray(run.series[showcase], dtype=np.float32)
         except BraggTrackError as exc:
-            notes.append(f"Frame {showcase} could not be read: {html.escape(str(exc))}")
+            sections.append(("frame", "Overview frame", f'<p class="note">Frame {showcase} could '
+                             f"not be read: {html.escape(str(exc))}</p>"))
             image = None
     if image is not None:
         norm = display_norm(image)
