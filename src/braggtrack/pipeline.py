@@ -160,7 +160,9 @@ def _bin_mask(mask: np.ndarray, b: int, shape: tuple[int, int]) -> np.ndarray:
     return mask[: h * b, : w * b].reshape(h, b, w, b).any(axis=(1, 3))
 
 
-def _localize_detected(detected: list[_Detected], config: FindConfig, model=None) -> pd.DataFrame:
+def _localize_detected(
+    detected: list[_Detected], config: FindConfig, frame_shape: tuple[int, int], model=None
+) -> pd.DataFrame:
     from .localize import localize
 
     tables = [d.table for d in detected if len(d.table)]
@@ -170,8 +172,12 @@ def _localize_detected(detected: list[_Detected], config: FindConfig, model=None
     patches = np.concatenate([d.patches for d in detected if len(d.table)], axis=0)
     loc = localize(patches, config.localizer, model=model, device=config.device)
     # Localizer offsets are relative to the patch's central pixel, i.e. the detected maximum.
-    table["x"] = table["x_det"].to_numpy(np.float64) + loc["dx"].to_numpy(np.float64)
-    table["y"] = table["y_det"].to_numpy(np.float64) + loc["dy"].to_numpy(np.float64)
+    # A centre outside the frame is meaningless (padded edge patches): keep it on the detector.
+    h, w = frame_shape
+    table["x"] = np.clip(table["x_det"].to_numpy(np.float64) + loc["dx"].to_numpy(np.float64),
+                         -0.5, w - 0.5)
+    table["y"] = np.clip(table["y_det"].to_numpy(np.float64) + loc["dy"].to_numpy(np.float64),
+                         -0.5, h - 0.5)
     table["x_err"] = loc["dx_err"].to_numpy(np.float64)
     table["y_err"] = loc["dy_err"].to_numpy(np.float64)
     for col in ("intensity", "background", "sigma_x", "sigma_y"):
@@ -259,7 +265,7 @@ def find_peaks(
     if model is None:
         model = load_localizer_model(config)
     detected = _detect_frame(image, frame, config, _preprocessor(config, calibration))
-    return _localize_detected([detected], config, model=model)
+    return _localize_detected([detected], config, np.shape(image)[-2:], model=model)
 
 
 @dataclass(frozen=True)
@@ -298,7 +304,7 @@ def find_chunk(
             continue
         detected.append(_detect_frame(image, int(i), config, prep))
         status.append((int(i), "ok", ""))
-    peaks = _localize_detected(detected, config, model=model)
+    peaks = _localize_detected(detected, config, tuple(series.shape), model=model)
     counts = peaks.groupby("frame")["ok"].agg(["size", "sum"]) if len(peaks) else None
     frames = pd.DataFrame(status, columns=["frame", "status", "reason"])
     if counts is not None:

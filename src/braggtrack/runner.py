@@ -542,6 +542,8 @@ class _RunState:
             "python": sys.version.split()[0],
             "platform": platform.platform(),
             "fingerprint": fingerprint,
+            "source": resolved,
+            "dataset": dataset,
             "parameters": {**config.to_dict(), **track.to_dict(), "dataset": dataset,
                            "chunk_size": chunk_size, "workers": workers,
                            "scheduler": scheduler, "strict": strict, **calib_files},
