@@ -284,3 +284,11 @@ def test_fine_tune_from_existing_weights(tmp_path):
     assert load_model(result.model_path).config.dense == (16,)
     with pytest.raises(OptionError):
         _tiny(tmp_path, "x.safetensors", epochs=1, init=start, config=BraggNNConfig())
+
+
+def test_early_stopping(tmp_path):
+    # With a vanishing learning rate nothing improves after epoch 1: patience 1 stops at 2.
+    result = _tiny(tmp_path, "m.safetensors", epochs=6, lr=1e-30, patience=1, warmup_epochs=6)
+    assert result.stopped_early
+    assert result.epochs_run == 2
+    assert result.best_epoch == 1

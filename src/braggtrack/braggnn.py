@@ -488,7 +488,7 @@ def predict(
     >>> yy, xx = np.mgrid[:11, :11]
     >>> patch = 100 * np.exp(-((xx - 5.3) ** 2 + (yy - 4.8) ** 2) / 2) + 5
     >>> table = predict(load_model(), patch[None])
-    >>> abs(table.dx[0] - 0.3) < 0.1 and abs(table.dy[0] + 0.2) < 0.1
+    >>> bool(abs(table.dx[0] - 0.3) < 0.1 and abs(table.dy[0] + 0.2) < 0.1)
     True
     """
     if hasattr(patches, "patches") and not isinstance(patches, np.ndarray):
