@@ -258,9 +258,9 @@ def _model_record(config: FindConfig) -> dict | None:
     from .io import file_checksum
 
     if config.model is None:
-        from .braggnn import default_model_path
+        from .braggnn import DEFAULT_MODEL
 
-        path = default_model_path()
+        path = DEFAULT_MODEL
     else:
         path = Path(config.model)
     return {"path": str(path), "sha256": file_checksum(path)}
