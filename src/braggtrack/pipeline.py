@@ -87,11 +87,34 @@ class _Detected:
     patches: np.ndarray  # (n, N, N) float32
 
 
+def as_frame(image) -> np.ndarray:
+    """Check that ``image`` is one non-empty 2-D frame of real numbers; return it usable.
+
+    bool, int8 and float16 frames are widened (uint8, float32); other integer and float
+    types are kept, since thresholds are compared in the frame's own dtype for speed.
+    """
+    from .errors import OptionError
+
+    a = np.asarray(image)
+    if a.ndim != 2:
+        raise OptionError(f"a frame must be a 2-D array, got {a.ndim}-D with shape {a.shape}")
+    if a.size == 0:
+        raise OptionError(f"a frame must not be empty, got shape {a.shape}")
+    kind = a.dtype.kind
+    if kind == "b":
+        return a.astype(np.uint8)
+    if kind not in "iuf":
+        raise OptionError(f"frames of dtype {a.dtype} are not supported (need real numbers)")
+    if a.dtype in (np.int8, np.float16):
+        return a.astype(np.float32)
+    return a
+
+
 def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _Detected:
     from .detect import persistence, select_peaks
     from .patches import centre_filter, extract_patches, normalize, recentre
 
-    prepared = prep(np.asarray(image))
+    prepared = prep(as_frame(image))
     b = config.bin
     raw = persistence(prepared.image, threshold=prepared.threshold)
     binned_mask = None
