@@ -651,3 +651,15 @@ def test_implausible_headers_refused_without_allocating(tmp_path):
     with pytest.raises(InputFileError) as exc:
         open_frames(npz)
     _assert_names_file(exc, npz)
+
+
+def test_truncated_cbf_does_not_hang(tmp_path):
+    # fabio loops forever on a CBF cut before its binary section; the reader must refuse it
+    full = tmp_path / "full.cbf"
+    fabio.cbfimage.CbfImage(data=np.arange(35, dtype=np.int32).reshape(5, 7)).write(str(full))
+    data = full.read_bytes()
+    cut = tmp_path / "cut.cbf"
+    cut.write_bytes(data[: data.find(b"\x0c\x1a\x04\xd5")])
+    with pytest.raises(InputFileError, match="CBF") as exc:
+        open_frames(cut)
+    _assert_names_file(exc, cut)

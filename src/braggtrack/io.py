@@ -409,10 +409,32 @@ _FABIO_DIM_KEYS = (
 )
 
 
+_CBF_BINARY_STARTER = b"\x0c\x1a\x04\xd5"
+
+
+def _cbf_has_binary_section(path: Path) -> bool:
+    """The binary marker follows the ``_array_data.data`` block, where fabio looks for it."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    block = data.find(b"_array_data.data")
+    return data.find(_CBF_BINARY_STARTER, max(block, 0)) >= 0
+
+
 def _fabio_precheck(path: Path) -> None:
-    """Refuse a header that claims an implausibly large frame before fabio allocates it."""
+    """Checks fabio does not do on damaged files.
+
+    - fabio (2026.6) loops forever on a CBF file whose binary section marker is missing
+      (a truncated file), so the marker must be present before fabio sees the file;
+    - a header that claims an implausibly large frame is refused before fabio
+      allocates it.
+    """
     import fabio
 
+    if path.suffix.lower() == ".cbf" or _read_magic(path, 6) == b"###CBF":
+        if not _cbf_has_binary_section(path):
+            raise InputFileError(path, "not a readable CBF file (no binary section; truncated?)")
     try:
         header = dict(fabio.openheader(str(path)).header)
     except Exception:

@@ -81,6 +81,7 @@ def main() -> int:
 
     t0 = time.perf_counter()
     random_bytes()
+    print(f"random bytes: {args.examples} examples in {time.perf_counter() - t0:.1f} s", flush=True)
     corrupted()
     print(f"{2 * args.examples} examples in {time.perf_counter() - t0:.1f} s; "
           f"slowest {worst[0]:.3f} s; no finding")
