@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from .config import FindConfig
 from .errors import BraggTrackError
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app = typer.Typer(
 )
 
 EXIT_SKIPPED = 3
+_D = FindConfig()  # option defaults come from the API's, so the two cannot drift apart
 
 # ----------------------------------------------------------------------------- shared options
 Input = Annotated[str, typer.Argument(help="Frames: HDF5/NeXus, TIFF (file, folder or glob), "
@@ -39,6 +41,9 @@ Threshold = Annotated[float | None, typer.Option(
     "sigma of each frame].")]
 MinScore = Annotated[float, typer.Option(
     "--min-score", help="Minimum persistence score, 0..255 of the frame's intensity range.")]
+MinSnr = Annotated[float, typer.Option(
+    "--min-snr", help="Minimum persistence in units of the frame's background noise (robust "
+    "sigma).")]
 MinPersistence = Annotated[float, typer.Option(
     "--min-persistence", help="Minimum persistence, counts.")]
 Patch = Annotated[int, typer.Option("--patch", help="Odd patch size for localization, pixels.")]
@@ -122,19 +127,20 @@ def find(
     input: Input,
     out: Annotated[Path, typer.Option("-o", "--out", help="Peak table: .parquet, .csv or .h5.")],
     dataset: Dataset = None,
-    bin: Bin = 1,
+    bin: Bin = _D.bin,
     threshold: Threshold = None,
-    min_score: MinScore = 10.0,
-    min_persistence: MinPersistence = 0.0,
-    patch: Patch = 11,
-    localizer: Localizer = "braggnn",
-    edge: Edge = 2,
-    min_distance: MinDistance = 3.0,
-    centre_tolerance: CentreTol = 2.0,
-    max_peaks: MaxPeaks = 5000,
+    min_score: MinScore = _D.min_score,
+    min_snr: MinSnr = _D.min_snr,
+    min_persistence: MinPersistence = _D.min_persistence,
+    patch: Patch = _D.patch,
+    localizer: Localizer = _D.localizer,
+    edge: Edge = _D.edge,
+    min_distance: MinDistance = _D.min_distance,
+    centre_tolerance: CentreTol = _D.centre_tolerance,
+    max_peaks: MaxPeaks = _D.max_peaks,
     model: Model = None,
-    device: Device = "cpu",
-    auto_mask: AutoMask = True,
+    device: Device = _D.device,
+    auto_mask: AutoMask = _D.auto_mask,
     dark: Dark = None,
     flat: Flat = None,
     mask: Mask = None,
@@ -151,7 +157,7 @@ def find(
     table_format(out)
     if out.exists() and not force:
         raise OptionError(f"{out}: exists; use --force to overwrite")
-    config = _find_config(threshold=threshold, min_score=min_score,
+    config = _find_config(threshold=threshold, min_score=min_score, min_snr=min_snr,
                           min_persistence=min_persistence, bin=bin, patch=patch,
                           localizer=localizer, edge=edge, min_distance=min_distance,
                           centre_tolerance=centre_tolerance, max_peaks=max_peaks, model=model,
@@ -208,19 +214,20 @@ def run(
     input: Input,
     out: Annotated[Path, typer.Option("-o", "--out", help="Run folder to write.")],
     dataset: Dataset = None,
-    bin: Bin = 1,
+    bin: Bin = _D.bin,
     threshold: Threshold = None,
-    min_score: MinScore = 10.0,
-    min_persistence: MinPersistence = 0.0,
-    patch: Patch = 11,
-    localizer: Localizer = "braggnn",
-    edge: Edge = 2,
-    min_distance: MinDistance = 3.0,
-    centre_tolerance: CentreTol = 2.0,
-    max_peaks: MaxPeaks = 5000,
+    min_score: MinScore = _D.min_score,
+    min_snr: MinSnr = _D.min_snr,
+    min_persistence: MinPersistence = _D.min_persistence,
+    patch: Patch = _D.patch,
+    localizer: Localizer = _D.localizer,
+    edge: Edge = _D.edge,
+    min_distance: MinDistance = _D.min_distance,
+    centre_tolerance: CentreTol = _D.centre_tolerance,
+    max_peaks: MaxPeaks = _D.max_peaks,
     model: Model = None,
-    device: Device = "cpu",
-    auto_mask: AutoMask = True,
+    device: Device = _D.device,
+    auto_mask: AutoMask = _D.auto_mask,
     dark: Dark = None,
     flat: Flat = None,
     mask: Mask = None,
@@ -268,7 +275,7 @@ def run(
     from .runner import TrackConfig
     from .runner import run as run_api
 
-    config = _find_config(threshold=threshold, min_score=min_score,
+    config = _find_config(threshold=threshold, min_score=min_score, min_snr=min_snr,
                           min_persistence=min_persistence, bin=bin, patch=patch,
                           localizer=localizer, edge=edge, min_distance=min_distance,
                           centre_tolerance=centre_tolerance, max_peaks=max_peaks, model=model,
@@ -363,7 +370,7 @@ def train(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per batch.")] = 512,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
-    device: Device = "cpu",
+    device: Device = _D.device,
     resume: Annotated[bool, typer.Option("--resume", help="Resume from the last checkpoint.")] = False,
     quiet: Quiet = False,
 ) -> None:

@@ -25,7 +25,11 @@ class FindConfig:
         Counts (after dark subtraction, before binning) below which pixels are set to 0.
         ``None`` picks a robust default per frame: median + 5 * MAD-based sigma of the frame.
     min_score : float
-        Minimum persistence score on the 0..255 scale of the frame's intensity range.
+        Minimum persistence score on the 0..255 scale of the frame's intensity range (the
+        classic notebook filter used 10; it drops weak peaks in frames with one very bright
+        peak, so the default relies on ``min_snr`` instead).
+    min_snr : float
+        Minimum persistence in units of the frame's background noise (robust sigma).
     min_persistence : float
         Minimum persistence in counts (image units after preprocessing).
     bin : int
@@ -53,7 +57,8 @@ class FindConfig:
     """
 
     threshold: float | None = None
-    min_score: float = 10.0
+    min_score: float = 0.0
+    min_snr: float = 3.0
     min_persistence: float = 0.0
     bin: int = 1
     patch: int = 11
@@ -71,6 +76,8 @@ class FindConfig:
             raise OptionError(f"--threshold must be >= 0 counts, got {self.threshold}")
         if not (0 <= self.min_score <= 255):
             raise OptionError(f"--min-score must be in 0..255, got {self.min_score}")
+        if not (self.min_snr >= 0):
+            raise OptionError(f"--min-snr must be >= 0, got {self.min_snr}")
         if not (self.min_persistence >= 0):
             raise OptionError(f"--min-persistence must be >= 0, got {self.min_persistence}")
         if int(self.bin) != self.bin or self.bin < 1:

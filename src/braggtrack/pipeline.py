@@ -123,7 +123,8 @@ def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _D
     sel = select_peaks(
         raw,
         prepared.image,
-        min_persistence=config.min_persistence,
+        # Binning sums b*b pixels, so the noise of a binned pixel is b times larger.
+        min_persistence=max(config.min_persistence, config.min_snr * prepared.noise * b),
         min_score=config.min_score,
         edge=max(int(np.ceil(config.edge / b)), 0),
         mask=binned_mask,

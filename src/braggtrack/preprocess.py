@@ -528,6 +528,9 @@ class PreparedFrame:
         Threshold used, in full-resolution counts after dark subtraction.
     bin : int
         Binning factor of ``image``.
+    noise : float
+        Robust standard deviation of the background of ``full`` (1.4826 * MAD), counts; for a
+        sparse frame with no measurable noise, the Poisson noise ``sqrt(threshold)``.
     """
 
     image: np.ndarray
@@ -535,6 +538,7 @@ class PreparedFrame:
     mask: np.ndarray
     threshold: float
     bin: int = 1
+    noise: float = 0.0
 
 
 def _load_optional(value, what: str, loader) -> np.ndarray | None:
@@ -646,5 +650,10 @@ class Preprocessor:
             t = robust_threshold(full, self.nsigma, mask=bad)
         else:
             t = float(self.threshold)
+        _, sigma = robust_sigma(full, bad)
+        # A sparse frame (upstream-thresholded, MAD = 0) has no measurable noise: take the
+        # Poisson noise of the smallest kept value instead.
+        noise = sigma if sigma > 0 else float(np.sqrt(max(t, 0.0)))
         image = bin_frame(apply_threshold(full, t) if t > 0 else full.copy(), self.bin)
-        return PreparedFrame(image=image, full=full, mask=bad, threshold=float(t), bin=self.bin)
+        return PreparedFrame(image=image, full=full, mask=bad, threshold=float(t), bin=self.bin,
+                             noise=noise)
