@@ -56,6 +56,37 @@ def test_macs_match_hand_count():
     assert count_macs(BraggNNConfig()) == expected
 
 
+def test_macs_with_noise_channel():
+    # The constant noise plane doubles the first convolution's inputs only.
+    base = count_macs(BraggNNConfig())
+    assert count_macs(BraggNNConfig(noise_channel=True)) == base + 81 * 16 * 9
+
+
+def test_relative_noise_matches_known_sigma():
+    # Pixel noise sigma on a smooth ramp: the neighbour-difference estimate recovers it
+    # (ramp slope 0.001/px shifts the differences negligibly against sigma = 0.02).
+    rng = np.random.default_rng(3)
+    ramp = 0.001 * np.arange(41)[None, :] + np.zeros((41, 1))
+    x = torch.from_numpy((ramp + rng.normal(0, 0.02, (8, 41, 41)))[:, None].astype(np.float32))
+    est = braggnn.relative_noise(x).numpy()
+    assert np.all(np.abs(est / 0.02 - 1) < 0.1)
+    assert float(braggnn.relative_noise(torch.zeros(2, 1, 11, 11)).max()) == 0.0
+
+
+def test_noise_channel_forward_and_export(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = BraggNN(BraggNNConfig(noise_channel=True)).eval()
+    x = torch.rand(6, 1, 11, 11)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert ref.shape == (6, 4)
+    sess = ort.InferenceSession(str(export_model(model, tmp_path / "n.onnx")), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"patches": x.numpy()})[0], ref, atol=1e-5)
+
+
 def test_bad_config():
     with pytest.raises(OptionError):
         BraggNNConfig(patch=10)
@@ -103,6 +134,54 @@ def test_off_centre_maximum_is_flagged():
     table = predict(model, gaussian_patches([5.0, 9.0], [5.0, 5.0]))
     assert table.reason.tolist()[1] == "out_of_distribution"
     assert table.reason.tolist()[0] == ""
+
+
+def frame_cache_patches(x, y, sigma, amplitude, threshold):
+    """Zero-background patches as in sparse frame caches (HEDM): pixel-integrated Gaussians
+    (background 0, no noise), pixels below ``threshold`` stored as exactly 0."""
+    lam = gaussian_patches(x, y, sigma=sigma, amplitude=amplitude, background=0.0)
+    return np.where(lam >= threshold, np.round(lam), 0.0).astype(np.float32)
+
+
+def test_snr_floor_does_not_apply_to_zero_background_patches():
+    # An impossible SNR floor flags every noisy patch but no sparse (thresholded) one.
+    model = BraggNN(BraggNNConfig(min_snr=1e12, ood_sigma=1e9, max_offset=5.0))
+    sparse = frame_cache_patches([5.0, 5.3, 4.8], [5.0, 4.6, 5.2], sigma=0.8, amplitude=40.0, threshold=6.0)
+    noisy = gaussian_patches([5.0, 5.3], [5.0, 4.6], seed=4)
+    table = predict(model, np.concatenate([sparse, noisy]))
+    assert table.reason.tolist() == ["", "", "", "out_of_distribution", "out_of_distribution"]
+    assert braggnn.sparse_patches(sparse).all() and not braggnn.sparse_patches(noisy).any()
+
+
+@needs_shipped
+def test_shipped_model_accepts_sparse_frame_cache_spots():
+    """Real HEDM frame-cache spots (zero background, a few to a few dozen pixels above the
+    detector threshold) are real data, not out of distribution."""
+    rng = np.random.default_rng(8)
+    n = 60
+    x, y = 5 + rng.uniform(-0.5, 0.5, (2, n))
+    sigma = rng.uniform(0.6, 1.5, n)
+    amp = rng.uniform(10.0, 60.0, n)
+    patches = np.concatenate(
+        [frame_cache_patches(x[i], y[i], sigma[i], amp[i] * 2 * np.pi * sigma[i] ** 2 / 2, 6.0) for i in range(n)]
+    )
+    keep = (patches > 0).sum(axis=(1, 2)) >= 1
+    table = predict(load_model(), patches[keep])
+    assert (table.reason == "").all(), table.reason.value_counts().to_dict()
+    # Positions are still sensible (not garbage): within a third of a pixel at the median.
+    err = np.hypot(table.dx - (x[keep] - 5), table.dy - (y[keep] - 5))
+    assert np.median(err) < 0.35
+
+
+@needs_shipped
+def test_shipped_model_flags_garbage():
+    """Noise-only and uniform-random patches are mostly flagged out of distribution."""
+    rng = np.random.default_rng(9)
+    poisson = rng.poisson(50.0, (200, 11, 11)).astype(np.float32)
+    uniform = rng.uniform(0, 100, (200, 11, 11)).astype(np.float32)
+    model = load_model()
+    assert (predict(model, poisson).reason == "out_of_distribution").mean() > 0.8
+    assert (predict(model, uniform).reason == "out_of_distribution").mean() > 0.8
 
 
 def test_save_load_round_trip(tmp_path):

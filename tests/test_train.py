@@ -19,6 +19,7 @@ from braggtrack.train import (
     SimulatorSource,
     _split_frames,
     augment_batch,
+    sparsify,
     train_model,
 )
 
@@ -292,3 +293,51 @@ def test_early_stopping(tmp_path):
     assert result.stopped_early
     assert result.epochs_run == 2
     assert result.best_epoch == 1
+
+
+def test_sparsify_thresholds_like_a_frame_cache():
+    """Background subtracted, pixels below the threshold exactly 0, the maximum kept."""
+    rng = np.random.default_rng(5)
+    raw = np.full((50, 13, 13), 20.0, np.float32) + rng.normal(0, 1.0, (50, 13, 13)).astype(np.float32)
+    raw[:, 6, 6] += 200.0
+    out, chosen = sparsify(raw, np.random.default_rng(1), 0.5)
+    assert 10 < chosen.sum() < 40
+    np.testing.assert_array_equal(out[~chosen], raw[~chosen])
+    s = out[chosen]
+    assert ((s == 0).mean(axis=(1, 2)) > 0.4).all()
+    # The peak pixel survives with its background-subtracted value (~200 of 220 counts).
+    assert np.all(np.abs(s[:, 6, 6] - 200.0) < 5.0)
+    assert s.min() == 0.0
+    # A patch whose every pixel is below any threshold still keeps its brightest pixel.
+    flat, _ = sparsify(np.ones((3, 13, 13), np.float32) + np.eye(13, dtype=np.float32) * 1e-3,
+                       np.random.default_rng(2), 1.0)
+    assert ((flat > 0).sum(axis=(1, 2)) >= 1).all()
+
+
+def test_sparse_training_and_noise_channel_from_init(tmp_path):
+    """Adding the noise plane to a trained model starts from exactly its predictions."""
+    from braggtrack.braggnn import BraggNN, BraggNNConfig, save_model
+
+    torch.manual_seed(0)
+    start = save_model(BraggNN(BraggNNConfig(channels=(8, 8), dense=(16,))), tmp_path / "s.safetensors")
+    result = _tiny(tmp_path, "n.safetensors", epochs=1, init=start, noise_channel=True,
+                   sparse=0.3, lr=1e-30, warmup_epochs=1)
+    assert result.config.noise_channel
+    x = torch.rand(4, 1, 11, 11)
+    with torch.no_grad():
+        a = load_model(start)(x)
+        b = load_model(result.model_path)(x)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    with pytest.raises(OptionError):
+        _tiny(tmp_path, "bad.safetensors", epochs=1, sparse=1.5)
+
+
+def test_garbage_patches_get_uniform_random_targets():
+    """Peak-free patches carry targets uniform in +-2 px (variance 4/3), unrelated to the input."""
+    raw = np.zeros((4000, 13, 13), np.float32)
+    raw[:, 6, 6] = 100.0  # every input peak sits exactly at the centre
+    xy = np.full((4000, 2), 6.0, np.float32)
+    normed, target = augment_batch(raw, xy, 11, np.random.default_rng(3), noise=0.0, garbage=1.0)
+    assert np.abs(target).max() <= 2.0
+    np.testing.assert_allclose(target.var(axis=0), 4.0 / 3.0, rtol=0.08)
+    assert not np.any((normed[:, 5, 5] == 1.0) & ((normed > 0).sum(axis=(1, 2)) == 1))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ __all__ = [
     "export_model",
     "normalize_patches",
     "patch_stats",
+    "relative_noise",
+    "sparse_patches",
     "resolve_device",
     "count_macs",
 ]
@@ -84,7 +87,13 @@ class BraggNNConfig:
         patch seen in training; patches whose maximum is further out are flagged.
     min_snr : float
         Smallest signal-to-noise ratio (see :func:`patch_stats`) seen in training;
-        patches below it are flagged.
+        patches below it are flagged, except sparse (zero-background) patches, whose
+        noise cannot be measured.
+    noise_channel : bool
+        Feed the network a second, constant input plane with the patch's noise relative
+        to its range (see :func:`relative_noise`), the information min-max normalization
+        removes.  It is computed inside :meth:`BraggNN.forward`, so the input of the
+        network (and of exported models) stays one normalized plane.
     """
 
     patch: int = 11
@@ -94,6 +103,7 @@ class BraggNNConfig:
     ood_sigma: float = 1.0
     max_offset: float = 2.0
     min_snr: float = 0.0
+    noise_channel: bool = False
 
     def __post_init__(self) -> None:
         if self.patch < 5 or self.patch % 2 == 0:
@@ -142,12 +152,34 @@ class NonLocalBlock(nn.Module):
         return x + self.out(y)
 
 
+def relative_noise(normed: torch.Tensor) -> torch.Tensor:
+    """Pixel noise of min-max normalized patches ``(n, 1, N, N)`` as a fraction of their range.
+
+    Robust estimate: 1.4826 x the median absolute difference of neighbouring pixels
+    (rows and columns) over sqrt(2); the peak's own slopes touch few of the differences.
+    Zero-background (thresholded) patches give 0.  Written with ``sort`` rather than
+    ``median`` so that the ONNX export holds only standard operators.
+
+    Examples
+    --------
+    >>> import torch
+    >>> float(relative_noise(torch.zeros(1, 1, 5, 5))[0])
+    0.0
+    """
+    dy = (normed[:, :, 1:, :] - normed[:, :, :-1, :]).abs().flatten(1)
+    dx = (normed[:, :, :, 1:] - normed[:, :, :, :-1]).abs().flatten(1)
+    diffs = torch.cat([dy, dx], dim=1)
+    med = torch.sort(diffs, dim=1).values[:, diffs.shape[1] // 2]
+    return med * (1.4826 / math.sqrt(2.0))
+
+
 class BraggNN(nn.Module):
     """BraggNN-family localizer.
 
     ``forward`` takes min-max normalized patches ``(n, 1, N, N)`` and returns ``(n, 4)``:
     ``dx, dy`` (px from the central pixel; x = column, y = row) and the log-variances of
-    ``dx`` and ``dy`` (px^2).
+    ``dx`` and ``dy`` (px^2).  With ``config.noise_channel`` the first convolution also
+    sees a constant plane, ``log10`` of :func:`relative_noise` scaled to about -1..1.
 
     Examples
     --------
@@ -162,7 +194,7 @@ class BraggNN(nn.Module):
         self.config = config or BraggNNConfig()
         cfg = self.config
         layers: list[nn.Module] = []
-        cin = 1
+        cin = 2 if cfg.noise_channel else 1
         for i, cout in enumerate(cfg.channels):
             layers.append(nn.Conv2d(cin, cout, 3))
             if i == 0 and cfg.nonlocal_block:
@@ -180,6 +212,9 @@ class BraggNN(nn.Module):
         self.head = nn.Sequential(*head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.noise_channel:
+            level = (torch.log10(relative_noise(x).clamp(min=1e-3)) + 1.5) / 1.5
+            x = torch.cat([x, level[:, None, None, None].expand_as(x)], dim=1)
         out = self.head(self.features(x))
         # Clamp the log-variance so that exp() stays finite on garbage input.
         return torch.cat([out[:, :2], out[:, 2:].clamp(-14.0, 8.0)], dim=1)
@@ -195,7 +230,7 @@ def count_macs(config: BraggNNConfig) -> int:
     """
     macs = 0
     side = config.patch
-    cin = 1
+    cin = 2 if config.noise_channel else 1
     for i, cout in enumerate(config.channels):
         side -= 2
         macs += side * side * cout * cin * 9
@@ -423,6 +458,23 @@ def patch_stats(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return snr, offset
 
 
+def sparse_patches(patches: np.ndarray, fraction: float = 0.4) -> np.ndarray:
+    """True for thresholded (zero-background) patches: at least ``fraction`` of the pixels
+    equal the patch minimum, as in sparse frame-cache data where pixels below a threshold
+    are stored as exactly 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> spot = np.zeros((1, 11, 11)); spot[0, 5, 5] = 8.0
+    >>> bool(sparse_patches(spot)[0])
+    True
+    """
+    p = np.asarray(patches)
+    lo = p.min(axis=(1, 2), keepdims=True)
+    return (p == lo).mean(axis=(1, 2)) >= fraction
+
+
 def _moments(patches: np.ndarray) -> dict[str, np.ndarray]:
     """Background (border median), amplitude, intensity and second-moment widths."""
     n, size, _ = patches.shape
@@ -525,13 +577,17 @@ def predict(
     dx_err = np.exp(0.5 * out[:, 2].astype(np.float64))
     dy_err = np.exp(0.5 * out[:, 3].astype(np.float64))
 
-    # Input-domain checks: a (smoothed) maximum further out, or a signal weaker, than
-    # anything seen in training.
+    # Out of distribution: a predicted error above the calibrated ood_sigma, an offset
+    # outside the patch, a smoothed maximum further out than training ever put it, or a
+    # signal weaker than any in training.  The SNR floor is not applied to sparse
+    # (thresholded, zero-background) patches: their noise cannot be measured, and a
+    # frame-cache spot of a few pixels above the users' threshold is real data.
     c = (size - 1) // 2
     snr, offset = patch_stats(p)
-    far = (offset > model.config.max_offset) | (snr < model.config.min_snr)
+    weak = (snr < model.config.min_snr) & ~sparse_patches(p)
     ood = (
-        far
+        weak
+        | (offset > model.config.max_offset)
         | (np.maximum(dx_err, dy_err) > model.config.ood_sigma)
         | (np.abs(dx) > c)
         | (np.abs(dy) > c)

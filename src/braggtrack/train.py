@@ -58,6 +58,7 @@ __all__ = [
     "TrainResult",
     "train_model",
     "augment_batch",
+    "sparsify",
     "calibrate_flags",
 ]
 
@@ -449,6 +450,46 @@ def _batches(stream, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]
 # ---------------------------------------------------------------------- augmentation
 
 
+def sparsify(
+    patches: np.ndarray, rng: np.random.Generator, fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Threshold a random ``fraction`` of patches the way sparse frame caches are made.
+
+    For each chosen patch the background (border median) is subtracted and pixels below a
+    threshold are set to exactly 0; pixels above keep their background-subtracted value.
+    The threshold is, with equal odds, 1.5-6 times the pixel noise (robust estimate from
+    neighbour differences) or 10-70 % of the peak height, but never above the brightest
+    pixel, so at least one pixel survives.  Returns the patches and the chosen mask.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> p = rng.poisson(50, (4, 11, 11)).astype(np.float32); p[:, 5, 5] += 400
+    >>> out, chosen = sparsify(p, rng, 1.0)
+    >>> bool(chosen.all() and (out == 0).mean() > 0.5 and (out[:, 5, 5] > 0).all())
+    True
+    """
+    p = np.asarray(patches, dtype=np.float32).copy()
+    n = len(p)
+    chosen = rng.random(n) < fraction
+    if not chosen.any():
+        return p, chosen
+    q = p[chosen].astype(np.float64)
+    m = len(q)
+    border = np.concatenate([q[:, 0, :], q[:, -1, :], q[:, 1:-1, 0], q[:, 1:-1, -1]], axis=1)
+    q = q - np.median(border, axis=1)[:, None, None]
+    diffs = np.concatenate([np.diff(q, axis=1).reshape(m, -1), np.diff(q, axis=2).reshape(m, -1)], axis=1)
+    noise = 1.4826 * np.median(np.abs(diffs), axis=1) / np.sqrt(2)
+    top = q.max(axis=(1, 2))
+    by_noise = rng.random(m) < 0.5
+    thr = np.where(by_noise, rng.uniform(1.5, 6.0, m) * noise, rng.uniform(0.1, 0.7, m) * top)
+    thr = np.minimum(np.maximum(thr, 1e-6), top)
+    q = np.where(q >= thr[:, None, None], q, 0.0)
+    p[chosen] = q.astype(np.float32)
+    return p, chosen
+
+
 def augment_batch(
     raw: np.ndarray,
     xy: np.ndarray,
@@ -456,6 +497,8 @@ def augment_batch(
     rng: np.random.Generator | None,
     *,
     noise: float = 0.03,
+    sparse: float = 0.0,
+    garbage: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Crop, flip/transpose and add noise; return normalized patches and (dx, dy) targets.
 
@@ -464,6 +507,12 @@ def augment_batch(
     (validation).  Otherwise each patch gets a random integer shift of up to ``margin``
     pixels (an exact crop), a random flip/transpose from the 8 symmetries of the square
     and, for half of them, Gaussian noise of up to ``noise`` times the patch's range.
+    A fraction ``sparse`` of the patches is then thresholded to zero background
+    (:func:`sparsify`, as in sparse frame-cache data) instead of getting noise.  A
+    fraction ``garbage`` is replaced by peak-free patches (Poisson noise of a random
+    level, or uniform random values) with a target drawn uniformly in +-2 px: no
+    position can be learnt from them, so the network learns to predict a large variance
+    (about 1.15 px 1-sigma) for such input, which the out-of-distribution flag then catches.
     Labels follow every transform.
 
     Examples
@@ -498,10 +547,22 @@ def augment_batch(
         y = np.where(flip_y, patch - 1 - y, y)
         p[swap] = p[swap].transpose(0, 2, 1)
         x, y = np.where(swap, y, x), np.where(swap, x, y)
+        chosen = np.zeros(n, bool)
+        if sparse > 0:
+            p, chosen = sparsify(p, rng, sparse)
         if noise > 0:
             span = p.max(axis=(1, 2)) - p.min(axis=(1, 2))
-            level = rng.uniform(0, noise, n) * (rng.random(n) < 0.5) * span
+            level = rng.uniform(0, noise, n) * (rng.random(n) < 0.5) * span * ~chosen
             p = p + rng.standard_normal(p.shape).astype(np.float32) * level[:, None, None].astype(np.float32)
+        if garbage > 0:
+            junk = rng.random(n) < garbage
+            k = int(junk.sum())
+            level = np.exp(rng.uniform(0.0, np.log(300.0), k))[:, None, None]
+            noise_only = rng.poisson(np.broadcast_to(level, (k, patch, patch))).astype(np.float32)
+            uniform = rng.uniform(0.0, 1.0, (k, patch, patch)).astype(np.float32)
+            p[junk] = np.where(rng.random(k)[:, None, None] < 0.7, noise_only, uniform)
+            x = np.where(junk, c + rng.uniform(-2.0, 2.0, n), x)
+            y = np.where(junk, c + rng.uniform(-2.0, 2.0, n), y)
     normed, _ = normalize_patches(p)
     target = np.stack([x - c, y - c], axis=1).astype(np.float32)
     return normed, target
@@ -534,12 +595,19 @@ def _split_frames(frame: np.ndarray, val_fraction: float, seed: int) -> tuple[np
     return train, val
 
 
-def _evaluate(model, batches, device, patch, nll, beta):
+def _val_sparsify(raw: np.ndarray, sparse: float, index: int) -> np.ndarray:
+    """The validation set's thresholded share: fixed (seeded by batch index), not per epoch."""
+    if sparse <= 0:
+        return raw
+    return sparsify(raw, np.random.default_rng([index, 11]), sparse)[0]
+
+
+def _evaluate(model, batches, device, patch, nll, beta, sparse=0.0):
     model.eval()
     errs, stds, losses, weights = [], [], [], []
     with torch.inference_mode():
-        for raw, xy in batches:
-            normed, target = augment_batch(raw, xy, patch, None)
+        for i, (raw, xy) in enumerate(batches):
+            normed, target = augment_batch(_val_sparsify(raw, sparse, i), xy, patch, None)
             x = torch.from_numpy(normed[:, None]).to(device)
             t = torch.from_numpy(target).to(device)
             out = model(x)
@@ -582,6 +650,9 @@ def train_model(
     max_minutes: float | None = None,
     cosine: bool = True,
     init: str | os.PathLike | None = None,
+    sparse: float = 0.0,
+    garbage: float = 0.0,
+    noise_channel: bool | None = None,
 ) -> TrainResult:
     """Train a BraggNN and save the best epoch's weights to ``out``.
 
@@ -628,6 +699,16 @@ def train_model(
     init : path or "default", optional
         Start from these weights (fine-tuning, e.g. the shipped model on a user's data);
         the architecture then comes from that model and ``config`` must be None.
+    sparse : float
+        Fraction of training (and, fixed, validation) patches thresholded to zero
+        background as in sparse frame-cache data (:func:`sparsify`).
+    garbage : float
+        Fraction of training patches replaced by peak-free noise with random targets
+        (see :func:`augment_batch`), so that the predicted variance flags such input.
+    noise_channel : bool, optional
+        With ``init``: add the relative-noise input plane (``BraggNNConfig.noise_channel``)
+        to a model that lacks it; its first-layer weights start at zero, so training
+        starts from exactly the given model's predictions.
 
     Returns
     -------
@@ -658,7 +739,15 @@ def train_model(
         start = load_model(None if str(init) == "default" else init)
         config = start.config
         init_state = {k: v.detach().clone() for k, v in start.state_dict().items()}
+        if noise_channel and not config.noise_channel:
+            config = dataclasses.replace(config, noise_channel=True)
+            w = init_state["features.0.weight"]
+            init_state["features.0.weight"] = torch.cat([w, torch.zeros_like(w)], dim=1)
+    elif noise_channel is not None:
+        config = dataclasses.replace(config or BraggNNConfig(), noise_channel=bool(noise_channel))
     config = config or BraggNNConfig()
+    if not (0 <= sparse <= 1 and 0 <= garbage < 1):
+        raise OptionError(f"sparse and garbage must be fractions in [0, 1], got {sparse}, {garbage}")
     dev = resolve_device(device)
     warmup = max(1, epochs // 4) if warmup_epochs is None else int(warmup_epochs)
     old_threads = torch.get_num_threads()
@@ -697,7 +786,8 @@ def train_model(
             batch_size=batch_size, lr=lr, seed=seed, patience=patience, augment=augment,
             noise=noise, checkpoint_dir=checkpoint_dir, resume=resume, dev=dev,
             progress=progress, warmup=warmup, beta=beta, max_minutes=max_minutes,
-            source=source, cosine=cosine, init_state=init_state,
+            source=source, cosine=cosine, init_state=init_state, sparse=float(sparse),
+            garbage=float(garbage),
         )
     finally:
         if reader is not None:
@@ -709,7 +799,7 @@ def train_model(
 def _fit(
     train_stream, val_stream, val_batches, out, *, config, epochs, batch_size, lr, seed,
     patience, augment, noise, checkpoint_dir, resume, dev, progress, warmup, beta,
-    max_minutes, source, cosine, init_state=None,
+    max_minutes, source, cosine, init_state=None, sparse=0.0, garbage=0.0,
 ) -> TrainResult:
     from tqdm.auto import tqdm
 
@@ -772,7 +862,10 @@ def _fit(
             disable=not progress, desc=f"epoch {epoch}", unit="batch",
         )
         for raw, xy in inner:
-            normed, target = augment_batch(raw, xy, config.patch, rng if augment else None, noise=noise)
+            normed, target = augment_batch(
+                raw, xy, config.patch, rng if augment else None, noise=noise, sparse=sparse,
+                garbage=garbage,
+            )
             x = torch.from_numpy(normed[:, None]).to(dev)
             t = torch.from_numpy(target).to(dev)
             loss = _loss(model(x), t, nll, beta)
@@ -784,7 +877,7 @@ def _fit(
             inner.set_postfix(loss=f"{total / count:.4g}")
         inner.close()
         batches = val_batches if val_batches is not None else _batches(val_stream, 4096)
-        val_loss, errs, _ = _evaluate(model, batches, dev, config.patch, nll, beta)
+        val_loss, errs, _ = _evaluate(model, batches, dev, config.patch, nll, beta, sparse)
         row = {
             "epoch": epoch,
             "train_loss": total / max(count, 1),
@@ -830,7 +923,7 @@ def _fit(
     model.to(dev)
     # Out-of-distribution thresholds from the validation set of the best weights.
     batches = val_batches if val_batches is not None else _batches(val_stream, 4096)
-    final, errs_all = calibrate_flags(model, batches, augment=augment, device=dev)
+    final, errs_all = calibrate_flags(model, batches, augment=augment, device=dev, sparse=sparse)
     model.config = final
     history_df = pd.DataFrame(history)
     summary = {
@@ -846,6 +939,8 @@ def _fit(
             "warmup_epochs": int(warmup),
             "beta": float(beta),
             "noise": float(noise),
+            "sparse": float(sparse),
+            "garbage": float(garbage),
             "config": dataclasses.asdict(config),
             "augment": bool(augment),
             "val_median_px": float(np.median(errs_all)),
@@ -868,7 +963,12 @@ def _fit(
 
 
 def calibrate_flags(
-    model: BraggNN, batches, *, augment: bool = True, device: str | torch.device = "cpu"
+    model: BraggNN,
+    batches,
+    *,
+    augment: bool = True,
+    device: str | torch.device = "cpu",
+    sparse: float = 0.0,
 ) -> tuple[BraggNNConfig, np.ndarray]:
     """Set the out-of-distribution thresholds of ``model.config`` from validation data.
 
@@ -877,19 +977,24 @@ def calibrate_flags(
     of in-distribution patches are flagged by it), ``min_snr`` the 0.1st percentile of
     :func:`~braggtrack.braggnn.patch_stats` SNR, and ``max_offset`` the 99.9th percentile
     of the smoothed maximum's distance from the centre (+1 px when shifts were augmented).
+    ``sparse`` thresholds the same fixed share of the validation patches as training
+    validation does (:func:`sparsify`); the SNR floor is taken from the other patches,
+    since it does not apply to sparse ones.
     Returns the new config and the validation position errors (px).
     """
-    from .braggnn import patch_stats
+    from .braggnn import patch_stats, sparse_patches
 
     config = model.config
     patch = config.patch
     dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
     errs, stds, snrs, offsets = [], [], [], []
-    for raw, xy in batches:
+    for i, (raw, xy) in enumerate(batches):
+        raw = _val_sparsify(raw, sparse, i)
         _, e, sd = _evaluate(model, [(raw, xy)], dev, patch, True, 0.0)
         margin = (raw.shape[-1] - patch) // 2
         crop = raw[:, margin:margin + patch, margin:margin + patch]
         snr, off = patch_stats(crop)
+        snr = np.where(sparse_patches(crop), np.nan, snr)
         errs.append(e)
         stds.append(sd)
         snrs.append(snr)
@@ -949,12 +1054,20 @@ def main(argv: list[str] | None = None) -> TrainResult:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--noise", type=float, default=0.03, help="augmentation noise, fraction of range")
     ap.add_argument("--init", default=None, help="start from these weights ('default': shipped)")
+    ap.add_argument("--beta", type=float, default=0.5, help="beta of the beta-NLL loss")
+    ap.add_argument("--sparse", type=float, default=0.0,
+                    help="fraction of patches thresholded to zero background (frame-cache-like)")
+    ap.add_argument("--garbage", type=float, default=0.0,
+                    help="fraction of peak-free noise patches with random targets (teaches a large variance)")
+    ap.add_argument("--noise-channel", action="store_true",
+                    help="second input plane: patch noise relative to its range")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     config = None if args.init else BraggNNConfig(
         channels=tuple(int(v) for v in args.channels.split(",")),
         dense=tuple(int(v) for v in args.dense.split(",")) if args.dense else (),
         nonlocal_block=args.nonlocal_block,
+        noise_channel=args.noise_channel,
     )
     kinds = tuple(args.kinds.split(",")) if args.kinds else None
     result = train_model(
@@ -963,7 +1076,9 @@ def main(argv: list[str] | None = None) -> TrainResult:
         patience=args.patience, warmup_epochs=args.warmup_epochs, config=config,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, threads=args.threads,
         max_minutes=args.max_minutes, device=args.device, progress=not args.no_progress,
-        noise=args.noise, init=args.init,
+        noise=args.noise, init=args.init, sparse=args.sparse, beta=args.beta,
+        garbage=args.garbage,
+        noise_channel=True if (args.init and args.noise_channel) else None,
     )
     print(result.history.to_string(index=False))
     print(f"best epoch {result.best_epoch}: validation median {result.val_median_px:.4f} px, "
