@@ -422,6 +422,31 @@ def _cbf_has_binary_section(path: Path) -> bool:
     return data.find(_CBF_BINARY_STARTER, max(block, 0)) >= 0
 
 
+def _is_cbf(path: Path) -> bool:
+    return path.suffix.lower() == ".cbf" or _read_magic(path, 6) == b"###CBF"
+
+
+def _safe_cbf_image():
+    """A fabio CbfImage whose search for the binary section stops at the end of the file.
+
+    fabio (2026.6) appends ``read(PADDING)`` to its buffer until the binary-section marker
+    appears, which never ends on a damaged file whose marker lies outside that buffer.
+    """
+    from fabio.cbfimage import CbfImage
+
+    class _SafeCbfImage(CbfImage):
+        def _read_binary_section_header(self, inStream):
+            if self.cbs is None:
+                raise ValueError("no binary section")
+            if self.cbs.find(self.STARTER) < 0:
+                self.cbs += inStream.read()
+                if self.cbs.find(self.STARTER) < 0:
+                    raise ValueError("no binary section marker (truncated?)")
+            return super()._read_binary_section_header(inStream)
+
+    return _SafeCbfImage()
+
+
 def _fabio_precheck(path: Path) -> None:
     """Checks fabio does not do on damaged files.
 
@@ -432,11 +457,14 @@ def _fabio_precheck(path: Path) -> None:
     """
     import fabio
 
-    if path.suffix.lower() == ".cbf" or _read_magic(path, 6) == b"###CBF":
+    if _is_cbf(path):
         if not _cbf_has_binary_section(path):
             raise InputFileError(path, "not a readable CBF file (no binary section; truncated?)")
     try:
-        header = dict(fabio.openheader(str(path)).header)
+        if _is_cbf(path):
+            header = dict(_safe_cbf_image().readheader(str(path)).header)
+        else:
+            header = dict(fabio.openheader(str(path)).header)
     except Exception:
         return  # fabio.open below gives the real diagnosis
     for kx, ky in _FABIO_DIM_KEYS:
@@ -453,7 +481,7 @@ def _fabio_open(path: Path):
 
     _fabio_precheck(path)
     try:
-        img = fabio.open(str(path))
+        img = _safe_cbf_image().read(str(path)) if _is_cbf(path) else fabio.open(str(path))
         data = None if img is None else getattr(img, "data", None)
     except Exception as exc:  # fabio raises many types (and MemoryError) on damaged files
         raise InputFileError(path, f"not a readable detector image ({_first_line(exc)})") from None
