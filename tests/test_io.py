@@ -475,12 +475,20 @@ def test_no_3d_dataset_and_wrong_dataset(tmp_path):
 def test_different_shapes_in_folder(tmp_path, stack):
     tifffile.imwrite(tmp_path / "a_1.tif", stack[0])
     tifffile.imwrite(tmp_path / "a_2.tif", stack[1][:10])
-    series = open_frames(tmp_path)
+    with pytest.raises(InputFileError, match="differs") as exc:
+        open_frames(tmp_path)
+    _assert_names_file(exc, tmp_path / "a_2.tif")
+
+
+def test_different_shape_found_only_when_read_is_a_frame_error(tmp_path, stack):
+    # Formats whose headers are not checked at open (here .npy files) fail per frame.
+    np.save(tmp_path / "a_1.npy", stack[0])
+    np.save(tmp_path / "a_2.npy", stack[1][:10])
+    series = open_frames(str(tmp_path / "*.npy"))
     np.testing.assert_array_equal(series[0], stack[0])
     with pytest.raises(FrameReadError, match="differs") as exc:
         series[1]
-    assert isinstance(exc.value, InputFileError)
-    _assert_names_file(exc, tmp_path / "a_2.tif")
+    _assert_names_file(exc, tmp_path / "a_2.npy")
 
 
 def test_truncated_file_in_folder(tmp_path, stack):

@@ -578,6 +578,27 @@ class _FilesBackend(_Backend):
             self.frame_names = [str(f) for f in files]
         h, w = self.shape
         self.source = f"{described} ({self.n} files, {h} x {w} {first.dtype})"
+        self._check_tiff_shapes()
+
+    def _check_tiff_shapes(self) -> None:
+        """Frames of different shapes in one folder are an error of the series, not of one
+        frame: TIFF headers are cheap to read, so check them all before any work starts."""
+        import tifffile
+
+        for f in self.files[1:]:
+            if f.suffix.lower() not in (".tif", ".tiff"):
+                continue
+            try:
+                with tifffile.TiffFile(f) as tif:
+                    shape = tuple(tif.pages[0].shape)
+            except Exception:  # noqa: BLE001 - an unreadable file is skipped later, per frame
+                continue
+            if shape[:2] != self.shape and len(shape) == 2:
+                raise InputFileError(
+                    f, f"frame shape {shape[0]} x {shape[1]} differs from the series' "
+                    f"{self.shape[0]} x {self.shape[1]} (first file {self.files[0].name}); "
+                    "frames of one series must have one shape"
+                )
 
     def read(self, i: int) -> np.ndarray:
         path = self.files[i]
@@ -681,7 +702,13 @@ class _H5Backend(_Backend):
             import hdf5plugin  # noqa: F401  (registers bitshuffle, LZ4, Blosc, ... filters)
 
             try:
-                self._handle = h5py.File(self.path, "r", locking=False)
+                try:
+                    self._handle = h5py.File(self.path, "r", locking=False)
+                except OSError as exc:
+                    if "already open for write" not in str(exc):
+                        raise
+                    # A detector or writer is appending in SWMR mode (live data): read it so.
+                    self._handle = h5py.File(self.path, "r", locking=False, swmr=True)
             except Exception as exc:
                 raise InputFileError(
                     self.path, f"not a readable HDF5 file (truncated or corrupt?) ({_first_line(exc)})"

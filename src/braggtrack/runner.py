@@ -180,12 +180,14 @@ def process_chunk(task: ChunkTask) -> dict:
     """
     from .io import open_frames
 
-    series = open_frames(task.source, dataset=task.dataset)
     calib = _calibration(task.dark, task.flat, task.mask)
-    res = find_chunk(
-        series, range(task.start, task.stop), task.config, calib,
-        model=_model(task.config), strict=task.strict,
-    )
+    # Closed at once: HDF5 shares one open file per process, and a handle left open would
+    # hide frames appended later (live mode).
+    with open_frames(task.source, dataset=task.dataset) as series:
+        res = find_chunk(
+            series, range(task.start, task.stop), task.config, calib,
+            model=_model(task.config), strict=task.strict,
+        )
     peaks = res.peaks.copy()
     peaks.attrs = {}
     write_table(peaks, task.out_file)
@@ -460,7 +462,7 @@ def watch(
     deadline = time.time() + quiet_s
     while True:  # the first frame may not exist yet
         try:
-            open_frames(source, dataset=dataset)
+            open_frames(source, dataset=dataset).close()
             break
         except BraggTrackError:
             if time.time() > deadline:
@@ -477,6 +479,7 @@ def watch(
     try:
         while True:
             try:
+                state.series.close()
                 state.series = open_frames(source, dataset=dataset)
             except BraggTrackError:
                 time.sleep(poll_s)  # being rewritten right now: look again
