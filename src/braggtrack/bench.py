@@ -240,7 +240,8 @@ def bench_classic(sizes: BenchSizes, series, t_ours: float) -> dict:
         pers = res["persistence"]
         rng = float(img.max() - img.min()) or 1.0
         pers = pers[(pers["score"] / rng * 255 > 10) & pers["peak"]]
-        ps = extract_patches(img, pers["y"].to_numpy(), pers["x"].to_numpy(), size=11)
+        ps = extract_patches(img, pers["y"].to_numpy(np.int64), pers["x"].to_numpy(np.int64),
+                             size=11)
         with torch.inference_mode():
             for p in ps.patches:  # one call per patch, as in the notebooks
                 predict(model, p[None], batch_size=1)
@@ -251,6 +252,40 @@ def bench_classic(sizes: BenchSizes, series, t_ours: float) -> dict:
     t_classic = (time.perf_counter() - t0) / sizes.classic_frames
     return _row("run vs classic notebook pipeline (findpeaks + per-patch BraggNN)", 1 / t_ours,
                 "frames/s", 1 / t_classic, "classic pipeline", t_classic / t_ours, ">= 200x")
+
+
+def bench_gpu(sizes: BenchSizes) -> list[dict]:
+    """BraggNN inference on a CUDA device against the CPU, when a GPU is present."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    from .braggnn import load_model, predict
+    from .simulate import simulate_patches
+
+    patches, _ = simulate_patches(sizes.nn_patches, patch=11, seed=9)
+    cpu = load_model(device="cpu")
+    gpu = load_model(device="cuda")
+    predict(gpu, patches[:1024], device="cuda")
+    t_gpu = _best_time(lambda: predict(gpu, patches, device="cuda"), repeat=3) / len(patches)
+    t_cpu = _best_time(lambda: predict(cpu, patches), repeat=2) / len(patches)
+    return [_row("braggnn inference on GPU vs CPU", 1 / t_gpu, "patches/s", 1 / t_cpu, "CPU",
+                 t_cpu / t_gpu, "", note=torch.cuda.get_device_name(0))]
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The benchmark table as Markdown, ratios first, with the machine it ran on."""
+    lines = ["| benchmark | ratio | target | ours | baseline |", "|---|---|---|---|---|"]
+    for r in table.itertuples():
+        ratio = "n/a" if r.ratio is None or pd.isna(r.ratio) else f"{r.ratio:,.1f}x"
+        base = "n/a" if r.baseline is None or pd.isna(r.baseline) else \
+            f"{r.baseline:,.3g} {r.unit} ({r.baseline_name})"
+        note = f" ({r.note})" if r.note else ""
+        lines.append(f"| {r.benchmark}{note} | {ratio} | {r.target} | {r.ours:,.3g} {r.unit} | "
+                     f"{base} |")
+    lines.append("")
+    lines.append(f"Machine: {table.attrs.get('machine', 'unknown')}")
+    return "\n".join(lines)
 
 
 def run_bench(quick: bool = False, *, sizes: BenchSizes | None = None) -> pd.DataFrame:
@@ -267,6 +302,7 @@ def run_bench(quick: bool = False, *, sizes: BenchSizes | None = None) -> pd.Dat
     rows: list[dict] = [bench_detection(sizes)]
     rows += bench_fits(sizes)
     rows.append(bench_braggnn(sizes))
+    rows += bench_gpu(sizes)
     with tempfile.TemporaryDirectory(prefix="braggtrack-bench-") as tmp:
         rows += bench_end_to_end(sizes, Path(tmp))
     table = pd.DataFrame(rows)

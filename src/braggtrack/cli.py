@@ -404,13 +404,13 @@ def bench(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Measure speed ratios against baselines in one run on this machine (braggtrack.bench)."""
-    from .bench import run_bench
+    from .bench import format_table, run_bench
 
     table = run_bench(quick=quick)
     if json_out:
         typer.echo(table.to_json(orient="records", indent=2))
     else:
-        typer.echo(table.to_markdown(index=False) if hasattr(table, "to_markdown") else table)
+        typer.echo(format_table(table))
 
 
 def main() -> None:

@@ -328,8 +328,16 @@ def _execute(tasks: list[ChunkTask], workers: int, scheduler: str | None, on_don
         for t in tasks:
             on_done(process_chunk(t))
         return
+    import logging
+
+    import dask
     from dask.distributed import Client, LocalCluster, as_completed
 
+    # Dask's INFO chatter (nannies starting and closing) would bury the progress display.
+    dask.config.set({"logging.distributed": "error"})
+    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core",
+                 "distributed.worker"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     cluster = None
     if scheduler is None:
         cluster = LocalCluster(
