@@ -30,6 +30,7 @@ neighbours, whereas a real Bragg peak, however sharp, raises its neighbours too.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -237,7 +238,11 @@ def robust_sigma(frame: np.ndarray, mask: np.ndarray | None = None) -> tuple[flo
 
 
 def robust_threshold(
-    frame: np.ndarray, nsigma: float = 5.0, mask: np.ndarray | None = None
+    frame: np.ndarray,
+    nsigma: float = 5.0,
+    mask: np.ndarray | None = None,
+    *,
+    stats: tuple[float, float] | None = None,
 ) -> float:
     """Noise threshold ``median + nsigma * 1.4826 * MAD``, insensitive to the peaks.
 
@@ -257,6 +262,8 @@ def robust_threshold(
         Number of robust standard deviations above the median.
     mask : ndarray of bool, optional
         Pixels to ignore (True = bad).
+    stats : (median, sigma), optional
+        :func:`robust_sigma` of the frame when already known (saves a pass).
 
     Returns
     -------
@@ -275,7 +282,7 @@ def robust_threshold(
     if not (nsigma >= 0):
         raise OptionError(f"nsigma must be >= 0, got {nsigma}")
     frame = _as_2d(frame)
-    med, sigma = robust_sigma(frame, mask)
+    med, sigma = robust_sigma(frame, mask) if stats is None else stats
     if sigma > 0:
         return med + nsigma * sigma
     values = frame if mask is None else frame[~np.asarray(mask, bool)]
@@ -320,23 +327,89 @@ def apply_threshold(frame: np.ndarray, threshold: float) -> np.ndarray:
     return out
 
 
-def _shifted_max8(frame: np.ndarray) -> np.ndarray:
-    """Max of the 8 neighbours of each pixel (edges: neighbours outside do not count)."""
+def _neighbours8(frame: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Values of the 8 neighbours of each (row, col), NaN outside the frame: (n, 8) float64."""
     h, w = frame.shape
-    if frame.dtype.kind == "f":
-        low = -np.inf
-        work = np.where(np.isfinite(frame), frame, low).astype(frame.dtype, copy=False)
-    else:
-        low = np.iinfo(frame.dtype).min
-        work = frame
-    pad = np.full((h + 2, w + 2), low, dtype=work.dtype)
-    pad[1:-1, 1:-1] = work
-    out = np.full((h, w), low, dtype=work.dtype)
-    for dy in (0, 1, 2):
-        for dx in (0, 1, 2):
-            if dy == 1 and dx == 1:
+    out = np.empty((len(rows), 8), np.float64)
+    k = 0
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == 0 and dx == 0:
                 continue
-            np.maximum(out, pad[dy:dy + h, dx:dx + w], out=out)
+            r, c = rows + dy, cols + dx
+            inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+            vals = frame[np.clip(r, 0, h - 1), np.clip(c, 0, w - 1)].astype(np.float64)
+            out[:, k] = np.where(inside, vals, np.nan)
+            k += 1
+    if frame.dtype.kind == "f":
+        out[~np.isfinite(out) & ~np.isnan(out)] = np.nan
+    return out
+
+
+def saturated_mask(frame: np.ndarray, saturation: float | None = None) -> np.ndarray:
+    """Saturated (``>= saturation``, or the integer dtype's maximum) and non-finite pixels."""
+    frame = _as_2d(frame)
+    bad = np.zeros(frame.shape, bool)
+    if frame.dtype.kind == "f":
+        bad |= ~np.isfinite(frame)
+    if saturation is not None:
+        t, above = _dtype_threshold(frame, float(saturation))
+        if not above:
+            bad |= frame >= t
+    elif frame.dtype.kind in "iu":
+        bad |= frame == np.iinfo(frame.dtype).max
+    return bad
+
+
+def hot_pixels(
+    frame: np.ndarray,
+    *,
+    stats: tuple[float, float] | None = None,
+    bad: np.ndarray | None = None,
+    hot_sigma: float = 10.0,
+    hot_ratio: float = 0.05,
+) -> np.ndarray:
+    """Mask of hot pixels: single pixels far above *all* their 8 neighbours (see :func:`auto_mask`).
+
+    Only pixels that rise ``(1 - hot_ratio) * hot_sigma`` robust sigmas above the median
+    can be hot, so only those few are examined: the cost is one comparison pass over the
+    frame plus work proportional to the bright pixels.
+    """
+    frame = _as_2d(frame)
+    out = np.zeros(frame.shape, bool)
+    if frame.shape[0] < 3 or frame.shape[1] < 3 or not hot_sigma > 0:
+        return out
+    med, sigma = robust_sigma(frame, bad) if stats is None else stats
+    if frame.dtype.kind in "iub":
+        sigma = max(sigma, 1.0)
+    sparse = med == 0 and frame.dtype.kind in "iuf" and sigma <= 1.0
+    pre, all_below = _dtype_threshold(frame, med + (1.0 - hot_ratio) * hot_sigma * sigma)
+    if all_below:
+        return out
+    cand = np.flatnonzero(frame > pre)
+    if bad is not None and cand.size:
+        cand = cand[~bad.ravel()[cand]]
+    if cand.size == 0:
+        return out
+    rows, cols = np.divmod(cand, frame.shape[1])
+    centre = frame.ravel()[cand].astype(np.float64)
+    neigh = _neighbours8(frame, rows, cols)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: 1x1 islands at corners
+        local_max = centre > np.nanmax(neigh, axis=1)
+        rows, cols, centre, neigh = (rows[local_max], cols[local_max], centre[local_max],
+                                     neigh[local_max])
+        if rows.size == 0:
+            return out
+        bg = np.nanmin(neigh, axis=1)
+        top = np.nanmax(neigh, axis=1)
+    if sparse:
+        # A neighbour stored as 0 may have been anything below the upstream threshold.
+        pos = frame[frame > 0]
+        top = np.maximum(top, float(pos.min()) if pos.size else 0.0)
+    height = centre - bg
+    hot = (height > hot_sigma * sigma) & ((top - bg) < hot_ratio * height)
+    out[rows[hot], cols[hot]] = True
     return out
 
 
@@ -390,57 +463,8 @@ def auto_mask(
     [[0, 6], [1, 1]]
     """
     frame = _as_2d(frame)
-    bad = np.zeros(frame.shape, bool)
-    if frame.dtype.kind == "f":
-        bad |= ~np.isfinite(frame)
-    if saturation is not None:
-        t, above = _dtype_threshold(frame, float(saturation))
-        if not above:
-            bad |= frame >= t
-    elif frame.dtype.kind in "iu":
-        bad |= frame == np.iinfo(frame.dtype).max
-    if frame.shape[0] < 3 or frame.shape[1] < 3 or not hot_sigma > 0:
-        return bad
-
-    med, sigma = robust_sigma(frame, bad)
-    if frame.dtype.kind in "iub":
-        sigma = max(sigma, 1.0)
-    nmax = _shifted_max8(frame)
-    # Cheap pre-selection in the frame's dtype: a hot pixel must exceed its brightest
-    # neighbour by (1 - hot_ratio) * hot_sigma * sigma; only those few are examined.
-    step = (1.0 - hot_ratio) * hot_sigma * sigma
-    local_max = np.argwhere((frame > nmax) & ~bad)
-    diff = frame[local_max[:, 0], local_max[:, 1]].astype(np.float64) - nmax[
-        local_max[:, 0], local_max[:, 1]
-    ].astype(np.float64)
-    cand = local_max[diff > step]
-    if cand.size == 0:
-        return bad
-    sparse = med == 0 and frame.dtype.kind in "iuf" and sigma <= 1.0
-    floor = 0.0
-    if sparse:
-        pos = frame[frame > 0]
-        floor = float(pos.min()) if pos.size else 0.0
-    h, w = frame.shape
-    pad = np.pad(frame.astype(np.float64), 1, mode="edge")
-    r, c = cand[:, 0] + 1, cand[:, 1] + 1
-    neigh = np.stack(
-        [pad[r + dy, c + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx], axis=1
-    )
-    # edge pixels: padding repeats the pixel itself; drop those copies from the stats
-    centre = pad[r, c]
-    on_edge = (cand[:, 0] == 0) | (cand[:, 0] == h - 1) | (cand[:, 1] == 0) | (cand[:, 1] == w - 1)
-    if on_edge.any():
-        neigh = neigh.copy()
-        neigh[on_edge] = np.where(neigh[on_edge] == centre[on_edge, None], np.nan, neigh[on_edge])
-    bg = np.nanmin(neigh, axis=1)
-    top = np.nanmax(neigh, axis=1)
-    if sparse:
-        top = np.maximum(top, floor)
-    height = centre - bg
-    hot = (height > hot_sigma * sigma) & ((top - bg) < hot_ratio * height)
-    bad[cand[hot, 0], cand[hot, 1]] = True
-    return bad
+    bad = saturated_mask(frame, saturation)
+    return bad | hot_pixels(frame, bad=bad, hot_sigma=hot_sigma, hot_ratio=hot_ratio)
 
 
 def bin_frame(frame: np.ndarray, factor: int) -> np.ndarray:
@@ -634,7 +658,7 @@ class Preprocessor:
                 _same_shape(frame, ref, name)
         bad = np.zeros(frame.shape, bool) if self.mask is None else self.mask.copy()
         if self.auto_mask:
-            bad |= auto_mask(frame, saturation=self.saturation, hot_sigma=self.hot_sigma)
+            bad |= saturated_mask(frame, self.saturation)
         elif frame.dtype.kind == "f":
             bad |= ~np.isfinite(frame)
         if self.dark is not None:
@@ -646,11 +670,18 @@ class Preprocessor:
             bad |= self._flat_gain_bad
         bad |= ~np.isfinite(full)
         full[bad] = 0
+        # One robust estimate per frame serves the hot-pixel test, the threshold and the noise.
+        stats = robust_sigma(full, bad)
+        if self.auto_mask:
+            # On the corrected frame: a pixel hot in the dark too is no longer hot here.
+            hot = hot_pixels(full, stats=stats, bad=bad, hot_sigma=self.hot_sigma)
+            bad |= hot
+            full[hot] = 0
         if self.threshold is None:
-            t = robust_threshold(full, self.nsigma, mask=bad)
+            t = robust_threshold(full, self.nsigma, mask=bad, stats=stats)
         else:
             t = float(self.threshold)
-        _, sigma = robust_sigma(full, bad)
+        sigma = stats[1]
         # A sparse frame (upstream-thresholded, MAD = 0) has no measurable noise: take the
         # Poisson noise of the smallest kept value instead.
         noise = sigma if sigma > 0 else float(np.sqrt(max(t, 0.0)))
