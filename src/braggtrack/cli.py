@@ -372,14 +372,51 @@ def train(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     device: Device = _D.device,
     resume: Annotated[bool, typer.Option("--resume", help="Resume from the last checkpoint.")] = False,
+    init: Annotated[str | None, typer.Option(
+        "--init", help="Start from these weights ('default': the shipped model) to fine-tune.")] = None,
+    dataset: Dataset = None,
     quiet: Quiet = False,
 ) -> None:
     """Train a BraggNN model with streamed data and bounded memory (braggtrack.train_model)."""
-    from .train import train_from_cli
+    from .train import train_model
 
-    result = train_from_cli(data, out, peaks=peaks, epochs=epochs, batch_size=batch_size, lr=lr,
-                            seed=seed, device=device, resume=resume, progress=not quiet)
-    typer.echo(f"wrote {out}: {result}")
+    source = _training_source(data, peaks, dataset)
+    result = train_model(source, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                         device=device, resume=resume, progress=not quiet, init=init,
+                         checkpoint_dir=out.with_suffix(".checkpoints"))
+    typer.echo(f"wrote {result.model_path}: best epoch {result.best_epoch} of "
+               f"{result.epochs_run}, validation median error {result.val_median_px:.3f} px "
+               f"(90th percentile {result.val_p90_px:.3f} px)")
+
+
+def _training_source(data: str, peaks: str | None, dataset: str | None):
+    """'simulate', a BraggNN-layout pair of HDF5 files, or frames + a braggtrack peak table."""
+    from .errors import InputFileError, OptionError
+    from .train import BraggNNLayoutSource, PeakTableSource
+
+    if data == "simulate":
+        if peaks:
+            raise OptionError("--peaks is not used with 'simulate'")
+        return "simulate"
+    if not Path(data).exists():
+        raise InputFileError(data, "no such file")
+    if peaks is None:
+        raise OptionError("training on frames needs --peaks (a peaks HDF5 in BraggNN layout, "
+                          "or a braggtrack peak table)")
+    if not Path(peaks).exists():
+        raise InputFileError(peaks, "no such file")
+    if Path(peaks).suffix.lower() in (".h5", ".hdf5"):
+        import h5py
+
+        try:
+            with h5py.File(peaks, "r") as f:
+                braggnn_layout = "peak_fidx" in f
+        except OSError:
+            raise InputFileError(peaks, "not a readable HDF5 file") from None
+        if braggnn_layout:
+            return BraggNNLayoutSource(frames=data, peaks=peaks,
+                                       frames_dataset=(dataset or "frames").lstrip("/"))
+    return PeakTableSource(frames=data, peaks=peaks, dataset=dataset)
 
 
 @app.command()
