@@ -8,6 +8,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
+
 from conftest import render_frame
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from braggtrack.errors import FrameReadError
 from braggtrack.pipeline import PEAK_COLUMNS, find, find_peaks
+
 from conftest import render_frame
 
 
