@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Reproduces the shipped BraggNN model, src/braggtrack/data/braggnn_default.safetensors (+ .json),
 # with braggtrack.train on simulated patches (braggtrack.simulate.simulate_patches, exact truth,
-# a fresh seeded set of 32,768 patches of 13 x 13 px each epoch, cropped to 11 x 11 with a random
-# +-1 px shift, flips/transposes).
-#   stage 1: 30 epochs, every kind equally (sharp, broad, split, streak, weak, overlapping),
-#            lr 2e-3 cosine-decayed, MSE for 7 epochs then beta-NLL (beta 0.5), noise augmentation.
-#   stage 2: 8 epochs fine-tuning from stage 1, lr 5e-4, no added noise, broad and streak drawn
-#            twice as often (they were the weakest kinds after stage 1).
-# Deterministic on CPU (one torch thread, fixed seeds, fixed epoch counts). On the 2-core
-# development machine, shared with other jobs, stage 1 took about 19 minutes and stage 2 about
-# 4 minutes. The sha256 of the weights is written to the .json beside them.
+# a fresh seeded set of 13 x 13 px patches each epoch, cropped to 11 x 11 with a random +-1 px
+# shift, flips/transposes). Five stages, each fine-tuning the previous one:
+#   stage 1: 30 epochs x 32,768, every kind equally, lr 2e-3 cosine-decayed, MSE for 7 epochs then
+#            beta-NLL (beta 0.5), noise augmentation.
+#   stage 2: 8 epochs x 32,768, lr 5e-4, no added noise, broad and streak drawn twice as often.
+#   stage 3: 12 epochs x 49,152, batch 512, lr 5e-4; 20 % of the patches thresholded to zero
+#            background like sparse frame-cache (HEDM) data (--sparse 0.2).
+#   stage 4: 14 epochs x 65,536, batch 1024, lr 3e-4; broad and streak drawn three times as often.
+#   stage 5: 8 epochs x 65,536, batch 1024, lr 2e-4; 3 % peak-free noise patches with random
+#            targets (--garbage 0.03, teaches a large predicted variance on garbage); the saved
+#            model averages 2 symmetry views at inference (--symmetries 2) and its
+#            out-of-distribution thresholds are calibrated on stage 5's validation set.
+# Deterministic on CPU (one torch thread, fixed seeds, fixed epoch counts). Wall time on the
+# 2-core development machine, shared with other jobs: about 19 + 4 + 5 + 6 + 2 minutes.
+# The sha256 of the weights is written to the .json beside them.
 #     bash benchmarks/train_default_model.sh [OUT.safetensors]
 # An interrupted stage continues from its checkpoint with RESUME=1.
 set -euo pipefail
@@ -20,13 +26,30 @@ WORK=${WORK:-${TMPDIR:-/tmp}/braggnn-default}
 mkdir -p "$WORK"
 EXTRA=()
 if [[ "${RESUME:-0}" == "1" ]]; then EXTRA+=(--resume); fi
+COMMON=(--n-val 4096 --threads 1 --no-progress)
+HEAVY=sharp,broad,broad,broad,split,streak,streak,streak,weak,overlapping
 
 "$PYTHON" -m braggtrack.train "$WORK/stage1.safetensors" \
-    --epochs 30 --n-train 32768 --n-val 4096 --batch-size 256 --lr 2e-3 --seed 0 \
-    --patience 8 --channels 16,24,16 --dense 64,32 --threads 1 \
-    --checkpoint-dir "$WORK/ckpt1" --no-progress "${EXTRA[@]}"
+    --epochs 30 --n-train 32768 --batch-size 256 --lr 2e-3 --seed 0 \
+    --patience 8 --channels 16,24,16 --dense 64,32 \
+    --checkpoint-dir "$WORK/ckpt1" "${COMMON[@]}" "${EXTRA[@]}"
 
-"$PYTHON" -m braggtrack.train "$OUT" --init "$WORK/stage1.safetensors" \
-    --epochs 8 --n-train 32768 --n-val 4096 --batch-size 256 --lr 5e-4 --seed 1 \
+"$PYTHON" -m braggtrack.train "$WORK/stage2.safetensors" --init "$WORK/stage1.safetensors" \
+    --epochs 8 --n-train 32768 --batch-size 256 --lr 5e-4 --seed 1 \
     --warmup-epochs 0 --noise 0 --kinds sharp,broad,broad,split,streak,streak,weak,overlapping \
-    --patience 8 --threads 1 --checkpoint-dir "$WORK/ckpt2" --no-progress "${EXTRA[@]}"
+    --patience 8 --checkpoint-dir "$WORK/ckpt2" "${COMMON[@]}" "${EXTRA[@]}"
+
+"$PYTHON" -m braggtrack.train "$WORK/stage3.safetensors" --init "$WORK/stage2.safetensors" \
+    --sparse 0.2 --epochs 12 --n-train 49152 --batch-size 512 --lr 5e-4 --seed 2 \
+    --warmup-epochs 0 --noise 0 --kinds sharp,broad,broad,split,streak,streak,weak,overlapping \
+    --patience 12 --checkpoint-dir "$WORK/ckpt3" "${COMMON[@]}" "${EXTRA[@]}"
+
+"$PYTHON" -m braggtrack.train "$WORK/stage4.safetensors" --init "$WORK/stage3.safetensors" \
+    --sparse 0.2 --epochs 14 --n-train 65536 --batch-size 1024 --lr 3e-4 --seed 3 \
+    --warmup-epochs 0 --noise 0 --kinds "$HEAVY" \
+    --patience 14 --checkpoint-dir "$WORK/ckpt4" "${COMMON[@]}" "${EXTRA[@]}"
+
+"$PYTHON" -m braggtrack.train "$OUT" --init "$WORK/stage4.safetensors" \
+    --sparse 0.2 --garbage 0.03 --symmetries 2 --epochs 8 --n-train 65536 --batch-size 1024 \
+    --lr 2e-4 --seed 4 --warmup-epochs 0 --noise 0 --kinds "$HEAVY" \
+    --patience 8 --checkpoint-dir "$WORK/ckpt5" "${COMMON[@]}" "${EXTRA[@]}"

@@ -94,6 +94,12 @@ class BraggNNConfig:
         to its range (see :func:`relative_noise`), the information min-max normalization
         removes.  It is computed inside :meth:`BraggNN.forward`, so the input of the
         network (and of exported models) stays one normalized plane.
+    symmetries : int
+        Test-time averaging over this many symmetries of the square (1, 2, 4 or 8:
+        identity; + 180-degree rotation; + the two transposes; + the four remaining
+        flips/rotations), with labels mapped back.  Costs that many forward passes at
+        inference (training uses one view); the predicted variance becomes the mean of
+        the views' variances plus their spread.
     """
 
     patch: int = 11
@@ -104,6 +110,7 @@ class BraggNNConfig:
     max_offset: float = 2.0
     min_snr: float = 0.0
     noise_channel: bool = False
+    symmetries: int = 1
 
     def __post_init__(self) -> None:
         if self.patch < 5 or self.patch % 2 == 0:
@@ -114,6 +121,8 @@ class BraggNNConfig:
             )
         if not self.channels or min(self.channels) < 1 or (self.dense and min(self.dense) < 1):
             raise OptionError("channel and dense widths must be positive")
+        if self.symmetries not in (1, 2, 4, 8):
+            raise OptionError(f"symmetries must be 1, 2, 4 or 8, got {self.symmetries}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -212,6 +221,44 @@ class BraggNN(nn.Module):
         self.head = nn.Sequential(*head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.config.symmetries
+        if k == 1 or self.training:
+            return self._single(x)
+        # Views: (flip columns, flip rows, transpose); the sequence makes every prefix of
+        # length 2 and 4 a group (identity + rot180; + both transposes).
+        views = ((0, 0, 0), (1, 1, 0), (0, 0, 1), (1, 1, 1), (1, 0, 0), (0, 1, 0), (1, 0, 1), (0, 1, 1))[:k]
+        batch = []
+        for fx, fy, sw in views:
+            v = x
+            if fx:
+                v = torch.flip(v, dims=[3])
+            if fy:
+                v = torch.flip(v, dims=[2])
+            if sw:
+                v = v.transpose(2, 3)
+            batch.append(v)
+        out = self._single(torch.cat(batch, dim=0)).reshape(k, -1, 4)
+        dxs, dys, lvx, lvy = [], [], [], []
+        for i, (fx, fy, sw) in enumerate(views):
+            dx, dy, vx, vy = out[i, :, 0], out[i, :, 1], out[i, :, 2], out[i, :, 3]
+            if sw:
+                dx, dy, vx, vy = dy, dx, vy, vx
+            dxs.append(-dx if fx else dx)
+            dys.append(-dy if fy else dy)
+            lvx.append(vx)
+            lvy.append(vy)
+        mx, my = torch.stack(dxs).mean(0), torch.stack(dys).mean(0)
+        var_x = torch.stack(lvx).exp().mean(0) + torch.stack(dxs).var(0, unbiased=False)
+        var_y = torch.stack(lvy).exp().mean(0) + torch.stack(dys).var(0, unbiased=False)
+        return torch.stack([mx, my, var_x.log().clamp(-14.0, 8.0), var_y.log().clamp(-14.0, 8.0)], dim=1)
+
+    def __getstate__(self) -> dict:
+        # The ONNX Runtime session cached by predict() cannot be pickled; it is rebuilt.
+        state = self.__dict__.copy()
+        state.pop("_ort_cache", None)
+        return state
+
+    def _single(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.noise_channel:
             level = (torch.log10(relative_noise(x).clamp(min=1e-3)) + 1.5) / 1.5
             x = torch.cat([x, level[:, None, None, None].expand_as(x)], dim=1)
@@ -221,7 +268,8 @@ class BraggNN(nn.Module):
 
 
 def count_macs(config: BraggNNConfig) -> int:
-    """Multiply-adds per patch of a :class:`BraggNN` with ``config`` (convolutions + dense).
+    """Multiply-adds per patch of a :class:`BraggNN` with ``config`` (convolutions + dense,
+    times the number of test-time symmetry views).
 
     Examples
     --------
@@ -243,7 +291,7 @@ def count_macs(config: BraggNNConfig) -> int:
     for hidden in (*config.dense, 4):
         macs += width * hidden
         width = hidden
-    return int(macs)
+    return int(macs) * config.symmetries
 
 
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:
@@ -419,6 +467,18 @@ def normalize_patches(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return normed.astype(np.float32), flat
 
 
+def _row_median(a: np.ndarray) -> np.ndarray:
+    """Median of each row (float64), partitioning ``a`` in place (it is a scratch array):
+    a third of the time of ``np.median``, which copies and sorts more."""
+    m = a.shape[1]
+    half = m // 2
+    if m % 2:
+        a.partition(half, axis=1)
+        return a[:, half].astype(np.float64)
+    a.partition([half - 1, half], axis=1)
+    return 0.5 * (a[:, half - 1].astype(np.float64) + a[:, half])
+
+
 def patch_stats(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Input statistics used for the out-of-distribution flag.
 
@@ -440,20 +500,22 @@ def patch_stats(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     from scipy.ndimage import uniform_filter
 
-    p = np.nan_to_num(np.asarray(patches, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    p = np.asarray(patches, dtype=np.float32)
+    if not np.isfinite(p).all():
+        p = np.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0)
     n, size, _ = p.shape
     box = uniform_filter(p, size=(1, 3, 3), mode="nearest")
     border = np.concatenate([p[:, 0, :], p[:, -1, :], p[:, 1:-1, 0], p[:, 1:-1, -1]], axis=1)
     diffs = np.concatenate(
-        [np.diff(p, axis=1).reshape(n, -1), np.diff(p, axis=2).reshape(n, -1)], axis=1
+        [np.abs(np.diff(p, axis=1)).reshape(n, -1), np.abs(np.diff(p, axis=2)).reshape(n, -1)], axis=1
     )
-    noise = 1.4826 * np.median(np.abs(diffs), axis=1) / np.sqrt(2)
+    noise = 1.4826 * _row_median(diffs) / np.sqrt(2)
     flat = box.reshape(n, -1)
     idx = flat.argmax(axis=1)
     c = size // 2
     offset = np.maximum(np.abs(idx // size - c), np.abs(idx % size - c))
-    height = flat.max(axis=1) - np.median(border, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    height = flat.max(axis=1).astype(np.float64) - _row_median(border)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         snr = np.where(noise > 0, height / (noise / 3.0), np.where(height > 0, np.inf, 0.0))
     return snr, offset
 
@@ -501,6 +563,52 @@ def _moments(patches: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+#: Smallest number of patches for which :func:`predict` runs the network through ONNX
+#: Runtime (when installed): its CPU kernels are 2-4x faster than eager PyTorch on these
+#: small convolutions, and the one-off export (about 0.5 s) pays off only for large inputs.
+ORT_MIN_PATCHES = 8192
+
+
+def _ort_session(model: BraggNN, threads: int | None):
+    """An ONNX Runtime session of ``model``, cached on the model object.
+
+    The cache key holds the version counters of the weights (bumped by every in-place
+    update, e.g. an optimizer step) and the thread count, so a changed model is
+    re-exported.  Returns None when onnxruntime is missing or the export fails.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    nthreads = int(threads) if threads is not None else torch.get_num_threads()
+    key = (tuple(t._version for t in model.state_dict(keep_vars=True).values()), nthreads,
+           model.config)
+    cached = getattr(model, "_ort_cache", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    import io
+    import warnings
+
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _Exportable(model).eval(), (torch.rand(2, 1, model.config.patch, model.config.patch),),
+                buffer, input_names=["patches"], output_names=["dx_dy_logvar"],
+                dynamic_axes={"patches": {0: "n"}, "dx_dy_logvar": {0: "n"}},
+                opset_version=17, dynamo=False,
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = nthreads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    except Exception:  # an exporter or runtime gap: eager PyTorch still works
+        return None
+    model._ort_cache = (key, session)
+    return session
+
+
 def predict(
     model: BraggNN,
     patches: np.ndarray,
@@ -522,7 +630,9 @@ def predict(
     device : str
         ``'cpu'`` (default), ``'cuda'`` or ``'auto'``.
     threads : int, optional
-        Torch intra-op threads for CPU inference; default leaves torch's setting alone.
+        Threads for CPU inference; default: torch's current setting (left unchanged).
+        From ``ORT_MIN_PATCHES`` patches on, the CPU network runs through ONNX Runtime
+        when it is installed (same weights, same results to ~1e-6 px, 2-4x faster).
 
     Returns
     -------
@@ -560,18 +670,23 @@ def predict(
     dev = resolve_device(device)
     normed, flat = normalize_patches(p)
     out = np.zeros((n, 4), dtype=np.float32)
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    try:
-        model = model.to(dev).eval()
-        with torch.inference_mode():
-            for a in range(0, n, batch_size):
-                x = torch.from_numpy(normed[a:a + batch_size, None]).to(dev)
-                out[a:a + batch_size] = model(x).float().cpu().numpy()
-    finally:
+    model = model.to(dev).eval()
+    session = _ort_session(model, threads) if dev.type == "cpu" and n >= ORT_MIN_PATCHES else None
+    if session is not None:
+        for a in range(0, n, batch_size):
+            out[a:a + batch_size] = session.run(None, {"patches": normed[a:a + batch_size, None]})[0]
+    else:
+        old_threads = torch.get_num_threads()
         if threads is not None:
-            torch.set_num_threads(old_threads)
+            torch.set_num_threads(int(threads))
+        try:
+            with torch.inference_mode():
+                for a in range(0, n, batch_size):
+                    x = torch.from_numpy(normed[a:a + batch_size, None]).to(dev)
+                    out[a:a + batch_size] = model(x).float().cpu().numpy()
+        finally:
+            if threads is not None:
+                torch.set_num_threads(old_threads)
     out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
     dx, dy = out[:, 0].astype(np.float64), out[:, 1].astype(np.float64)
     dx_err = np.exp(0.5 * out[:, 2].astype(np.float64))

@@ -653,6 +653,7 @@ def train_model(
     sparse: float = 0.0,
     garbage: float = 0.0,
     noise_channel: bool | None = None,
+    symmetries: int | None = None,
 ) -> TrainResult:
     """Train a BraggNN and save the best epoch's weights to ``out``.
 
@@ -709,6 +710,9 @@ def train_model(
         With ``init``: add the relative-noise input plane (``BraggNNConfig.noise_channel``)
         to a model that lacks it; its first-layer weights start at zero, so training
         starts from exactly the given model's predictions.
+    symmetries : int, optional
+        Test-time symmetry views of the saved model (``BraggNNConfig.symmetries``);
+        validation and the flag calibration use them, training uses one view.
 
     Returns
     -------
@@ -746,6 +750,8 @@ def train_model(
     elif noise_channel is not None:
         config = dataclasses.replace(config or BraggNNConfig(), noise_channel=bool(noise_channel))
     config = config or BraggNNConfig()
+    if symmetries is not None:
+        config = dataclasses.replace(config, symmetries=int(symmetries))
     if not (0 <= sparse <= 1 and 0 <= garbage < 1):
         raise OptionError(f"sparse and garbage must be fractions in [0, 1], got {sparse}, {garbage}")
     dev = resolve_device(device)
@@ -1059,6 +1065,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
                     help="fraction of patches thresholded to zero background (frame-cache-like)")
     ap.add_argument("--garbage", type=float, default=0.0,
                     help="fraction of peak-free noise patches with random targets (teaches a large variance)")
+    ap.add_argument("--symmetries", type=int, default=None,
+                    help="test-time symmetry views of the saved model (1, 2, 4 or 8)")
     ap.add_argument("--noise-channel", action="store_true",
                     help="second input plane: patch noise relative to its range")
     ap.add_argument("--no-progress", action="store_true")
@@ -1077,7 +1085,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, threads=args.threads,
         max_minutes=args.max_minutes, device=args.device, progress=not args.no_progress,
         noise=args.noise, init=args.init, sparse=args.sparse, beta=args.beta,
-        garbage=args.garbage,
+        garbage=args.garbage, symmetries=args.symmetries,
         noise_channel=True if (args.init and args.noise_channel) else None,
     )
     print(result.history.to_string(index=False))
