@@ -15,7 +15,7 @@ def test_bench_quick_prints_every_ratio():
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads(res.stdout)
     names = " ".join(r["benchmark"] for r in rows)
-    for part in ("findpeaks", "pvoigt", "gauss", "braggnn", "floor", "classic", "workers"):
+    for part in ("findpeaks", "pvoigt", "gauss", "braggnn", "floor", "classic", "worker"):
         assert part in names
     for r in rows:
         assert r["ours"] > 0
