@@ -13,8 +13,15 @@ differ from the published model, both chosen by measurement (see ``MODEL_CARD.md
   central pixel (pixels, x = column, y = row), a log-variance per axis trained with a
   Gaussian (beta-)negative log-likelihood.  ``exp(logvar / 2)`` is the 1-sigma error
   reported as ``dx_err``/``dy_err``; an error above the model's ``ood_sigma`` (set from
-  the validation set at training time), a flat patch or a maximum far from the centre
-  flags the patch as ``out_of_distribution``.
+  the validation set at training time) or, for patches that are not sparse
+  (zero-background frame-cache data), an SNR below ``min_snr`` flags the patch as
+  ``out_of_distribution``.
+
+Optionally the forward pass averages the predictions over symmetries of the square
+(``BraggNNConfig.symmetries``, test-time augmentation inside the model, so exports
+include it).  For large inputs :func:`predict` runs the network through ONNX Runtime when
+it is installed (its CPU kernels are several times faster than eager PyTorch on these
+small convolutions); the session is built from the model's own export and cached on it.
 
 Weights are read only from safetensors files (+ a JSON config) or from torch files with
 ``torch.load(weights_only=True)``, so loading a model never executes code from the file.

@@ -20,7 +20,10 @@ peaks of one frame never leak between training and validation.
 
 Patches are cut two pixels larger than the model's N so that the integer-shift
 augmentation is an exact crop (no padding), followed by flips/transposes (labels
-transformed with them) and added noise.  Training is seeded and deterministic on CPU:
+transformed with them) and added noise; optionally a share of the patches is thresholded
+to zero background like sparse frame-cache data (``sparse``) and a share replaced by
+peak-free noise with random targets (``garbage``), which teaches the variance head to
+flag such input.  Training is seeded and deterministic on CPU:
 every random draw of epoch ``e`` comes from ``numpy.random.default_rng([seed, e])``, so
 a run resumed from a checkpoint continues exactly as an uninterrupted one.
 
