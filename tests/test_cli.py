@@ -99,3 +99,19 @@ def test_find_refuses_to_overwrite_without_force(tmp_path):
     res = cli("find", path, "-o", out, "-q")
     _assert_one_line_error(res, "--force")
     assert out.read_bytes() == b"precious"
+
+
+def test_simulate_writes_a_series_open_frames_reads_back_with_truth(tmp_path):
+    from braggtrack.io import open_frames
+    from braggtrack.simulate import read_truth
+
+    out = tmp_path / "s.h5"
+    res = cli("simulate", out, "--frames", 5, "--shape", 128, 128, "--peaks", 20, "--messy", 0.3,
+              "--seed", 1)
+    assert res.returncode == 0, res.stderr
+    series = open_frames(out)
+    assert len(series) == 5 and series.shape == (128, 128)
+    truth = read_truth(out)
+    assert set(truth.frame) == set(range(5)) and {"x", "y", "kind"} <= set(truth.columns)
+    res = cli("simulate", out, "--frames", 2)
+    _assert_one_line_error(res, "--force")

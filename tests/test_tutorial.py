@@ -19,5 +19,7 @@ def test_tutorial_runs_and_recovers_strain(tmp_path):
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("median strain error"))
     median_error = float(line.split()[3])
     assert median_error < 1e-3  # true strains are a few 1e-3
+    within = float(line.split(";")[1].split("%")[0]) / 100
+    assert within > 0.8  # errors within 2 stated sigmas
     assert (tmp_path / "run" / "report" / "index.html").exists()
     assert (tmp_path / "strain_vs_voltage.png").stat().st_size > 10_000

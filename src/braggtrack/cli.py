@@ -257,6 +257,9 @@ def run(
         "--c-over-a", help="Fixed c/a ratio for tetragonal/hexagonal lattice parameters.")] = None,
     frame_meta: Annotated[str | None, typer.Option(
         "--frame-meta", help="CSV/Parquet of per-frame quantities with a `frame` column.")] = None,
+    cycler_log: Annotated[str | None, typer.Option(
+        "--cycler-log", help="Cycler export (time_s, voltage_V, current_mA) on its own clock, "
+        "interpolated onto the frame times of --frame-meta.")] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report/index.html.")] = True,
     chunk_size: ChunkSize = 16,
     workers: Annotated[int, typer.Option(
@@ -285,7 +288,7 @@ def run(
         distance_mm=distance, beam_x=beam_x, beam_y=beam_y, pixel_um=pixel,
         wavelength_A=wavelength, reference_frame=reference_frame, d_ref=d_ref,
         hkl=tuple(hkl) if hkl else None, crystal_system=crystal_system, c_over_a=c_over_a,
-        frame_meta=frame_meta, report=report,
+        frame_meta=frame_meta, cycler_log=cycler_log, report=report,
     )
     result = run_api(
         input, out, config=config, track=track_cfg, dataset=dataset,

@@ -68,7 +68,12 @@ class TrackConfig:
     hkl, crystal_system, c_over_a :
         Reflection and crystal system for lattice parameters.
     frame_meta : str, optional
-        CSV/Parquet table of per-frame quantities (voltage, capacity, ...) joined on ``frame``.
+        CSV/Parquet table of per-frame quantities (voltage, capacity, ...) joined on ``frame``,
+        or a NeXus/HDF5 file with per-frame datasets (e.g. time stamps).
+    cycler_log : str, optional
+        Cycler export (CSV/Parquet: ``time_s``, ``voltage_V``, ``current_mA``[, ``capacity_mAh``])
+        on its own time base; interpolated onto the frame times (``time_s`` of ``frame_meta``),
+        capacity integrated from current when absent, charge/discharge branches from the current.
     report : bool
         Write ``report/index.html``.
     """
@@ -89,6 +94,7 @@ class TrackConfig:
     crystal_system: str = "cubic"
     c_over_a: float | None = None
     frame_meta: str | None = None
+    cycler_log: str | None = None
     report: bool = True
 
     def __post_init__(self) -> None:
@@ -98,6 +104,9 @@ class TrackConfig:
             raise OptionError(f"--memory must be >= 0 frames, got {self.memory}")
         if self.min_length < 1:
             raise OptionError(f"--min-length must be >= 1 frames, got {self.min_length}")
+        if self.cycler_log is not None and self.frame_meta is None:
+            raise OptionError("--cycler-log needs --frame-meta with the frames' time stamps "
+                              "(a time_s column)")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -647,11 +656,10 @@ def _gather(out: Path, info: dict, config: FindConfig) -> tuple[pd.DataFrame, pd
 def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, series,
             started: float) -> RunResult:
     peaks, frames = _gather(out, info, config)
-    meta = None
     if track.frame_meta:
-        from .metadata import join_frame_meta, load_frame_meta
+        from .metadata import join_frame_meta
 
-        meta = load_frame_meta(track.frame_meta, n_frames=int(info["n_frames"]))
+        meta = frame_metadata(track, int(info["n_frames"]))
         peaks = join_frame_meta(peaks, meta)
         frames = join_frame_meta(frames, meta)
     tracks, particles, geometry_info = link_and_measure(peaks, track, tuple(series.shape))
@@ -684,6 +692,25 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
         paths["report"] = make_report(out)
     return RunResult(run_dir=out, peaks=peaks, tracks=tracks, particles=particles,
                      frames=frames, paths=paths, info=info)
+
+
+def frame_metadata(track: TrackConfig, n_frames: int) -> pd.DataFrame:
+    """Per-frame metadata of a run: the frame table, with a cycler log put on its time base."""
+    from .metadata import branches, interpolate_cycler, load_frame_meta
+    from .tables import read_table
+
+    meta = load_frame_meta(track.frame_meta, n_frames=n_frames)
+    if track.cycler_log is None:
+        return meta
+    if "time_s" not in meta:
+        raise OptionError(f"{track.frame_meta}: no time_s column to put the cycler log on")
+    log = read_table(track.cycler_log)
+    cycler = interpolate_cycler(log, meta[["frame", "time_s"]])
+    keep = [c for c in meta.columns if c == "frame" or c not in cycler.columns]
+    merged = cycler.merge(meta[keep], on="frame", how="left")
+    if "branch" not in merged:
+        merged = pd.concat([merged, branches(merged).reset_index(drop=True)], axis=1)
+    return merged
 
 
 def make_geometry(track: TrackConfig):
