@@ -412,7 +412,7 @@ def _training_source(data: str, peaks: str | None, dataset: str | None):
         import h5py
 
         try:
-            with h5py.File(peaks, "r") as f:
+            with h5py.File(peaks, "r", locking=False) as f:
                 braggnn_layout = "peak_fidx" in f
         except OSError:
             raise InputFileError(peaks, "not a readable HDF5 file") from None

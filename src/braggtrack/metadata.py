@@ -54,7 +54,7 @@ class FrameMetaWarning(UserWarning):
 def _read_hdf5_meta(path: Path, n_frames: int | None, group: str | None) -> pd.DataFrame:
     import h5py
 
-    with h5py.File(path, "r") as f:
+    with h5py.File(path, "r", locking=False) as f:
         if group is None:
             group = "/entry/frame_meta" if "/entry/frame_meta" in f else None
         if group is not None:

@@ -1621,7 +1621,7 @@ def _read_table_group(path: str | Path, name: str) -> pd.DataFrame:
     if not path.exists():
         raise InputFileError(path, "no such file")
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(path, "r", locking=False) as f:
             if f"/entry/{name}" not in f:
                 raise InputFileError(path, f"has no /entry/{name} table")
             g = f[f"/entry/{name}"]

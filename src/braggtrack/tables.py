@@ -142,7 +142,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
             return pd.read_csv(path)
         import h5py
 
-        with h5py.File(path, "r") as f:
+        with h5py.File(path, "r", locking=False) as f:
             g = f["table"]
             cols = [str(c) for c in g.attrs["columns"]]
             data = {}

@@ -156,7 +156,7 @@ class _H5Frames:
         self.path = path
         try:
             # A 4 MiB chunk cache: h5py's default would otherwise grow with the data set.
-            self._file = h5py.File(path, "r", rdcc_nbytes=4 << 20)
+            self._file = h5py.File(path, "r", locking=False, rdcc_nbytes=4 << 20)
         except OSError as exc:
             raise InputFileError(path, f"not a readable HDF5 file ({exc})") from None
         if dataset not in self._file:
@@ -202,7 +202,7 @@ def _read_braggnn_peaks(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     import h5py
 
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(path, "r", locking=False) as f:
             missing = [k for k in ("peak_fidx", "peak_row", "peak_col") if k not in f]
             if missing:
                 raise InputFileError(path, f"missing BraggNN peak datasets {missing}")
