@@ -188,8 +188,9 @@ def bench_end_to_end(sizes: BenchSizes, workdir: Path) -> list[dict]:
 
     from .config import FindConfig
     from .io import open_frames
-    from .runner import TrackConfig, run
+    from .runner import TrackConfig, quiet_dask, run
 
+    quiet_dask()
     path = workdir / "series.h5"
     _write_series(path, sizes, sizes.run_frames)
     series = open_frames(path)

@@ -330,6 +330,18 @@ def _prepare_run_dir(
 # ----------------------------------------------------------------------------- executors
 
 
+def quiet_dask() -> None:
+    """Silence Dask's INFO chatter (nannies starting and closing), which buries the progress."""
+    import logging
+
+    import dask
+
+    dask.config.set({"logging.distributed": "error"})
+    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core",
+                 "distributed.worker", "distributed.http.proxy"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def _execute(tasks: list[ChunkTask], workers: int, scheduler: str | None, on_done) -> None:
     if not tasks:
         return
@@ -337,16 +349,9 @@ def _execute(tasks: list[ChunkTask], workers: int, scheduler: str | None, on_don
         for t in tasks:
             on_done(process_chunk(t))
         return
-    import logging
-
-    import dask
     from dask.distributed import Client, LocalCluster, as_completed
 
-    # Dask's INFO chatter (nannies starting and closing) would bury the progress display.
-    dask.config.set({"logging.distributed": "error"})
-    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core",
-                 "distributed.worker"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_dask()
     cluster = None
     if scheduler is None:
         cluster = LocalCluster(
