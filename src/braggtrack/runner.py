@@ -572,7 +572,8 @@ class _RunState:
             "parameters": {**config.to_dict(), **track.to_dict(), "dataset": dataset,
                            "chunk_size": chunk_size, "workers": workers,
                            "scheduler": scheduler, "strict": strict, **calib_files},
-            "inputs": (previous or {}).get("inputs") or _input_record(source),
+            # Filled when the checksums are done (a background thread; see finish()).
+            "inputs": (previous or {}).get("inputs"),
             "model": model_rec,
             "n_frames": len(series),
             "frame_shape": list(series.shape),
@@ -586,9 +587,18 @@ class _RunState:
         done = [c for c in (previous or {}).get("chunks", []) if (out / c["file"]).exists()]
         info["chunks"] = sorted(done, key=lambda c: c["start"])
         _write_json_atomic(out / RUN_JSON, info)
+        checksums = None
+        if not info["inputs"]:
+            # Hashing a multi-GB input takes seconds to minutes: do it beside the frame work
+            # (hashlib and file reads release the GIL) instead of before it.
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="braggtrack-sha256")
+            checksums = pool.submit(_input_record, source)
+            pool.shutdown(wait=False)
         return cls(source=source, out=out, series=series, info=info, config=config, track=track,
                    dataset=dataset, dark=dark_t, calib_files=calib_files, chunk_size=chunk_size,
-                   strict=strict, started=time.time())
+                   strict=strict, started=time.time(), checksums=checksums)
 
     def frames_done(self) -> int:
         return sum(c["stop"] - c["start"] for c in self.info["chunks"])
@@ -632,6 +642,9 @@ class _RunState:
             bar.set_postfix(peaks=sum(int(c["peaks"]) for c in self.info["chunks"]))
 
     def finish(self, *, report: bool | None = None) -> RunResult:
+        if self.checksums is not None and (report is None or self.checksums.done()):
+            self.info["inputs"] = self.checksums.result()
+            self.checksums = None
         self.info["n_frames"] = len(self.series)
         track = self.track if report is None else dataclasses.replace(self.track, report=report)
         return _finish(self.out, self.info, self.config, track, self.series, self.started)
