@@ -57,6 +57,9 @@ CentreTol = Annotated[float, typer.Option(
     "--centre-tolerance", help="Max distance of a patch's brightest pixel from its centre, "
     "pixels.")]
 MaxPeaks = Annotated[int, typer.Option("--max-peaks", help="Most peaks kept per frame.")]
+MaxError = Annotated[float, typer.Option(
+    "--max-error", help="Largest accepted 1-sigma position uncertainty (else reason "
+    "'uncertain'), pixels.")]
 Model = Annotated[str | None, typer.Option(
     "--model", help="Trained BraggNN model file [default: the shipped model].")]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")]
@@ -138,6 +141,7 @@ def find(
     min_distance: MinDistance = _D.min_distance,
     centre_tolerance: CentreTol = _D.centre_tolerance,
     max_peaks: MaxPeaks = _D.max_peaks,
+    max_error: MaxError = _D.max_error,
     model: Model = None,
     device: Device = _D.device,
     auto_mask: AutoMask = _D.auto_mask,
@@ -160,7 +164,7 @@ def find(
     config = _find_config(threshold=threshold, min_score=min_score, min_snr=min_snr,
                           min_persistence=min_persistence, bin=bin, patch=patch,
                           localizer=localizer, edge=edge, min_distance=min_distance,
-                          centre_tolerance=centre_tolerance, max_peaks=max_peaks, model=model,
+                          centre_tolerance=centre_tolerance, max_peaks=max_peaks, max_error=max_error, model=model,
                           device=device, auto_mask=auto_mask)
     peaks = find_api(input, config=config, dataset=dataset,
                      calibration=_calibration(dark, flat, mask), chunk_size=chunk_size,
@@ -225,6 +229,7 @@ def run(
     min_distance: MinDistance = _D.min_distance,
     centre_tolerance: CentreTol = _D.centre_tolerance,
     max_peaks: MaxPeaks = _D.max_peaks,
+    max_error: MaxError = _D.max_error,
     model: Model = None,
     device: Device = _D.device,
     auto_mask: AutoMask = _D.auto_mask,
@@ -281,7 +286,7 @@ def run(
     config = _find_config(threshold=threshold, min_score=min_score, min_snr=min_snr,
                           min_persistence=min_persistence, bin=bin, patch=patch,
                           localizer=localizer, edge=edge, min_distance=min_distance,
-                          centre_tolerance=centre_tolerance, max_peaks=max_peaks, model=model,
+                          centre_tolerance=centre_tolerance, max_peaks=max_peaks, max_error=max_error, model=model,
                           device=device, auto_mask=auto_mask)
     track_cfg = TrackConfig(
         search_range=search_range, memory=memory, min_length=min_length, poni=poni,

@@ -48,6 +48,10 @@ class FindConfig:
         Maximum distance in pixels between the brightest pixel of a patch and its centre.
     max_peaks : int
         Upper bound on peaks per frame (most persistent first) to protect against noise.
+    max_error : float
+        Largest accepted 1-sigma position uncertainty, pixels: a fit that converged but cannot
+        place the centre better than this (e.g. a one-pixel spot, whose widths hit their bound)
+        is flagged ``uncertain`` rather than trusted.
     model : str or None
         Path of a trained BraggNN model; ``None`` is the shipped one.
     device : str
@@ -67,6 +71,7 @@ class FindConfig:
     min_distance: float = 3.0
     centre_tolerance: float = 2.0
     max_peaks: int = 5000
+    max_error: float = 1.0
     model: str | None = None
     device: str = "cpu"
     auto_mask: bool = True
@@ -96,6 +101,8 @@ class FindConfig:
             raise OptionError(
                 f"--centre-tolerance must be >= 0 pixels, got {self.centre_tolerance}"
             )
+        if not (self.max_error > 0):
+            raise OptionError(f"--max-error must be > 0 pixels, got {self.max_error}")
         if self.max_peaks < 1:
             raise OptionError(f"--max-peaks must be >= 1, got {self.max_peaks}")
         if self.device not in ("cpu", "cuda", "auto") and not str(self.device).startswith("cuda:"):

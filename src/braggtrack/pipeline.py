@@ -212,6 +212,8 @@ def _localize_detected(
     reason = table["reason"].to_numpy(dtype=object).astype(str)
     reason = np.where(reason == "", np.where(converged, "", loc_reason), reason)
     reason = np.where((reason == "") & ~converged, "not_converged", reason)
+    uncertain = np.maximum(table["x_err"].to_numpy(), table["y_err"].to_numpy()) > config.max_error
+    reason = np.where((reason == "") & uncertain, "uncertain", reason)
     table["reason"] = reason
     table["ok"] = reason == ""
     table = _no_nan(table)
