@@ -149,7 +149,7 @@ def bench_fits(sizes: BenchSizes) -> list[dict]:
     for method, baseline in (("pvoigt", _curve_fit_pvoigt), ("gauss", _curve_fit_gauss)):
         localize(patches[:16], method)  # compile / warm up
         ours = _best_time(lambda m=method: localize(patches, m), repeat=2) / len(patches)
-        base = _best_time(lambda b=baseline: b(few), repeat=1) / len(few)
+        base = _best_time(lambda b=baseline: b(few), repeat=2) / len(few)
         rows.append(_row(f"{method}: batched LM vs scipy curve_fit per peak", 1 / ours,
                          "peaks/s", 1 / base, "scipy curve_fit", base / ours, ">= 50x"))
     return rows

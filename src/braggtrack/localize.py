@@ -443,7 +443,7 @@ def fit_gauss(
     *,
     max_iter: int = 300,
     xtol: float = 1e-8,
-    ftol: float = 1e-8,
+    ftol: float = 1e-6,
     block: int = 4096,
     engine: str = "numba",
 ) -> pd.DataFrame:
