@@ -69,3 +69,23 @@ def test_watch_processes_every_frame_appended_by_another_process(tmp_path, kind)
     assert (frames.status == "ok").all()
     assert (res.peaks.groupby("frame").ok.sum() == 2).all()
     assert res.particles.shape[0] == 2
+
+
+@pytest.mark.slow
+def test_cli_watch_on_a_folder(tmp_path):
+    source = tmp_path / "live"
+    source.mkdir()
+    script = tmp_path / "writer.py"
+    import tests_path
+
+    script.write_text(WRITER.format(tests=str(tests_path.HERE)))
+    writer = subprocess.Popen([sys.executable, str(script), "folder", str(source), "6"])
+    res = subprocess.run(
+        [sys.executable, "-m", "braggtrack.cli", "run", str(source), "-o", str(tmp_path / "run"),
+         "--watch", "--quiet-period", "3", "--workers", "1", "--localizer", "gauss",
+         "--chunk-size", "2", "--no-report", "-q"],
+        capture_output=True, text=True, timeout=300)
+    writer.wait(timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    frames = pd.read_parquet(tmp_path / "run" / "frames.parquet")
+    assert sorted(frames.frame) == list(range(6))

@@ -275,6 +275,12 @@ def run(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue a previous run (also automatic when the parameters match).")] = False,
     strict: Strict = False,
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Follow a growing series (folder receiving files, HDF5 being appended "
+        "to) and process frames as they arrive (braggtrack.runner.watch).")] = False,
+    quiet_period: Annotated[float, typer.Option(
+        "--quiet-period", help="With --watch: stop after this long without a new frame, "
+        "seconds.")] = 60.0,
     quiet: Quiet = False,
 ) -> None:
     """Frames to answers: find, localize, link, geometry, report (braggtrack.run)."""
@@ -295,13 +301,22 @@ def run(
         hkl=tuple(hkl) if hkl else None, crystal_system=crystal_system, c_over_a=c_over_a,
         frame_meta=frame_meta, cycler_log=cycler_log, report=report,
     )
-    result = run_api(
-        input, out, config=config, track=track_cfg, dataset=dataset,
+    common = dict(
+        config=config, track=track_cfg, dataset=dataset,
         dark=dark[0] if dark and len(dark) == 1 else dark, flat=flat, mask=mask,
         chunk_size=chunk_size, workers=workers or (os.cpu_count() or 1), scheduler=scheduler,
-        force=force, resume=True if resume else None, strict=strict, progress=not quiet,
-        command=_command_line(),
+        force=force, strict=strict, progress=not quiet, command=_command_line(),
     )
+    if watch:
+        from .runner import watch as watch_api
+
+        if not (quiet_period > 0):
+            from .errors import OptionError
+
+            raise OptionError(f"--quiet-period must be > 0 seconds, got {quiet_period}")
+        result = watch_api(input, out, quiet_s=quiet_period, **common)
+    else:
+        result = run_api(input, out, resume=True if resume else None, **common)
     _print_run_summary(result)
     if result.frames_skipped:
         raise typer.Exit(EXIT_SKIPPED)

@@ -496,6 +496,15 @@ def watch(
         resume=None, strict=strict, command=command,
     )
     folder = not Path(source).is_file()
+    cluster = None
+    if scheduler is None and workers > 1:
+        # One cluster for the whole watch, not one per batch of new frames.
+        from dask.distributed import LocalCluster
+
+        quiet_dask()
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, host="127.0.0.1", silence_logs=40)
+        scheduler = cluster.scheduler_address
     bar = _run_progress(None, state.frames_done(), progress)
     last_new, last_report, seen = time.time(), 0.0, -1
     try:
@@ -524,6 +533,8 @@ def watch(
         pass
     finally:
         bar.close()
+        if cluster is not None:
+            cluster.close()
     return state.finish()
 
 
