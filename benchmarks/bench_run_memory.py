@@ -1,0 +1,68 @@
+"""Peak RSS of a whole `braggtrack run` on a large series against one 10x smaller.
+
+Writes two HDF5 series of 2048x2048 uint32 frames with ~300 peaks (the large one ~2 GB), runs the
+full pipeline (BraggNN, linking, no report) on each in a fresh subprocess, and prints each peak
+RSS and their ratio. Bounded memory means the ratio stays near 1: the run holds a chunk of frames
+plus the model, never the series.
+
+    python benchmarks/bench_run_memory.py [--frames 128] [--workdir /tmp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = """
+import json, resource, sys
+from braggtrack.runner import run, TrackConfig
+run(sys.argv[1], sys.argv[2], track=TrackConfig(report=False), workers=1, chunk_size=8,
+    progress=False, force=True)
+print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def write_series(path: Path, n: int) -> None:
+    import h5py
+    import numpy as np
+
+    from braggtrack.simulate import simulate_series
+
+    frames, _ = simulate_series(frames=4, shape=(2048, 2048), peaks=300, messy=0.3, seed=5)
+    frames = frames.astype(np.uint32)
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("/entry/data/data", shape=(n, 2048, 2048), dtype=np.uint32,
+                              chunks=(1, 2048, 2048))
+        for i in range(n):  # four distinct frames, repeated: the size is what matters here
+            ds[i] = frames[i % 4]
+
+
+def peak_rss(path: Path, out: Path) -> float:
+    res = subprocess.run([sys.executable, "-c", CHILD, str(path), str(out)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])["maxrss_mb"]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=128, help="frames of the large series")
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bt-runmem-") as tmp:
+        tmp = Path(tmp)
+        small, large = tmp / "small.h5", tmp / "large.h5"
+        write_series(small, max(1, args.frames // 10))
+        write_series(large, args.frames)
+        r_small = peak_rss(small, tmp / "run_small")
+        r_large = peak_rss(large, tmp / "run_large")
+    size_gb = args.frames * 2048 * 2048 * 4 / 1e9
+    print(f"peak RSS: {r_small:.0f} MB on {size_gb / 10:.2f} GB, {r_large:.0f} MB on "
+          f"{size_gb:.2f} GB; ratio {r_large / r_small:.2f} (target <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()
