@@ -115,3 +115,24 @@ def test_simulate_writes_a_series_open_frames_reads_back_with_truth(tmp_path):
     assert set(truth.frame) == set(range(5)) and {"x", "y", "kind"} <= set(truth.columns)
     res = cli("simulate", out, "--frames", 2)
     _assert_one_line_error(res, "--force")
+
+
+def test_unreadable_frame_in_folder_is_logged_and_exit_3(tmp_path):
+    import tifffile
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        img = rng.poisson(20, (32, 32)).astype(np.uint16)
+        img[15:18, 15:18] += np.array([[200, 400, 200], [400, 900, 400], [200, 400, 200]],
+                                      dtype=np.uint16)
+        tifffile.imwrite(folder / f"f_{i}.tif", img)
+    bad = folder / "f_1.tif"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated, as a crashed writer leaves it
+    res = cli("find", folder, "-o", tmp_path / "p.parquet", "--localizer", "centroid", "-q")
+    assert res.returncode == 3, res.stderr
+    assert "frame 1 skipped" in res.stderr and "Traceback" not in res.stderr
+    res = cli("find", folder, "-o", tmp_path / "q.parquet", "--localizer", "centroid", "-q",
+              "--strict")
+    assert res.returncode == 2 and "f_1.tif" in res.stderr

@@ -475,8 +475,22 @@ def bench(
 
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit status 2."""
+    import logging
+
+    # Skipped frames and similar warnings: one line each on stderr.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    logger = logging.getLogger("braggtrack")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    # Readers of damaged files log their own tracebacks-in-words; our one-line errors say it.
+    for name in ("tifffile", "fabio", "fabio.edfimage", "fabio.cbfimage", "fabio.openimage"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns typer.Exit's code instead of exiting.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except BraggTrackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

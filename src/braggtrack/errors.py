@@ -30,6 +30,7 @@ class FrameReadError(InputFileError):
 
     def __init__(self, path: object, index: int, problem: str) -> None:
         self.index = int(index)
+        self.reason = problem  # without the "frame N:" prefix, for tables
         super().__init__(path, f"frame {index}: {problem}")
 
 

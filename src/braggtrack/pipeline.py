@@ -326,7 +326,7 @@ def find_chunk(
         except FrameReadError as exc:
             if strict:
                 raise
-            status.append((int(i), "skipped", exc.problem))
+            status.append((int(i), "skipped", f"{exc.path}: {exc.reason}"))
             continue
         detected.append(_detect_frame(image, int(i), config, prep))
         status.append((int(i), "ok", ""))
@@ -397,6 +397,8 @@ def find(
     for start in range(0, len(indices), chunk_size):
         part = indices[start : start + chunk_size]
         res = find_chunk(series, part, config, calibration, model=model, strict=strict)
+        for row in res.frames[res.frames["status"] != "ok"].itertuples():
+            log_skipped(str(getattr(series, "path", None) or "frames"), row.frame, row.reason)
         tables.append(res.peaks)
         statuses.append(res.frames)
         bar.update(len(part))
@@ -407,6 +409,13 @@ def find(
         pd.concat(statuses, ignore_index=True) if statuses else pd.DataFrame()
     )
     return peaks
+
+
+def log_skipped(source: str, frame: int, reason: str) -> None:
+    """Say on the log (stderr for the CLI) that a frame was skipped, with its index and reason."""
+    import logging
+
+    logging.getLogger("braggtrack").warning("%s: frame %d skipped: %s", source, frame, reason)
 
 
 def as_series(source, dataset: str | None = None):

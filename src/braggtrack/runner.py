@@ -35,7 +35,13 @@ import pandas as pd
 from . import __version__
 from .config import FindConfig
 from .errors import BraggTrackError, OptionError
-from .pipeline import Calibration, empty_peak_table, find_chunk, load_localizer_model
+from .pipeline import (
+    Calibration,
+    empty_peak_table,
+    find_chunk,
+    load_localizer_model,
+    log_skipped,
+)
 from .tables import write_table
 
 RUN_JSON = "run.json"
@@ -643,6 +649,9 @@ class _RunState:
     def record(self, result: dict, bar=None) -> None:
         """A chunk is finished: note it in run.json (atomically) so it is never redone."""
         record = {k: result[k] for k in ("start", "stop", "file", "peaks")}
+        for row in result.get("frames", []):
+            if row.get("status") != "ok":
+                log_skipped(self.source, row["frame"], row["reason"])
         self.info["chunks"] = sorted(
             [c for c in self.info["chunks"] if c["start"] != record["start"]] + [record],
             key=lambda c: c["start"],
