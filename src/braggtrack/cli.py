@@ -80,10 +80,12 @@ Memory = Annotated[int, typer.Option(
 MinLength = Annotated[int, typer.Option("--min-length", help="Shortest trajectory kept, frames.")]
 
 
-def _find_config(**kw):
-    from .config import FindConfig
+def _find_config(options: dict) -> FindConfig:
+    """The FindConfig of a command's options (its ``locals()``): every field taken by name."""
+    import dataclasses
 
-    return FindConfig(**kw)
+    names = {f.name for f in dataclasses.fields(FindConfig)}
+    return FindConfig(**{k: v for k, v in options.items() if k in names})
 
 
 def _calibration(dark, flat, mask):
@@ -161,11 +163,7 @@ def find(
     table_format(out)
     if out.exists() and not force:
         raise OptionError(f"{out}: exists; use --force to overwrite")
-    config = _find_config(threshold=threshold, min_score=min_score, min_snr=min_snr,
-                          min_persistence=min_persistence, bin=bin, patch=patch,
-                          localizer=localizer, edge=edge, min_distance=min_distance,
-                          centre_tolerance=centre_tolerance, max_peaks=max_peaks, max_error=max_error, model=model,
-                          device=device, auto_mask=auto_mask)
+    config = _find_config(locals())
     peaks = find_api(input, config=config, dataset=dataset,
                      calibration=_calibration(dark, flat, mask), chunk_size=chunk_size,
                      strict=strict, progress=not quiet)
@@ -289,11 +287,7 @@ def run(
     from .runner import TrackConfig
     from .runner import run as run_api
 
-    config = _find_config(threshold=threshold, min_score=min_score, min_snr=min_snr,
-                          min_persistence=min_persistence, bin=bin, patch=patch,
-                          localizer=localizer, edge=edge, min_distance=min_distance,
-                          centre_tolerance=centre_tolerance, max_peaks=max_peaks, max_error=max_error, model=model,
-                          device=device, auto_mask=auto_mask)
+    config = _find_config(locals())
     track_cfg = TrackConfig(
         search_range=search_range, memory=memory, min_length=min_length, poni=poni,
         distance_mm=distance, beam_x=beam_x, beam_y=beam_y, pixel_um=pixel,
