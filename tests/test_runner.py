@@ -93,3 +93,18 @@ def test_two_dask_workers_give_the_serial_result(drifting_series, tmp_path):
               progress=False)
     for name in ("peaks", "tracks", "particles"):
         pd.testing.assert_frame_equal(getattr(serial, name), getattr(par, name))
+
+
+def test_tables_also_written_as_csv_and_h5(drifting_series, tmp_path):
+    from braggtrack.tables import read_table
+
+    path, _ = drifting_series
+    res = run(path, tmp_path / "r", config=FAST, track=TrackConfig(report=False,
+              formats=("csv", "h5")), progress=False)
+    for name in ("peaks", "tracks", "particles"):
+        for fmt in ("csv", "h5"):
+            other = read_table(tmp_path / "r" / f"{name}.{fmt}")
+            assert len(other) == len(getattr(res, name))
+            assert list(other.columns) == list(getattr(res, name).columns)
+    with pytest.raises(OptionError, match="--format"):
+        TrackConfig(formats=("xlsx",))

@@ -264,6 +264,8 @@ def run(
         "--cycler-log", help="Cycler export (time_s, voltage_V, current_mA) on its own clock, "
         "interpolated onto the frame times of --frame-meta.")] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report/index.html.")] = True,
+    table_format: Annotated[list[str] | None, typer.Option(
+        "--format", help="Also write the tables as csv or h5 (repeat for both); Parquet always.")] = None,
     chunk_size: ChunkSize = 16,
     workers: Annotated[int, typer.Option(
         "--workers", help="Worker processes on this machine [default: all cores].")] = 0,
@@ -294,6 +296,7 @@ def run(
         wavelength_A=wavelength, reference_frame=reference_frame, d_ref=d_ref,
         hkl=tuple(hkl) if hkl else None, crystal_system=crystal_system, c_over_a=c_over_a,
         frame_meta=frame_meta, cycler_log=cycler_log, report=report,
+        formats=tuple(table_format or ()),
     )
     common = dict(
         config=config, track=track_cfg, dataset=dataset,

@@ -82,6 +82,8 @@ class TrackConfig:
         capacity integrated from current when absent, charge/discharge branches from the current.
     report : bool
         Write ``report/index.html``.
+    formats : tuple of str
+        Extra table formats (``csv``, ``h5``) written beside the Parquet tables.
     """
 
     search_range: float = 5.0
@@ -102,6 +104,7 @@ class TrackConfig:
     frame_meta: str | None = None
     cycler_log: str | None = None
     report: bool = True
+    formats: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not (self.search_range > 0):
@@ -110,6 +113,9 @@ class TrackConfig:
             raise OptionError(f"--memory must be >= 0 frames, got {self.memory}")
         if self.min_length < 1:
             raise OptionError(f"--min-length must be >= 1 frames, got {self.min_length}")
+        bad = [f for f in self.formats if f not in ("csv", "h5", "parquet")]
+        if bad:
+            raise OptionError(f"--format must be csv, h5 or parquet, got {', '.join(bad)}")
         if self.cycler_log is not None and self.frame_meta is None:
             raise OptionError("--cycler-log needs --frame-meta with the frames' time stamps "
                               "(a time_s column)")
@@ -118,6 +124,7 @@ class TrackConfig:
         d = dataclasses.asdict(self)
         if d["hkl"] is not None:
             d["hkl"] = list(d["hkl"])
+        d["formats"] = list(d["formats"])
         return d
 
 
@@ -707,6 +714,10 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
         "tracks": write_table(tracks, out / "tracks.parquet"),
         "particles": write_table(particles, out / "particles.parquet"),
     }
+    tables = {"peaks": peaks, "frames": frames, "tracks": tracks, "particles": particles}
+    for fmt in dict.fromkeys(f for f in track.formats if f != "parquet"):
+        for name, table in tables.items():
+            paths[f"{name}_{fmt}"] = write_table(table, out / f"{name}.{fmt}")
     skipped = frames[frames["status"] != "ok"] if len(frames) else frames
     info["skipped_frames"] = [
         {"frame": int(r.frame), "reason": str(r.reason)} for r in skipped.itertuples()
