@@ -289,7 +289,10 @@ def format_table(table: pd.DataFrame) -> str:
     """The benchmark table as Markdown, ratios first, with the machine it ran on."""
     lines = ["| benchmark | ratio | target | ours | baseline |", "|---|---|---|---|---|"]
     for r in table.itertuples():
-        ratio = "n/a" if r.ratio is None or pd.isna(r.ratio) else f"{r.ratio:,.1f}x"
+        if r.ratio is None or pd.isna(r.ratio):
+            ratio = "n/a"
+        else:
+            ratio = f"{r.ratio:,.2f}x" if r.ratio < 10 else f"{r.ratio:,.1f}x"
         base = "n/a" if r.baseline is None or pd.isna(r.baseline) else \
             f"{r.baseline:,.3g} {r.unit} ({r.baseline_name})"
         note = f" ({r.note})" if r.note else ""
