@@ -67,6 +67,14 @@ def test_watch_processes_every_frame_appended_by_another_process(tmp_path, kind)
     frames = pd.read_parquet(tmp_path / "run" / "frames.parquet")
     assert sorted(frames.frame) == list(range(n))
     assert (frames.status == "ok").all()
+    # run.json checksums the input as it was at the end of the watch
+    import json
+
+    from braggtrack.io import file_checksum
+
+    inputs = json.loads((tmp_path / "run" / "run.json").read_text())["inputs"]
+    assert len(inputs) == (1 if kind == "h5" else n)
+    assert all(rec["sha256"] == file_checksum(rec["path"]) for rec in inputs)
     assert (res.peaks.groupby("frame").ok.sum() == 2).all()
     assert res.particles.shape[0] == 2
 

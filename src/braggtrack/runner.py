@@ -548,6 +548,11 @@ def watch(
         bar.close()
         if cluster is not None:
             cluster.close()
+    # The input grew during the watch: checksum what it finally is, not what it was at start.
+    if state.checksums is not None:
+        state.checksums.cancel()
+    state.checksums = None
+    state.info["inputs"] = _input_record(source)
     return state.finish()
 
 
