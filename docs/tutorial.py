@@ -166,8 +166,8 @@ print(f"figure: {out / 'strain_vs_voltage.png'}")
 # %% [markdown]
 # ## 6. Look before you trust
 #
-# Open `run/report/index.html` in a browser: the frame overlay shows accepted (green) and
-# rejected (red) peaks, the galleries show where each localizer put the centre on real patches,
+# Open `run/report/index.html` in a browser: the frame overlay shows accepted (cyan circles) and
+# rejected (red crosses) peaks, the galleries show where each localizer put the centre on real patches,
 # the movie shows the peaks moving over the series, and the strain plots carry error bars.
 # `braggtrack compare run` puts the localizers side by side on your own patches and shows where
 # they disagree most.
