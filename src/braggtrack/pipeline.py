@@ -112,7 +112,7 @@ def as_frame(image) -> np.ndarray:
 
 def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _Detected:
     from .detect import persistence, select_peaks
-    from .patches import centre_filter, extract_patches, normalize, recentre
+    from .patches import extract_patches, quality, recentre
 
     prepared = prep(as_frame(image))
     b = config.bin
@@ -144,14 +144,10 @@ def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _D
         return _Detected(frame=frame, table=_empty_detected(),
                          patches=np.zeros((0, config.patch, config.patch), np.float32))
     ps = extract_patches(full, rows, cols, size=config.patch, mask=prepared.mask)
-    _, flat = normalize(ps.patches)
-    centred = centre_filter(ps.patches, tolerance=config.centre_tolerance)
-
-    reason = sel["reason"].to_numpy(dtype=object).copy() if n else np.array([], dtype=object)
-    reason = np.where(reason == "", np.where(ps.edge, "edge", ""), reason)
-    reason = np.where(reason == "", np.where(ps.masked, "mask", ""), reason)
-    reason = np.where(reason == "", np.where(flat, "flat", ""), reason)
-    reason = np.where(reason == "", np.where(~centred, "off_centre", ""), reason)
+    # Detection's own reasons (edge, mask of the binned frame) come first, then the patch's.
+    detected_reason = sel["reason"].to_numpy(dtype=object)
+    patch_reason = quality(ps, config.centre_tolerance)["reason"].to_numpy(dtype=object)
+    reason = np.where(detected_reason == "", patch_reason, detected_reason)
 
     table = pd.DataFrame(
         {
