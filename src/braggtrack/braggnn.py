@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError, OptionError
+from .patches import as_patch_stack
 
 __all__ = [
     "BraggNN",
@@ -661,14 +662,7 @@ def predict(
     >>> bool(abs(table.dx[0] - 0.3) < 0.1 and abs(table.dy[0] + 0.2) < 0.1)
     True
     """
-    if hasattr(patches, "patches") and not isinstance(patches, np.ndarray):
-        patches = patches.patches  # a braggtrack.patches.PatchSet
-    try:
-        p = np.asarray(patches, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise OptionError(f"patches must be a numeric array of shape (n, N, N): {exc}") from None
-    if p.ndim == 2:
-        p = p[None]
+    p = as_patch_stack(patches, np.float32)
     size = model.config.patch
     if p.ndim != 3 or p.shape[1:] != (size, size):
         raise OptionError(f"patches must have shape (n, {size}, {size}), got {p.shape}")

@@ -54,6 +54,7 @@ import pandas as pd
 from scipy.special import erf
 
 from .errors import OptionError
+from .patches import as_patch_stack
 
 __all__ = ["COLUMNS", "localize", "centroid", "fit_gauss", "fit_pvoigt"]
 
@@ -89,16 +90,7 @@ _START_WINDOW = 2
 
 
 def _as_patches(patches) -> np.ndarray:
-    if hasattr(patches, "patches") and not isinstance(patches, np.ndarray):
-        patches = patches.patches  # a PatchSet
-    try:
-        p = np.asarray(patches, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise OptionError(f"patches must be a numeric array of shape (n, N, N): {exc}") from None
-    if p.ndim == 2:
-        p = p[None]
-    if p.ndim != 3 or p.shape[1] != p.shape[2]:
-        raise OptionError(f"patches must have shape (n, N, N), got {p.shape}")
+    p = as_patch_stack(patches, np.float64)
     size = p.shape[-1]
     if size < 3 or size % 2 == 0:
         raise OptionError(f"patch size must be odd and >= 3, got {size}")

@@ -159,15 +159,31 @@ def extract_patches(
     return PatchSet(patches=patches, rows=rows, cols=cols, edge=edge, masked=masked)
 
 
-def _as_stack(patches) -> np.ndarray:
+def as_patch_stack(patches, dtype=None) -> np.ndarray:
+    """A ``PatchSet``, one ``(N, N)`` patch or an ``(n, N, N)`` stack as an ``(n, N, N)`` array.
+
+    Parameters
+    ----------
+    patches : PatchSet or array_like
+    dtype : dtype, optional
+        Convert to it (e.g. float64 for fits, float32 for the network).
+
+    Examples
+    --------
+    >>> as_patch_stack(np.zeros((5, 5)), np.float32).shape
+    (1, 5, 5)
+    """
     if isinstance(patches, PatchSet):
         patches = patches.patches
-    patches = np.asarray(patches)
-    if patches.ndim == 2:
-        patches = patches[None]
-    if patches.ndim != 3 or patches.shape[1] != patches.shape[2]:
-        raise OptionError(f"patches must have shape (n, N, N), got {patches.shape}")
-    return patches
+    try:
+        p = np.asarray(patches, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise OptionError(f"patches must be a numeric array of shape (n, N, N): {exc}") from None
+    if p.ndim == 2:
+        p = p[None]
+    if p.ndim != 3 or p.shape[1] != p.shape[2]:
+        raise OptionError(f"patches must have shape (n, N, N), got {p.shape}")
+    return p
 
 
 def normalize(patches) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +208,7 @@ def normalize(patches) -> tuple[np.ndarray, np.ndarray]:
     >>> normed[0].tolist(), flat.tolist()
     ([[0.0, 0.5], [0.25, 1.0]], [False, True])
     """
-    p = _as_stack(patches).astype(np.float64)
+    p = as_patch_stack(patches, np.float64)
     finite = np.isfinite(p)
     lo = np.where(finite, p, np.inf).min(axis=(1, 2), initial=np.inf)
     hi = np.where(finite, p, -np.inf).max(axis=(1, 2), initial=-np.inf)
@@ -237,7 +253,7 @@ def centre_filter(patches, tolerance: float = 2.0) -> np.ndarray:
     """
     if not (tolerance >= 0):
         raise OptionError(f"centre tolerance must be >= 0 pixels, got {tolerance}")
-    p = _as_stack(patches)
+    p = as_patch_stack(patches)
     half = p.shape[-1] // 2
     r, c = _argmax_rc(p)
     return np.hypot(r - half, c - half) <= tolerance
