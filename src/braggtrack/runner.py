@@ -210,17 +210,14 @@ def process_chunk(task: ChunkTask) -> dict:
             series, range(task.start, task.stop), task.config, calib,
             model=_model(task.config), strict=task.strict,
         )
-    peaks = res.peaks.copy()
-    peaks.attrs = {}
-    write_table(peaks, task.out_file)
-    frames = res.frames.copy()
-    write_table(frames, _frames_file(task.out_file))
+    write_table(res.peaks, task.out_file)
+    write_table(res.frames, _frames_file(task.out_file))
     return {
         "start": task.start,
         "stop": task.stop,
         "file": os.path.relpath(task.out_file, Path(task.out_file).parent.parent),
-        "peaks": int(len(peaks)),
-        "frames": frames.to_dict(orient="records"),
+        "peaks": int(len(res.peaks)),
+        "frames": res.frames.to_dict(orient="records"),
     }
 
 
