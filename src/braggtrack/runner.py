@@ -553,11 +553,23 @@ def watch(
     return state.finish()
 
 
+@dataclass
 class _RunState:
     """The run folder while a run is in progress: which chunks are done, and run.json."""
 
-    def __init__(self, **kw) -> None:
-        self.__dict__.update(kw)
+    source: str
+    out: Path
+    series: object  # FrameSeries; reopened by watch() as the input grows
+    info: dict  # the content of run.json
+    config: FindConfig
+    track: TrackConfig
+    dataset: str | None
+    dark: tuple[str, ...] | None
+    calib_files: dict
+    chunk_size: int
+    strict: bool
+    started: float
+    checksums: object = None  # Future of the input checksums, until finish() collects it
 
     @classmethod
     def open(cls, source, out_dir, *, config, track, dataset, dark, flat, mask, chunk_size,
