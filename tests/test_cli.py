@@ -136,3 +136,29 @@ def test_unreadable_frame_in_folder_is_logged_and_exit_3(tmp_path):
     res = cli("find", folder, "-o", tmp_path / "q.parquet", "--localizer", "centroid", "-q",
               "--strict")
     assert res.returncode == 2 and "f_1.tif" in res.stderr
+
+
+@pytest.mark.parametrize("n_darks", [1, 2])
+def test_dark_files_are_subtracted(tmp_path, n_darks):
+    """One --dark file or several (their median): a peak on a 500-count dark pedestal is found
+    where it is, with its background-subtracted intensity."""
+    import pandas as pd
+
+    from conftest import render_frame
+
+    frame = render_frame((48, 48), [(20.3, 25.6, 1.0, 8000.0)], background=0.0)
+    rng = np.random.default_rng(0)
+    darks = []
+    for k in range(n_darks):
+        d = tmp_path / f"dark{k}.npy"
+        np.save(d, np.full((48, 48), 500.0) + rng.normal(0, 0.5, (48, 48)))
+        darks += ["--dark", d]
+    frames = tmp_path / "frames.npy"
+    np.save(frames, rng.poisson(frame + 500.0)[None].astype(np.float32))
+    res = cli("find", frames, "-o", tmp_path / "p.parquet", "--localizer", "gauss", "-q", *darks)
+    assert res.returncode == 0, res.stderr
+    table = pd.read_parquet(tmp_path / "p.parquet")
+    ok = table[table.ok]
+    assert len(ok) == 1
+    assert abs(ok.x.iloc[0] - 20.3) < 0.1 and abs(ok.y.iloc[0] - 25.6) < 0.1
+    assert abs(ok.background.iloc[0]) < 20  # the 500-count pedestal is gone

@@ -93,8 +93,7 @@ def _calibration(dark, flat, mask):
 
     if not (dark or flat or mask):
         return None
-    return Calibration.from_files(dark=dark[0] if dark and len(dark) == 1 else dark,
-                                  flat=flat, mask=mask)
+    return Calibration.from_files(dark=dark, flat=flat, mask=mask)
 
 
 def _command_line() -> str:
@@ -300,7 +299,7 @@ def run(
     )
     common = dict(
         config=config, track=track_cfg, dataset=dataset,
-        dark=dark[0] if dark and len(dark) == 1 else dark, flat=flat, mask=mask,
+        dark=dark, flat=flat, mask=mask,
         chunk_size=chunk_size, workers=workers or (os.cpu_count() or 1), scheduler=scheduler,
         force=force, strict=strict, progress=not quiet, command=_command_line(),
     )

@@ -174,7 +174,7 @@ class RunResult:
 @lru_cache(maxsize=4)
 def _calibration(dark: tuple[str, ...] | None, flat: str | None, mask: str | None) -> Calibration:
     return Calibration.from_files(
-        dark=None if dark is None else (dark[0] if len(dark) == 1 else list(dark)),
+        dark=None if dark is None else list(dark),
         flat=flat, mask=mask,
     )
 
