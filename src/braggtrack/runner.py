@@ -254,23 +254,15 @@ def _json_default(obj):
     raise TypeError(f"not JSON serializable: {type(obj)}")
 
 
-def _input_record(path: str | os.PathLike) -> list[dict]:
+def _input_record(files: Sequence[Path]) -> list[dict]:
+    """Path, size and sha256 of every input file (the frame files the reader found)."""
     from .io import file_checksum
 
-    p = Path(path)
-    files = [p] if p.is_file() else sorted(q for q in _expand(p) if q.is_file())
     return [
-        {"path": str(q.resolve()), "size": q.stat().st_size, "sha256": file_checksum(q)}
+        {"path": str(Path(q).resolve()), "size": Path(q).stat().st_size,
+         "sha256": file_checksum(q)}
         for q in files
     ]
-
-
-def _expand(p: Path) -> list[Path]:
-    if p.is_dir():
-        return [q for q in p.iterdir() if not q.name.startswith(".")]
-    import glob
-
-    return [Path(q) for q in glob.glob(str(p))]
 
 
 def _model_record(config: FindConfig) -> dict | None:
@@ -549,7 +541,7 @@ def watch(
     if state.checksums is not None:
         state.checksums.cancel()
     state.checksums = None
-    state.info["inputs"] = _input_record(source)
+    state.info["inputs"] = _input_record(state.series.files)
     return state.finish()
 
 
@@ -632,7 +624,7 @@ class _RunState:
             from concurrent.futures import ThreadPoolExecutor
 
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="braggtrack-sha256")
-            checksums = pool.submit(_input_record, source)
+            checksums = pool.submit(_input_record, list(series.files))
             pool.shutdown(wait=False)
         return cls(source=source, out=out, series=series, info=info, config=config, track=track,
                    dataset=dataset, dark=dark_t, calib_files=calib_files, chunk_size=chunk_size,
