@@ -490,28 +490,40 @@ def fit_gauss(
 def _fit_gauss_block(p, max_iter, xtol, ftol, engine):
     n, size, _ = p.shape
     u, lo, span, flat, nonfinite = _scale(p)
-    bg, _, total, _, x0, y0, mxx, myy, _ = _moments(u, window=_START_WINDOW, nsigma=3.0)
-    p0 = np.column_stack(
-        [
-            x0,
-            y0,
-            np.sqrt(np.clip(mxx, 0.25, size * size / 9.0)),
-            np.sqrt(np.clip(myy, 0.25, size * size / 9.0)),
-            np.maximum(total, 1e-3),
-            bg,
-        ]
-    )
-    params = p0.copy()
+    live = np.flatnonzero(~flat)
     converged = np.zeros(n, dtype=bool)
     n_iter = np.zeros(n, dtype=np.int64)
-    live = np.flatnonzero(~flat)
-    if live.size:
-        res = _run_lm(
-            _GAUSS, _gauss_normal, _gauss_bounds(size), p0[live], u[live], 1, engine,
-            max_iter, xtol, ftol,
+    if engine == "numba":
+        # Start values, fit and errors in one compiled pass (see _nb_fit_gauss).
+        params = np.tile([0.0, 0.0, 0.5, 0.5, 1e-3, 0.0], (n, 1))  # flat patches' start
+        var = np.full((n, 2), np.inf)
+        if live.size:
+            lower, upper = _gauss_bounds(size)
+            res = _threaded(
+                _nb_fit_gauss, (u if live.size == n else u[live],), lower, upper,
+                int(max_iter), float(xtol), float(ftol),
+            )
+            params[live], converged[live], n_iter[live], var[live] = res
+    else:
+        bg, _, total, _, x0, y0, mxx, myy, _ = _moments(u, window=_START_WINDOW, nsigma=3.0)
+        p0 = np.column_stack(
+            [
+                x0,
+                y0,
+                np.sqrt(np.clip(mxx, 0.25, size * size / 9.0)),
+                np.sqrt(np.clip(myy, 0.25, size * size / 9.0)),
+                np.maximum(total, 1e-3),
+                bg,
+            ]
         )
-        params[live], converged[live], n_iter[live] = res
-    var = _threaded(_nb_sandwich_var, _GAUSS, params, u, 1)
+        params = p0.copy()
+        if live.size:
+            res = _run_lm(
+                _GAUSS, _gauss_normal, _gauss_bounds(size), p0[live], u[live], 1, engine,
+                max_iter, xtol, ftol,
+            )
+            params[live], converged[live], n_iter[live] = res
+        var = _threaded(lambda q, d: _nb_sandwich_var(_GAUSS, q, d, 1), (params, u))
     sx, sy, vol = params[:, 2], params[:, 3], params[:, 4]
     fit = {
         "dx": params[:, 0],
@@ -686,7 +698,7 @@ def _fit_pvoigt_block(p, oversample, max_iter, xtol, ftol, engine):
             u[live], oversample, engine, max_iter, xtol, ftol,
         )
         params[live], converged[live], n_iter[live] = res
-    var = _threaded(_nb_sandwich_var, _PVOIGT, params, u, oversample)
+    var = _threaded(lambda p, d: _nb_sandwich_var(_PVOIGT, p, d, oversample), (params, u))
     a, b, c = params[:, 2], params[:, 3], params[:, 4]
     det_q = np.maximum(a * c - b * b, 1e-300) * 2.0 * _LN2
     fit = {
@@ -1075,17 +1087,438 @@ def _nb_sandwich_var(model, params, data, oversample):
     return out
 
 
-def _threaded(kernel, model, params, data, *args):
-    """Run a GIL-free kernel on slices of the patches in a few threads; concatenate."""
-    n = params.shape[0]
+
+# Fused Gaussian path: start values, LM and sandwich in one compiled pass per patch, with
+# every work array allocated once per thread. The Gaussian is separable, so each Jacobian
+# column is an outer product ``Y_a (rows) x X_b (columns)`` of four row vectors
+# (``Ey, dEy/dy0, dEy/dsy, 1``) and four column vectors, possibly times the volume:
+# ``JtJ`` comes from two 4 x 4 Gram matrices and ``Jtr`` from four residual projections,
+# with no per-pixel Jacobian rows. Parameter k = (x0, y0, sx, sy, vol, bg) uses row vector
+# _GY[k], column vector _GX[k] and the volume factor if _GV[k].
+_GY = (0, 1, 0, 2, 0, 3)
+_GX = (1, 0, 2, 0, 0, 3)
+_GV = (1, 1, 1, 1, 0, 0)
+
+
+@numba.njit(cache=True, fastmath=_FAST, error_model="numpy")
+def _nb_cholesky_r(a, low, rdiag):
+    """:func:`_nb_cholesky` that also keeps the reciprocal diagonal (no divisions later)."""
+    k = a.shape[0]
+    for i in range(k):
+        for j in range(i + 1):
+            s = a[i, j]
+            for m in range(j):
+                s -= low[i, m] * low[j, m]
+            if i == j:
+                if not s > 0.0:
+                    return False
+                low[i, i] = math.sqrt(s)
+                rdiag[i] = 1.0 / low[i, i]
+            else:
+                low[i, j] = s * rdiag[j]
+    return True
+
+
+@numba.njit(cache=True, fastmath=_FAST, error_model="numpy")
+def _nb_chol_solve_r(low, rdiag, g, x):
+    k = low.shape[0]
+    for i in range(k):
+        s = g[i]
+        for m in range(i):
+            s -= low[i, m] * x[m]
+        x[i] = s * rdiag[i]
+    for i in range(k - 1, -1, -1):
+        s = x[i]
+        for m in range(i + 1, k):
+            s -= low[m, i] * x[m]
+        x[i] = s * rdiag[i]
+
+
+@numba.njit(cache=True, fastmath=_FAST, error_model="numpy")
+def _nb_chol_inverse(low, rdiag, w, inv):
+    """``inv = (L L^T)^-1 = W^T W`` with ``W = L^-1`` (lower triangular, in ``w``)."""
+    k = low.shape[0]
+    for c in range(k):
+        for i in range(c):
+            w[i, c] = 0.0
+        w[c, c] = rdiag[c]
+        for i in range(c + 1, k):
+            s = 0.0
+            for m in range(c, i):
+                s -= low[i, m] * w[m, c]
+            w[i, c] = s * rdiag[i]
+    for r in range(k):
+        for c in range(r, k):
+            s = 0.0
+            for m in range(c, k):
+                s += w[m, r] * w[m, c]
+            inv[r, c] = s
+            inv[c, r] = s
+
+
+@numba.njit(cache=True, fastmath=_FAST, error_model="numpy")
+def _nb_median(b, m):
+    """Median of ``b[:m]`` as ``np.median`` computes it; reorders ``b`` (quickselect)."""
+    h = m // 2
+    k = h if m % 2 else h - 1
+    lo = 0
+    hi = m - 1
+    while hi > lo:
+        x, y, z = b[lo], b[(lo + hi) // 2], b[hi]
+        pivot = max(min(x, y), min(max(x, y), z))
+        i = lo
+        j = hi
+        while i <= j:
+            while b[i] < pivot:
+                i += 1
+            while b[j] > pivot:
+                j -= 1
+            if i <= j:
+                b[i], b[j] = b[j], b[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    # b[k] is the k-th smallest and nothing after it is smaller.
+    if m % 2:
+        return b[k]
+    nxt = b[k + 1]
+    for q in range(k + 2, m):
+        nxt = min(nxt, b[q])
+    return (b[k] + nxt) / 2.0
+
+
+@numba.njit(cache=True, fastmath=_FAST, error_model="numpy")
+def _nb_start(d, window, nsigma, border, out):
+    """:func:`_moments` of one patch: out = (bg, total, x0, y0, mxx, myy, mxy)."""
+    size = d.shape[0]
+    c = size // 2
+    m = 0
+    for i in range(size):
+        border[m] = d[0, i]
+        border[m + 1] = d[size - 1, i]
+        m += 2
+    for j in range(1, size - 1):
+        border[m] = d[j, 0]
+        border[m + 1] = d[j, size - 1]
+        m += 2
+    bg = _nb_median(border, m)
+    level = bg
+    if nsigma > 0:
+        # The border was reordered by the median: same values, same deviations.
+        for q in range(m):
+            border[q] = abs(border[q] - bg)
+        level = bg + nsigma * (1.4826 * _nb_median(border, m))
+    lo = c - window if window < c else 0
+    hi = c + window + 1 if window < c else size
+    total = 0.0
+    sx = 0.0
+    sy = 0.0
+    for j in range(lo, hi):
+        for i in range(lo, hi):
+            w = max(d[j, i] - level, 0.0)
+            total += w
+            sx += w * (i - c)
+            sy += w * (j - c)
+    safe = total if total > 0 else 1.0
+    x0 = sx / safe
+    y0 = sy / safe
+    mxx = 0.0
+    myy = 0.0
+    mxy = 0.0
+    for j in range(lo, hi):
+        for i in range(lo, hi):
+            w = max(d[j, i] - level, 0.0)
+            mxx += w * (i - c - x0) ** 2
+            myy += w * (j - c - y0) ** 2
+            mxy += w * (j - c - y0) * (i - c - x0)
+    out[0] = bg
+    out[1] = total
+    out[2] = x0 if total > 0 else 0.0
+    out[3] = y0 if total > 0 else 0.0
+    out[4] = mxx / safe
+    out[5] = myy / safe
+    out[6] = mxy / safe
+
+
+@numba.njit(cache=True, fastmath=_FAST, error_model="numpy")
+def _nb_gauss_vectors(p, size, vec, edge_erf, edge_phi):
+    """Row and column vectors of the Jacobian at ``p`` into ``vec`` (2, 4, size).
+
+    ``vec[0]`` along x (columns): E, dE/dx0, dE/dsx, 1; ``vec[1]`` the same along y.
+    """
+    half = size // 2
+    for axis in range(2):
+        c = p[axis]
+        s = p[2 + axis]
+        inv_s = 1.0 / s
+        a = inv_s / _SQRT2
+        b = inv_s / _SQRT2PI
+        # Neighbouring pixels share an edge: N + 1 erf/exp evaluations, not 2 N.
+        for i in range(size + 1):
+            z = i - half - 0.5 - c
+            edge_erf[i] = math.erf(z * a)
+            zs = z * inv_s
+            edge_phi[i] = math.exp(-0.5 * zs * zs) * b
+        for i in range(size):
+            lo = i - half - 0.5 - c
+            hi = lo + 1.0
+            vec[axis, 0, i] = 0.5 * (edge_erf[i + 1] - edge_erf[i])
+            vec[axis, 1, i] = edge_phi[i] - edge_phi[i + 1]
+            vec[axis, 2, i] = -(hi * edge_phi[i + 1] - lo * edge_phi[i]) * inv_s
+            vec[axis, 3, i] = 1.0
+
+
+@numba.njit(cache=True, fastmath=_FAST, error_model="numpy")
+def _nb_gauss_chi2(p, d, vec, jtr, with_jtr):
+    """Chi-square at ``p`` (vectors ``vec`` already at ``p``); with ``with_jtr``, also Jtr."""
+    size = d.shape[0]
+    vol = p[4]
+    bg = p[5]
+    chi2 = 0.0
+    if not with_jtr:
+        for j in range(size):
+            a = vol * vec[1, 0, j]
+            for i in range(size):
+                r = d[j, i] - bg - a * vec[0, 0, i]
+                chi2 += r * r
+        return chi2
+    # Per image row j, projections of the residuals on the column vectors; then
+    # Jtr_k = sum_j U[k, j] (X_k . r_j). Only scalar reductions in the inner loop, so it
+    # vectorizes.
+    j0 = j1 = j2 = j3 = j4 = j5 = 0.0
+    for j in range(size):
+        a = vol * vec[1, 0, j]
+        t0 = t1 = t2 = t3 = 0.0
+        for i in range(size):
+            r = d[j, i] - bg - a * vec[0, 0, i]
+            chi2 += r * r
+            t0 += vec[0, 1, i] * r
+            t1 += vec[0, 0, i] * r
+            t2 += vec[0, 2, i] * r
+            t3 += r
+        j0 += a * t0
+        j1 += vec[1, 1, j] * t1
+        j2 += a * t2
+        j3 += vec[1, 2, j] * t1
+        j4 += vec[1, 0, j] * t1
+        j5 += t3
+    jtr[0] = j0
+    jtr[1] = vol * j1
+    jtr[2] = j2
+    jtr[3] = vol * j3
+    jtr[4] = j4
+    jtr[5] = j5
+    return chi2
+
+
+@numba.njit(cache=True, fastmath=_FAST, error_model="numpy")
+def _nb_gauss_jtj(p, vec, gram, jtj):
+    size = vec.shape[2]
+    for axis in range(2):
+        for a in range(4):
+            for b in range(a, 4):
+                acc = 0.0
+                for i in range(size):
+                    acc += vec[axis, a, i] * vec[axis, b, i]
+                gram[axis, a, b] = acc
+                gram[axis, b, a] = acc
+    vol = p[4]
+    for k in range(6):
+        for m in range(k, 6):
+            f = gram[1, _GY[k], _GY[m]] * gram[0, _GX[k], _GX[m]]
+            if _GV[k]:
+                f *= vol
+            if _GV[m]:
+                f *= vol
+            jtj[k, m] = f
+            jtj[m, k] = f
+
+
+@numba.njit(cache=True, fastmath=_FAST, error_model="numpy")
+def _nb_gauss_sandwich(p, d, vec, jtj, bread, low, rdiag, w, inv, b):
+    """Variance of (x0, y0) at the fit: the HC3 sandwich of :func:`_nb_sandwich_var`.
+
+    Pixel (j, i) has the Jacobian row ``J_k = U[k, j] X[k, i]`` (outer products of the
+    row and column vectors), so ``(J^T J)^-1 J`` is a combination of the three column
+    vectors with coefficients that depend on the image row alone: 24 multiply-adds per
+    pixel and no Jacobian rows. ``b`` (6, 4) is work space. Returns ``(var_x0, var_y0)``, ``inf`` where
+    ``J^T J`` is singular.
+    """
+    size = d.shape[0]
+    k = 6
+    trace = 0.0
+    for m in range(k):
+        trace += jtj[m, m]
+        for m2 in range(k):
+            bread[m, m2] = jtj[m, m2]
+    for m in range(k):
+        bread[m, m] += 1e-12 * trace / k + 1e-300
+    if not _nb_cholesky_r(bread, low, rdiag):
+        return np.inf, np.inf
+    _nb_chol_inverse(low, rdiag, w, inv)
+    vol = p[4]
+    bg = p[5]
+    var0 = 0.0
+    var1 = 0.0
+    for j in range(size):
+        # Pixel (j, i): J = (U0 Xc, U1 Xe, U0 Xs, U3 Xe, U4 Xe, 1) with U0 = V Ey[j],
+        # U1 = V dEy/dy0[j], U3 = V dEy/dsy[j], U4 = Ey[j] and Xe, Xc, Xs = Ex[i],
+        # dEx/dx0[i], dEx/dsx[i], so c = (J^T J)^-1 J = b[:, 0] Xc + b[:, 1] Xe + b[:, 2] Xs
+        # + b[:, 3] with b from the inverse and this row's U alone.
+        u4 = vec[1, 0, j]
+        u0 = vol * u4
+        u1 = vol * vec[1, 1, j]
+        u3 = vol * vec[1, 2, j]
+        for m in range(k):
+            b[m, 0] = inv[m, 0] * u0
+            b[m, 1] = inv[m, 1] * u1 + inv[m, 3] * u3 + inv[m, 4] * u4
+            b[m, 2] = inv[m, 2] * u0
+            b[m, 3] = inv[m, 5]
+        for i in range(size):
+            xe = vec[0, 0, i]
+            xc = vec[0, 1, i]
+            xs = vec[0, 2, i]
+            c0 = b[0, 0] * xc + b[0, 1] * xe + b[0, 2] * xs + b[0, 3]
+            c1 = b[1, 0] * xc + b[1, 1] * xe + b[1, 2] * xs + b[1, 3]
+            c2 = b[2, 0] * xc + b[2, 1] * xe + b[2, 2] * xs + b[2, 3]
+            c3 = b[3, 0] * xc + b[3, 1] * xe + b[3, 2] * xs + b[3, 3]
+            c4 = b[4, 0] * xc + b[4, 1] * xe + b[4, 2] * xs + b[4, 3]
+            c5 = b[5, 0] * xc + b[5, 1] * xe + b[5, 2] * xs + b[5, 3]
+            # Leverage of the pixel: J . c.
+            h = u0 * (xc * c0 + xs * c2) + xe * (u1 * c1 + u3 * c3 + u4 * c4) + c5
+            h = min(max(h, 0.0), 0.99)
+            r = d[j, i] - bg - u0 * xe
+            w = r * r / ((1.0 - h) * (1.0 - h))
+            var0 += w * c0 * c0
+            var1 += w * c1 * c1
+    return var0, var1
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
+def _nb_fit_gauss(data, lower, upper, max_iter, xtol, ftol):
+    """Start values, bounded LM (as :func:`_nb_levenberg_marquardt`) and sandwich variance
+    of the Gaussian for each patch. Returns ``(params, converged, n_iter, var)``."""
+    n, size, _ = data.shape
+    k = 6
+    params = np.empty((n, k))
+    converged = np.zeros(n, dtype=np.bool_)
+    n_iter = np.zeros(n, dtype=np.int64)
+    var = np.full((n, 2), np.inf)
+    exact = 1e-26 * size * size
+    # Work arrays, once per call (one call per thread).
+    border = np.empty(4 * size)
+    start = np.empty(7)
+    vec = np.empty((2, 2, 4, size))  # current and trial
+    edge_erf = np.empty(size + 1)
+    edge_phi = np.empty(size + 1)
+    gram = np.empty((2, 4, 4))
+    b = np.empty((k, 4))
+    jtj = np.empty((k, k))
+    jtr = np.empty(k)
+    jtr_t = np.empty(k)
+    a = np.empty((k, k))
+    low = np.empty((k, k))
+    inv = np.empty((k, k))
+    w = np.empty((k, k))
+    rdiag = np.empty(k)
+    g = np.empty(k)
+    step = np.empty(k)
+    p_try = np.empty(k)
+    pinned = np.zeros(k, dtype=np.bool_)
+    sig_hi = size * size / 9.0
+    for t in range(n):
+        d = data[t]
+        p = params[t]
+        _nb_start(d, _START_WINDOW, 3.0, border, start)
+        p[0] = start[2]
+        p[1] = start[3]
+        p[2] = math.sqrt(min(max(start[4], 0.25), sig_hi))
+        p[3] = math.sqrt(min(max(start[5], 0.25), sig_hi))
+        p[4] = max(start[1], 1e-3)
+        p[5] = start[0]
+        for m in range(k):
+            p[m] = min(max(p[m], lower[m]), upper[m])
+        cur = 0
+        _nb_gauss_vectors(p, size, vec[cur], edge_erf, edge_phi)
+        chi2 = _nb_gauss_chi2(p, d, vec[cur], jtr, True)
+        _nb_gauss_jtj(p, vec[cur], gram, jtj)
+        lam = 1e-3
+        done = chi2 <= exact
+        it = 0
+        while not done and it < max_iter:
+            it += 1
+            dmax = 0.0
+            for m in range(k):
+                dmax = max(dmax, jtj[m, m])
+            for m in range(k):
+                # Held on its bound while the descent direction points outward.
+                pinned[m] = (p[m] <= lower[m] and jtr[m] < 0.0) or (
+                    p[m] >= upper[m] and jtr[m] > 0.0
+                )
+            for m in range(k):
+                for m2 in range(k):
+                    a[m, m2] = 0.0 if (pinned[m] or pinned[m2]) else jtj[m, m2]
+                g[m] = 0.0 if pinned[m] else jtr[m]
+                if pinned[m]:
+                    a[m, m] = 1.0
+                else:
+                    a[m, m] = jtj[m, m] + lam * max(jtj[m, m], 1e-12 * dmax + 1e-30)
+            if not _nb_cholesky_r(a, low, rdiag):
+                lam *= 5.0
+                if lam > 1e12:
+                    done = True
+                continue
+            _nb_chol_solve_r(low, rdiag, g, step)
+            for m in range(k):
+                p_try[m] = min(max(p[m] + step[m], lower[m]), upper[m])
+            trial = 1 - cur
+            _nb_gauss_vectors(p_try, size, vec[trial], edge_erf, edge_phi)
+            chi2_t = _nb_gauss_chi2(p_try, d, vec[trial], jtr_t, True)
+            small_step = True
+            for m in range(k):
+                if abs(p_try[m] - p[m]) > xtol * (abs(p[m]) + 1.0):
+                    small_step = False
+            if chi2_t < chi2:
+                small_gain = chi2 - chi2_t <= ftol * chi2
+                for m in range(k):
+                    p[m] = p_try[m]
+                    jtr[m] = jtr_t[m]
+                cur = trial
+                _nb_gauss_jtj(p, vec[cur], gram, jtj)
+                chi2 = chi2_t
+                lam = max(lam * 0.3, 1e-9)
+                if small_gain or small_step or chi2 <= exact:
+                    done = True
+            else:
+                lam *= 5.0
+                # No descent left: a numerical optimum.
+                if small_step or lam > 1e12:
+                    done = True
+        converged[t] = done
+        n_iter[t] = it
+        var[t, 0], var[t, 1] = _nb_gauss_sandwich(
+            p, d, vec[cur], jtj, a, low, rdiag, w, inv, b
+        )
+    return params, converged, n_iter, var
+
+
+def _threaded(kernel, sliced: tuple, *args):
+    """Run a GIL-free kernel on slices (along axis 0) of the ``sliced`` arrays in a few
+    threads, the ``args`` whole; concatenate its outputs."""
+    n = sliced[0].shape[0]
     threads = max(1, min(numba.config.NUMBA_NUM_THREADS, n // 256))
     if threads == 1:
-        return kernel(model, params, data, *args)
+        return kernel(*sliced, *args)
     cuts = np.linspace(0, n, threads + 1).astype(int)
     with ThreadPoolExecutor(threads) as pool:
         parts = list(
             pool.map(
-                lambda k: kernel(model, params[cuts[k]:cuts[k + 1]], data[cuts[k]:cuts[k + 1]], *args),
+                lambda k: kernel(*(a[cuts[k]:cuts[k + 1]] for a in sliced), *args),
                 range(threads),
             )
         )
@@ -1104,8 +1537,10 @@ def _run_lm(model, normal, limits, p0, u, oversample, engine, max_iter, xtol, ft
         )
         return params, converged, n_iter
     params, _, converged, n_iter = _threaded(
-        _nb_levenberg_marquardt, model, np.ascontiguousarray(p0, dtype=np.float64), np.ascontiguousarray(u),
-        lower, upper, int(oversample), int(max_iter), float(xtol), float(ftol),
+        lambda p, d: _nb_levenberg_marquardt(
+            model, p, d, lower, upper, int(oversample), int(max_iter), float(xtol), float(ftol)
+        ),
+        (np.ascontiguousarray(p0, dtype=np.float64), np.ascontiguousarray(u)),
     )
     return params, converged, n_iter
 
