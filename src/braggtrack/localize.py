@@ -946,20 +946,21 @@ def _nb_levenberg_marquardt(model, p0, data, lower, upper, oversample, max_iter,
     converged = np.zeros(n, dtype=np.bool_)
     n_iter = np.zeros(n, dtype=np.int64)
     exact = 1e-26 * data.shape[1] * data.shape[2]
+    # Work arrays once per call, not per patch.
+    jtj = np.empty((k, k))
+    jtr = np.empty(k)
+    jtj_t = np.empty((k, k))
+    jtr_t = np.empty(k)
+    a = np.empty((k, k))
+    low = np.empty((k, k))
+    g = np.empty(k)
+    step = np.empty(k)
+    p_try = np.empty(k)
+    pinned = np.zeros(k, dtype=np.bool_)
     for t in range(n):
         d = data[t]
         p = params[t]
         _nb_project(model, p, lower, upper)
-        jtj = np.empty((k, k))
-        jtr = np.empty(k)
-        jtj_t = np.empty((k, k))
-        jtr_t = np.empty(k)
-        a = np.empty((k, k))
-        low = np.empty((k, k))
-        g = np.empty(k)
-        step = np.empty(k)
-        p_try = np.empty(k)
-        pinned = np.zeros(k, dtype=np.bool_)
         chi2 = _nb_normal(model, p, d, oversample, jtj, jtr)
         lam = 1e-3
         done = chi2 <= exact
@@ -1034,11 +1035,16 @@ def _nb_sandwich_var(model, params, data, oversample):
     size = data.shape[1]
     npix = size * size
     out = np.full((n, 2), np.inf)
+    rows = np.empty((npix, k))
+    resid = np.empty(npix)
+    bread = np.empty((k, k))
+    low = np.empty((k, k))
+    inv = np.empty((k, k))
+    e = np.zeros(k)
+    col = np.empty(k)
     for t in range(n):
-        rows = np.empty((npix, k))
-        resid = np.empty(npix)
         _nb_rows(model, params[t], data[t], oversample, rows, resid)
-        bread = np.zeros((k, k))
+        bread[:, :] = 0.0
         for pix in range(npix):
             for m in range(k):
                 rm = rows[pix, m]
@@ -1051,12 +1057,8 @@ def _nb_sandwich_var(model, params, data, oversample):
                 bread[m, m2] = bread[m2, m]
         for m in range(k):
             bread[m, m] += 1e-12 * trace / k + 1e-300
-        low = np.empty((k, k))
         if not _nb_cholesky(bread, low):
             continue
-        inv = np.empty((k, k))
-        e = np.zeros(k)
-        col = np.empty(k)
         for m in range(k):
             e[:] = 0.0
             e[m] = 1.0
