@@ -610,3 +610,51 @@ def test_jit_read_only_package_falls_back_to_user_cache(tmp_path, monkeypatch):
         compiled = detect._jit(func)
     assert compiled(40) == 42
     assert any(p.suffix == ".nbi" for p in cache_home.rglob("*"))
+
+
+# -------------------------------------------------------- sparse path (pixels listed upstream)
+
+sparse_images = hnp.arrays(
+    dtype=st.sampled_from([np.uint16, np.float32]),
+    shape=hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=16),
+    # Mostly background, a few bright pixels with ties: the compact union-find's case.
+    elements=st.sampled_from([0] * 40 + [3, 5, 5, 9]),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(img=sparse_images, threshold=st.sampled_from([0, 2, 4.5]),
+       connectivity=st.sampled_from([4, 8]))
+def test_listed_pixels_match_brute_force_reference(img, threshold, connectivity):
+    pixels = np.flatnonzero(img.ravel() > threshold)
+    got = persistence(img, threshold, connectivity=connectivity, pixels=pixels)
+    assert_same(got, reference_persistence(img, threshold, connectivity))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), h=st.integers(1, 40), w=st.integers(1, 40),
+       fill=st.floats(0.01, 0.5), connectivity=st.sampled_from([4, 8]))
+def test_compact_union_find_equals_frame_sized_one(seed, h, w, fill, connectivity):
+    """Both union-finds give the same births, deaths and last members on sparse frames,
+    including pixels on every edge (row wrap-around must not make neighbours)."""
+    rng = np.random.default_rng(seed)
+    img = np.where(rng.random((h, w)) < fill, rng.integers(1, 6, (h, w)), 0).astype(np.float64)
+    idx = np.flatnonzero(img.ravel() > 0)
+    if idx.size == 0:
+        return
+    order = detect._radix_order_descending(detect._order_keys(img.ravel()[idx]))
+    member = np.zeros(h * w, bool)
+    member[idx] = True
+    dense = detect._union_find(idx[order], member, h, w, connectivity == 8)
+    compact = detect._union_find_sparse(
+        idx, order, np.searchsorted(idx, idx - w - 1), np.searchsorted(idx, idx + w - 1), w,
+        connectivity == 8)
+    np.testing.assert_array_equal(compact[0], dense[0])
+    np.testing.assert_array_equal(compact[1], dense[1])
+    born = dense[0]
+    np.testing.assert_array_equal(compact[2][born], dense[2][born])
+
+
+def test_pixels_need_a_threshold():
+    with pytest.raises(OptionError, match="threshold"):
+        persistence(np.zeros((3, 3)), pixels=np.array([0]))

@@ -284,3 +284,78 @@ def test_preprocessor_nan_masked_and_paths(tmp_path):
     prep = Preprocessor(dark=tmp_path / "dark.npy", mask=str(tmp_path / "mask.npy"), threshold=0)
     out = prep(np.full((8, 8), 10, np.uint16))
     assert out.full[0, 1] == 6.0 and out.full[3, 3] == 0 and out.mask[3, 3]
+
+
+# ------------------------------------------------------------------ fused pass == the chain
+
+
+def _dense_chain(prep: Preprocessor, frame: np.ndarray):
+    """The corrections as a chain of the public functions, one full-frame step at a time
+    (what Preprocessor computed before its single compiled pass)."""
+    from braggtrack.preprocess import hot_pixels, robust_sigma, saturated_mask
+
+    bad = np.zeros(frame.shape, bool) if prep.mask is None else prep.mask.copy()
+    if prep.auto_mask:
+        bad |= saturated_mask(frame, prep.saturation)
+    elif frame.dtype.kind == "f":
+        bad |= ~np.isfinite(frame)
+    full = subtract_dark(frame, prep.dark) if prep.dark is not None else frame.astype(np.float32)
+    if prep.flat is not None:
+        full = apply_flat(full, prep.flat)
+        bad |= ~(np.isfinite(prep.flat) & (prep.flat > 0))
+    bad |= ~np.isfinite(full)
+    full[bad] = 0
+    stats = robust_sigma(full, bad)
+    if prep.auto_mask:
+        hot = hot_pixels(full, stats=stats, bad=bad, hot_sigma=prep.hot_sigma)
+        bad |= hot
+        full[hot] = 0
+    t = (robust_threshold(full, prep.nsigma, mask=bad, stats=stats) if prep.threshold is None
+         else float(prep.threshold))
+    image = bin_frame(apply_threshold(full, t) if t > 0 else full.copy(), prep.bin)
+    return full, bad, t, image
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1),
+       dtype=st.sampled_from([np.uint8, np.uint16, np.uint32, np.int32, np.float32, np.float64]),
+       large=st.booleans(), sparse=st.booleans(), dark=st.booleans(), flat=st.booleans(),
+       mask=st.booleans(), threshold=st.sampled_from([None, None, 0.0, 10.0, 30.5]),
+       auto=st.booleans(), binning=st.sampled_from([1, 1, 2]))
+def test_fused_pass_equals_the_dense_chain(seed, dtype, large, sparse, dark, flat, mask,
+                                           threshold, auto, binning):
+    rng = np.random.default_rng(seed)
+    # "large" frames are statistically subsampled (more than 65,536 pixels).
+    h, w = (rng.integers(260, 400), rng.integers(260, 400)) if large else rng.integers(3, 40, 2)
+    base = rng.poisson(rng.uniform(0, 100), (h, w)).astype(np.float64)
+    if sparse:
+        base[rng.random((h, w)) < 0.7] = 0
+    for _ in range(rng.integers(0, 6)):
+        base[rng.integers(h), rng.integers(w)] += rng.uniform(100, 5000)  # hot or bright
+    base += 800 * gaussian((h, w), w / 2.3, h / 1.7, 1.3)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    if info is not None:
+        base = np.clip(base, info.min, info.max)
+        if rng.random() < 0.5:
+            base[rng.integers(h), rng.integers(w)] = info.max  # saturated
+    elif rng.random() < 0.5:
+        base[rng.integers(h), rng.integers(w)] = rng.choice([np.nan, np.inf])
+    frame = base.astype(dtype)
+    prep = Preprocessor(
+        dark=rng.uniform(0, 20, (h, w)) if dark else None,
+        flat=rng.uniform(0.5, 1.5, (h, w)) if flat else None,
+        mask=rng.random((h, w)) < 0.03 if mask else None,
+        threshold=threshold, auto_mask=auto, bin=binning,
+    )
+    out = prep(frame)
+    full, bad, t, image = _dense_chain(prep, frame)
+    np.testing.assert_array_equal(out.full, full)
+    np.testing.assert_array_equal(out.mask, bad)
+    assert out.threshold == t
+    np.testing.assert_array_equal(out.image, image)
+    if binning == 1:
+        np.testing.assert_array_equal(out.above, np.flatnonzero(full.ravel().astype(np.float64) > t))
+        if out.intensity_range is not None:
+            assert out.intensity_range == float(image.max()) - float(image.min())
+    else:
+        assert out.above is None

@@ -198,6 +198,74 @@ def _union_find(sidx, member, height, width, eight):  # pragma: no cover - compi
 
 
 @_jit
+def _union_find_sparse(idx, order, up, down, width, eight):  # pragma: no cover - compiled
+    """:func:`_union_find` for a few pixels of a large frame, in their own compact space.
+
+    ``idx``: the member pixels' flat indices, ascending; ``order``: positions in ``idx``
+    in visiting order; ``up`` / ``down``: for each position, the first position whose
+    pixel is at or after ``idx - width - 1`` / ``idx + width - 1`` (``searchsorted``).
+    Neighbours are found in ``idx`` itself, so the work stays in a few cache-friendly
+    arrays of the members' size instead of frame-sized lookups (cache misses).
+    Returns the same arrays as :func:`_union_find`, indexed by visiting rank.
+    """
+    m = idx.size
+    rank = np.empty(m, np.int32)
+    for i in range(m):
+        rank[order[i]] = i
+    parent = np.empty(m, np.int32)
+    born = np.zeros(m, np.bool_)
+    death = np.full(m, -1, np.int32)
+    last = np.empty(m, np.int32)
+    roots = np.empty(8, np.int32)
+    nbr = np.empty(8, np.int64)
+    for i in range(m):
+        j = order[i]
+        p = idx[j]
+        r = p // width
+        c = p - r * width
+        n = 0
+        if c > 0 and j > 0 and idx[j - 1] == p - 1:
+            nbr[n] = j - 1
+            n += 1
+        if c < width - 1 and j + 1 < m and idx[j + 1] == p + 1:
+            nbr[n] = j + 1
+            n += 1
+        for start, row in ((up[j], r - 1), (down[j], r + 1)):
+            k = start
+            base = row * width
+            while k < m and idx[k] <= base + c + 1:
+                q = idx[k]
+                cc = q - base
+                if q >= base and cc < width and (cc == c or (eight and cc >= c - 1)):
+                    nbr[n] = k
+                    n += 1
+                k += 1
+        nroots = 0
+        for t in range(n):
+            jj = rank[nbr[t]]
+            if jj < i:
+                roots[nroots] = _find(parent, jj)
+                nroots += 1
+        if nroots == 0:
+            parent[i] = i
+            born[i] = True
+            last[i] = i
+            continue
+        eldest = roots[0]
+        for t in range(1, nroots):
+            if roots[t] < eldest:
+                eldest = roots[t]
+        for t in range(nroots):
+            root = roots[t]
+            if root != eldest and parent[root] == root:
+                death[root] = i
+                parent[root] = eldest
+        parent[i] = eldest
+        last[eldest] = i
+    return born, death, last
+
+
+@_jit
 def _greedy_suppress(n, first, second):  # pragma: no cover - compiled
     """Keep flags for peaks ``0..n-1`` (most persistent first) given close pairs.
 
@@ -276,7 +344,11 @@ def _empty_peaks() -> pd.DataFrame:
 
 
 def persistence(
-    image: np.ndarray, threshold: float | None = None, *, connectivity: int = 8
+    image: np.ndarray,
+    threshold: float | None = None,
+    *,
+    connectivity: int = 8,
+    pixels: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Every local maximum of a frame with its birth, death and persistence.
 
@@ -314,6 +386,10 @@ def persistence(
         their number.  The comparison is done in the frame's own dtype.
     connectivity : {8, 4}
         Pixel neighbourhood.  findpeaks uses 8.
+    pixels : 1-D int array, optional
+        Flat (row-major) indices, ascending, of exactly the pixels strictly above
+        ``threshold``, when the caller already has them (preprocessing does): saves the
+        pass over the frame.  Requires ``threshold``.
 
     Returns
     -------
@@ -334,6 +410,8 @@ def persistence(
     """
     if connectivity not in (4, 8):
         raise OptionError(f"connectivity must be 4 or 8, got {connectivity!r}")
+    if pixels is not None and threshold is None:
+        raise OptionError("persistence: pixels= needs the threshold they are above")
     if threshold is not None:
         try:
             threshold = float(threshold)
@@ -358,12 +436,17 @@ def persistence(
         elif floating:
             idx = np.flatnonzero(member)
     else:
-        member = _above(a, threshold).reshape(-1)
-        idx = np.flatnonzero(member)
+        if pixels is None:
+            member = _above(a, threshold).reshape(-1)
+            idx = np.flatnonzero(member)
+        else:
+            idx = np.asarray(pixels, dtype=np.int64)
+            member = None  # built below only if the dense union-find needs it
         if floating:
             bad = ~np.isfinite(flat[idx])  # +inf passed the comparison; NaN never does
             if bad.any():
-                member[idx[bad]] = False
+                if member is not None:
+                    member[idx[bad]] = False
                 idx = idx[~bad]
     values = flat if idx is None else flat[idx]
     if values.size == 0:
@@ -371,7 +454,18 @@ def persistence(
 
     order = _radix_order_descending(_order_keys(values))
     sidx = order if idx is None else idx[order]
-    born, death_rank, last_rank = _union_find(sidx, member, height, width, connectivity == 8)
+    if idx is not None and 8 * idx.size < flat.size:
+        # Few pixels above the threshold (the usual case): stay in their compact space.
+        up = np.searchsorted(idx, idx - width - 1)
+        down = np.searchsorted(idx, idx + width - 1)
+        born, death_rank, last_rank = _union_find_sparse(idx, order, up, down, width,
+                                                         connectivity == 8)
+    else:
+        if member is None:
+            member = np.zeros(flat.size, bool)
+            member[idx] = True
+        born, death_rank, last_rank = _union_find(sidx, member, height, width,
+                                                  connectivity == 8)
 
     peak_rank = np.flatnonzero(born)
     pix = sidx[peak_rank]
@@ -441,6 +535,7 @@ def select_peaks(
     mask: np.ndarray | None = None,
     min_distance: float = 3.0,
     max_peaks: int = 5000,
+    intensity_range: float | None = None,
 ) -> pd.DataFrame:
     """Score, filter, thin out and flag the maxima found by :func:`persistence`.
 
@@ -479,6 +574,8 @@ def select_peaks(
         Minimum distance between two kept peaks, pixels.
     max_peaks : int
         Maximum number of peaks kept.
+    intensity_range : float, optional
+        ``max - min`` of ``image`` when already known (saves a pass over the frame).
 
     Returns
     -------
@@ -525,7 +622,7 @@ def select_peaks(
     pers = table["persistence"].to_numpy(np.float64)
     all_y = table["y"].to_numpy().astype(np.int64)
     all_x = table["x"].to_numpy().astype(np.int64)
-    span = _intensity_range(a)
+    span = _intensity_range(a) if intensity_range is None else float(intensity_range)
     score = pers * (255.0 / span) if span > 0 else np.zeros_like(pers)
     score = np.where(np.isfinite(score), score, 0.0)
     # Work on row positions and build the output table once (pandas is slow per step).

@@ -116,13 +116,20 @@ def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _D
 
     prepared = prep(as_frame(image))
     b = config.bin
-    raw = persistence(prepared.image, threshold=prepared.threshold)
+    if prepared.above is not None:
+        # Unbinned: the image is the thresholded full frame, and preprocessing already
+        # listed the pixels above the threshold, so detection never builds it.
+        image = prepared.full
+        raw = persistence(image, threshold=prepared.threshold, pixels=prepared.above)
+    else:
+        image = prepared.image
+        raw = persistence(image, threshold=prepared.threshold)
     binned_mask = None
     if prepared.mask is not None and prepared.mask.any():
-        binned_mask = _bin_mask(prepared.mask, b, prepared.image.shape)
+        binned_mask = _bin_mask(prepared.mask, b, image.shape)
     sel = select_peaks(
         raw,
-        prepared.image,
+        image,
         # Binning sums b*b pixels, so the noise of a binned pixel is b times larger.
         min_persistence=max(config.min_persistence, config.min_snr * prepared.noise * b),
         min_score=config.min_score,
@@ -130,6 +137,7 @@ def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _D
         mask=binned_mask,
         min_distance=config.min_distance / b,
         max_peaks=config.max_peaks,
+        intensity_range=prepared.intensity_range if prepared.above is not None else None,
     )
     n = len(sel)
     rows = sel["y"].to_numpy(dtype=np.int64)
