@@ -241,3 +241,19 @@ def test_with_simulator_truth_if_available():
     assert score["matched"] > 0.95
     assert score["recovered"] >= 0.99 and score["identity_swaps"] == 0
     assert score["displacement_rms"] <= 0.05
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 60), window=st.integers(1, 4),
+       forward=st.booleans())
+def test_rolling_median_equals_pandas_groupby_rolling(seed, n, window, forward):
+    from braggtrack.track import _rolling_median
+
+    rng = np.random.default_rng(seed)
+    values = pd.Series(rng.normal(size=n))
+    values[rng.random(n) < 0.1] = np.nan
+    groups = pd.Series(rng.integers(0, 5, n))
+    src, grp = (values.iloc[::-1], groups.iloc[::-1]) if forward else (values, groups)
+    expected = (src.groupby(grp.to_numpy()).rolling(window, min_periods=1).median()
+                .reset_index(level=0, drop=True).reindex(values.index).to_numpy(float))
+    np.testing.assert_allclose(_rolling_median(values, groups, window, forward), expected)

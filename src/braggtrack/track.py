@@ -270,15 +270,29 @@ def _robust_sigma(values: np.ndarray) -> float:
 
 
 def _rolling_median(values: pd.Series, groups: pd.Series, window: int, forward: bool) -> np.ndarray:
-    """Median of the ``window`` values before (or from, when ``forward``) each row, per group."""
+    """Median of the ``window`` values before (or from, when ``forward``) each row, per group.
+
+    Rows keep their table order within a group; NaN values are left out (all NaN: NaN), as
+    in pandas' ``groupby().rolling(window, min_periods=1).median()``, which this replaces:
+    it cost a third of the whole linking step.
+    """
+    v = values.to_numpy(float)
+    g = groups.to_numpy()
     if forward:
-        rev = values.iloc[::-1]
-        med = rev.groupby(groups.iloc[::-1].to_numpy()).rolling(window, min_periods=1).median()
-        med = med.reset_index(level=0, drop=True).reindex(values.index)
-    else:
-        med = values.groupby(groups.to_numpy()).rolling(window, min_periods=1).median()
-        med = med.reset_index(level=0, drop=True).reindex(values.index)
-    return med.to_numpy(float)
+        v, g = v[::-1], g[::-1]
+    order = np.argsort(g, kind="stable")
+    vs, gs = v[order], g[order]
+    n = len(vs)
+    lagged = np.full((n, window), np.nan)
+    for k in range(min(window, n)):
+        same = gs[k:] == gs[: n - k]  # sorted by group: equal ends mean one group between
+        lagged[k:, k] = np.where(same, vs[: n - k], np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows give NaN
+        med = np.nanmedian(lagged, axis=1) if n else np.zeros(0)
+    out = np.empty(n)
+    out[order] = med
+    return out[::-1] if forward else out
 
 
 def split_on_shape_change(
