@@ -26,7 +26,8 @@ thousand peaks per second). Here one bounded Levenberg-Marquardt handles all pat
 block: analytic Jacobians, per-patch damping, a per-patch convergence test, starting
 values from moments in a 5 x 5 window around the centre. Two engines run the same
 algorithm: ``numba`` (default) compiles a per-patch loop that releases the GIL and runs on
-a few threads, ``numpy`` vectorizes over the block (batched ``(n, p, p)`` solves, only the
+a few threads (for the Gaussian, start values, fit and error estimate are fused into one
+pass per patch), ``numpy`` vectorizes over the block (batched ``(n, p, p)`` solves, only the
 still-running patches carried to the next iteration). Bounds (centre inside the patch,
 widths >= 0.2 px, ``0 <= eta <= 1``, amplitude >= 0) are kept by projection with an active
 set: a parameter on its bound whose descent direction points outward is held there.
@@ -463,8 +464,8 @@ def fit_gauss(
     Returns
     -------
     DataFrame with columns :data:`COLUMNS`; ``amplitude`` is the peak height
-    ``V / (2 pi sigma_x sigma_y)``, errors come from ``(J^T J)^-1`` times the reduced
-    chi-square.
+    ``V / (2 pi sigma_x sigma_y)``, ``dx_err``/``dy_err`` are the leverage-corrected
+    sandwich (HC3) estimates of the module notes.
 
     Examples
     --------
