@@ -331,16 +331,14 @@ def _order_keys(values: np.ndarray) -> np.ndarray:
     return keys
 
 
-def _empty_peaks() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "y": np.empty(0, np.int64),
-            "x": np.empty(0, np.int64),
-            "birth": np.empty(0, np.float64),
-            "death": np.empty(0, np.float64),
-            "persistence": np.empty(0, np.float64),
-        }
-    )
+def _empty_columns() -> dict[str, np.ndarray]:
+    return {
+        "y": np.empty(0, np.int64),
+        "x": np.empty(0, np.int64),
+        "birth": np.empty(0, np.float64),
+        "death": np.empty(0, np.float64),
+        "persistence": np.empty(0, np.float64),
+    }
 
 
 def persistence(
@@ -408,6 +406,11 @@ def persistence(
     0  0  1    5.0    0.0          5.0
     1  0  3    3.0    1.0          2.0
     """
+    return pd.DataFrame(_persistence_columns(image, threshold, connectivity, pixels))
+
+
+def _persistence_columns(image, threshold, connectivity, pixels) -> dict[str, np.ndarray]:
+    """:func:`persistence` as a dict of columns (the pipeline builds one table per chunk)."""
     if connectivity not in (4, 8):
         raise OptionError(f"connectivity must be 4 or 8, got {connectivity!r}")
     if pixels is not None and threshold is None:
@@ -422,7 +425,7 @@ def persistence(
     a = _as_image(image)
     height, width = a.shape
     if a.size == 0:
-        return _empty_peaks()
+        return _empty_columns()
     if a.size >= 2**31 - 1:
         raise OptionError(f"image of shape {a.shape} is too large (more than 2**31 pixels)")
     flat = a.reshape(-1)
@@ -450,7 +453,7 @@ def persistence(
                 idx = idx[~bad]
     values = flat if idx is None else flat[idx]
     if values.size == 0:
-        return _empty_peaks()
+        return _empty_columns()
 
     order = _radix_order_descending(_order_keys(values))
     sidx = order if idx is None else idx[order]
@@ -482,15 +485,13 @@ def persistence(
     # Stable on the visiting order, so equal persistence keeps the higher maximum first.
     rank = np.argsort(-pers, kind="stable")
     y, x = np.divmod(pix[rank], width)
-    return pd.DataFrame(
-        {
-            "y": y.astype(np.int64),
-            "x": x.astype(np.int64),
-            "birth": birth[rank],
-            "death": death[rank],
-            "persistence": pers[rank],
-        }
-    )
+    return {
+        "y": y.astype(np.int64),
+        "x": x.astype(np.int64),
+        "birth": birth[rank],
+        "death": death[rank],
+        "persistence": pers[rank],
+    }
 
 
 def _intensity_range(a: np.ndarray) -> float:
@@ -619,13 +620,23 @@ def select_peaks(
         bad = bad.astype(bool, copy=False)
 
     table = peaks.reset_index(drop=True)
-    pers = table["persistence"].to_numpy(np.float64)
-    all_y = table["y"].to_numpy().astype(np.int64)
-    all_x = table["x"].to_numpy().astype(np.int64)
     span = _intensity_range(a) if intensity_range is None else float(intensity_range)
+    rows, score, ok, reason = _select_rows(
+        table["persistence"].to_numpy(np.float64), table["y"].to_numpy().astype(np.int64),
+        table["x"].to_numpy().astype(np.int64), a.shape, span, bad,
+        min_persistence=min_persistence, min_score=min_score, edge=int(edge),
+        min_distance=min_distance, max_peaks=int(max_peaks),
+    )
+    out = table.iloc[rows].reset_index(drop=True)
+    return out.assign(score=score, ok=ok, reason=reason)
+
+
+def _select_rows(pers, all_y, all_x, shape, span, bad, *, min_persistence, min_score, edge,
+                 min_distance, max_peaks):
+    """The rules of :func:`select_peaks` on arrays (checked options): the kept rows and
+    their score, ok flag and reason."""
     score = pers * (255.0 / span) if span > 0 else np.zeros_like(pers)
     score = np.where(np.isfinite(score), score, 0.0)
-    # Work on row positions and build the output table once (pandas is slow per step).
     rows = np.flatnonzero((pers > 0) & (pers >= min_persistence) & (score >= min_score))
     rows = rows[np.argsort(-pers[rows], kind="stable")]
 
@@ -640,11 +651,11 @@ def select_peaks(
             kept = _greedy_suppress(rows.size, pairs[:, 0].astype(np.int64),
                                     pairs[:, 1].astype(np.int64))
             rows = rows[kept]
-    rows = rows[: int(max_peaks)]
+    rows = rows[:max_peaks]
 
     y, x = all_y[rows], all_x[rows]
-    height, width = a.shape
-    e = int(edge)
+    height, width = shape
+    e = edge
     at_edge = (x < e) | (y < e) | (x > width - 1 - e) | (y > height - 1 - e)
     near_mask = np.zeros(rows.size, bool)
     if bad is not None and bad.any():
@@ -652,5 +663,4 @@ def select_peaks(
     reason = np.full(rows.size, "", dtype=object)
     reason[at_edge] = "edge"
     reason[near_mask] = "mask"
-    out = table.iloc[rows].reset_index(drop=True)
-    return out.assign(score=score[rows], ok=~(at_edge | near_mask), reason=reason)
+    return rows, score[rows], ~(at_edge | near_mask), reason

@@ -80,11 +80,14 @@ def _preprocessor(config: FindConfig, calibration: Calibration):
 
 @dataclass
 class _Detected:
-    """Peaks of one frame after selection, before localization."""
+    """Peaks of one frame after selection, before localization (columns as arrays: one
+    table is built per chunk, since pandas costs ~1 ms per column operation)."""
 
-    frame: int
-    table: pd.DataFrame  # y_det, x_det (full res), birth, death, persistence, score, ok, reason
+    columns: dict[str, np.ndarray]  # frame, x_det, y_det (full res), birth, death, ..., reason
     patches: np.ndarray  # (n, N, N) float32
+
+    def __len__(self) -> int:
+        return len(self.columns["frame"])
 
 
 def as_frame(image) -> np.ndarray:
@@ -111,7 +114,7 @@ def as_frame(image) -> np.ndarray:
 
 
 def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _Detected:
-    from .detect import persistence, select_peaks
+    from .detect import _as_image, _intensity_range, _persistence_columns, _select_rows
     from .patches import extract_patches, quality, recentre
 
     prepared = prep(as_frame(image))
@@ -120,65 +123,57 @@ def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _D
         # Unbinned: the image is the thresholded full frame, and preprocessing already
         # listed the pixels above the threshold, so detection never builds it.
         image = prepared.full
-        raw = persistence(image, threshold=prepared.threshold, pixels=prepared.above)
+        span = prepared.intensity_range
     else:
-        image = prepared.image
-        raw = persistence(image, threshold=prepared.threshold)
+        image = _as_image(prepared.image)
+        span = None
+    raw = _persistence_columns(image, prepared.threshold, 8, prepared.above)
     binned_mask = None
     if prepared.mask is not None and prepared.mask.any():
         binned_mask = _bin_mask(prepared.mask, b, image.shape)
-    sel = select_peaks(
-        raw,
-        image,
+    if span is None and len(raw["y"]):
+        span = _intensity_range(image)
+    keep, score, _, sel_reason = _select_rows(
+        raw["persistence"], raw["y"], raw["x"], image.shape, span or 0.0, binned_mask,
         # Binning sums b*b pixels, so the noise of a binned pixel is b times larger.
         min_persistence=max(config.min_persistence, config.min_snr * prepared.noise * b),
         min_score=config.min_score,
         edge=max(int(np.ceil(config.edge / b)), 0),
-        mask=binned_mask,
         min_distance=config.min_distance / b,
         max_peaks=config.max_peaks,
-        intensity_range=prepared.intensity_range if prepared.above is not None else None,
     )
-    n = len(sel)
-    rows = sel["y"].to_numpy(dtype=np.int64)
-    cols = sel["x"].to_numpy(dtype=np.int64)
+    n = len(keep)
+    rows, cols = raw["y"][keep], raw["x"][keep]
     if b > 1 and n:
         # The binned maximum covers a b x b block: go back to the brightest full-resolution
         # pixel of that block so the patch is centred on the real maximum.
         rows, cols = recentre(prepared.full, rows * b + (b - 1) // 2, cols * b + (b - 1) // 2,
                               radius=b // 2)
-    full = prepared.full
     if n == 0:
-        return _Detected(frame=frame, table=_empty_detected(),
+        return _Detected(columns=_empty_detected(),
                          patches=np.zeros((0, config.patch, config.patch), np.float32))
-    ps = extract_patches(full, rows, cols, size=config.patch, mask=prepared.mask)
+    ps = extract_patches(prepared.full, rows, cols, size=config.patch, mask=prepared.mask)
     # Detection's own reasons (edge, mask of the binned frame) come first, then the patch's.
-    detected_reason = sel["reason"].to_numpy(dtype=object)
     patch_reason = quality(ps, config.centre_tolerance)["reason"].to_numpy(dtype=object)
-    reason = np.where(detected_reason == "", patch_reason, detected_reason)
-
-    table = pd.DataFrame(
-        {
-            "frame": np.full(n, frame, dtype=np.int64),
-            "x_det": cols.astype(np.int64),
-            "y_det": rows.astype(np.int64),
-            "birth": sel["birth"].to_numpy(dtype=np.float64),
-            "death": sel["death"].to_numpy(dtype=np.float64),
-            "persistence": sel["persistence"].to_numpy(dtype=np.float64),
-            "score": sel["score"].to_numpy(dtype=np.float64),
-            "reason": reason.astype(str),
-        }
-    )
-    return _Detected(frame=frame, table=table, patches=ps.patches)
+    reason = np.where(sel_reason == "", patch_reason, sel_reason)
+    columns = {
+        "frame": np.full(n, frame, dtype=np.int64),
+        "x_det": cols.astype(np.int64),
+        "y_det": rows.astype(np.int64),
+        "birth": raw["birth"][keep],
+        "death": raw["death"][keep],
+        "persistence": raw["persistence"][keep],
+        "score": score,
+        "reason": reason.astype(object),
+    }
+    return _Detected(columns=columns, patches=ps.patches)
 
 
-def _empty_detected() -> pd.DataFrame:
-    return pd.DataFrame({
-        "frame": pd.Series(dtype=np.int64), "x_det": pd.Series(dtype=np.int64),
-        "y_det": pd.Series(dtype=np.int64), "birth": pd.Series(dtype=np.float64),
-        "death": pd.Series(dtype=np.float64), "persistence": pd.Series(dtype=np.float64),
-        "score": pd.Series(dtype=np.float64), "reason": pd.Series(dtype=object),
-    })
+def _empty_detected() -> dict[str, np.ndarray]:
+    columns = {c: np.zeros(0, np.int64) for c in ("frame", "x_det", "y_det")}
+    columns.update({c: np.zeros(0) for c in ("birth", "death", "persistence", "score")})
+    columns["reason"] = np.zeros(0, object)
+    return columns
 
 
 def _bin_mask(mask: np.ndarray, b: int, shape: tuple[int, int]) -> np.ndarray:
@@ -193,35 +188,33 @@ def _localize_detected(
 ) -> pd.DataFrame:
     from .localize import localize
 
-    tables = [d.table for d in detected if len(d.table)]
-    if not tables:
+    kept = [d for d in detected if len(d)]
+    if not kept:
         return empty_peak_table(config.localizer)
-    table = pd.concat(tables, ignore_index=True)
-    patches = np.concatenate([d.patches for d in detected if len(d.table)], axis=0)
+    cols = {k: np.concatenate([d.columns[k] for d in kept]) for k in kept[0].columns}
+    patches = np.concatenate([d.patches for d in kept], axis=0)
     loc = localize(patches, config.localizer, model=model, device=config.device)
     # Localizer offsets are relative to the patch's central pixel, i.e. the detected maximum.
     # A centre outside the frame is meaningless (padded edge patches): keep it on the detector.
     h, w = frame_shape
-    table["x"] = np.clip(table["x_det"].to_numpy(np.float64) + loc["dx"].to_numpy(np.float64),
-                         -0.5, w - 0.5)
-    table["y"] = np.clip(table["y_det"].to_numpy(np.float64) + loc["dy"].to_numpy(np.float64),
-                         -0.5, h - 0.5)
-    table["x_err"] = loc["dx_err"].to_numpy(np.float64)
-    table["y_err"] = loc["dy_err"].to_numpy(np.float64)
+    cols["x"] = np.clip(cols["x_det"] + loc["dx"].to_numpy(np.float64), -0.5, w - 0.5)
+    cols["y"] = np.clip(cols["y_det"] + loc["dy"].to_numpy(np.float64), -0.5, h - 0.5)
+    cols["x_err"] = loc["dx_err"].to_numpy(np.float64)
+    cols["y_err"] = loc["dy_err"].to_numpy(np.float64)
     for col in ("intensity", "background", "sigma_x", "sigma_y"):
-        table[col] = loc[col].to_numpy(np.float64)
-    table["localizer"] = config.localizer
+        cols[col] = loc[col].to_numpy(np.float64)
+    cols["localizer"] = np.full(len(patches), config.localizer, dtype=object)
     loc_reason = loc["reason"].to_numpy(dtype=object).astype(str)
     converged = loc["converged"].to_numpy(dtype=bool)
-    reason = table["reason"].to_numpy(dtype=object).astype(str)
+    reason = cols["reason"].astype(str)
     reason = np.where(reason == "", np.where(converged, "", loc_reason), reason)
     reason = np.where((reason == "") & ~converged, "not_converged", reason)
-    uncertain = np.maximum(table["x_err"].to_numpy(), table["y_err"].to_numpy()) > config.max_error
+    uncertain = np.maximum(cols["x_err"], cols["y_err"]) > config.max_error
     reason = np.where((reason == "") & uncertain, "uncertain", reason)
-    table["reason"] = reason
-    table["ok"] = reason == ""
-    table = _no_nan(table)
-    return table[PEAK_COLUMNS]
+    cols["reason"] = reason
+    cols["ok"] = reason == ""
+    table = pd.DataFrame({c: cols[c] for c in PEAK_COLUMNS})
+    return _no_nan(table)
 
 
 def _no_nan(table: pd.DataFrame) -> pd.DataFrame:
