@@ -23,6 +23,7 @@ import os
 import platform
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -263,6 +264,21 @@ def _input_record(files: Sequence[Path]) -> list[dict]:
          "sha256": file_checksum(q)}
         for q in files
     ]
+
+
+def _background(func):
+    """``func`` run at the lowest CPU priority: checksumming a big input should use the
+    cores the frame work leaves idle, not slow it down (Linux: a thread has its own nice
+    value; elsewhere the priority stays as it is)."""
+
+    def low_priority(*args, **kwargs):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
+        return func(*args, **kwargs)
+
+    return low_priority
 
 
 def _model_record(config: FindConfig) -> dict | None:
@@ -624,7 +640,7 @@ class _RunState:
             from concurrent.futures import ThreadPoolExecutor
 
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="braggtrack-sha256")
-            checksums = pool.submit(_input_record, list(series.files))
+            checksums = pool.submit(_background(_input_record), list(series.files))
             pool.shutdown(wait=False)
         return cls(source=source, out=out, series=series, info=info, config=config, track=track,
                    dataset=dataset, dark=dark_t, calib_files=calib_files, chunk_size=chunk_size,
