@@ -313,6 +313,32 @@ def find_chunk(
     A frame that cannot be read (:class:`~braggtrack.errors.FrameReadError`) is recorded with
     its reason and skipped, unless ``strict``.
     """
+    detected = detect_chunk(series, indices, config, calibration, strict=strict)
+    return localize_chunk(detected, config, model=model)
+
+
+@dataclass
+class DetectedChunk:
+    """A chunk after detection (:func:`detect_chunk`), before localization."""
+
+    frames: list  # _Detected, one per frame read
+    status: list[tuple[int, str, str]]  # frame, "ok" | "skipped", reason
+    frame_shape: tuple[int, int]
+
+
+def detect_chunk(
+    series,
+    indices: Iterable[int],
+    config: FindConfig,
+    calibration: Calibration | None = None,
+    *,
+    strict: bool = False,
+) -> DetectedChunk:
+    """The reading, preprocessing and detection half of :func:`find_chunk`.
+
+    Split from :func:`localize_chunk` so that a serial run can detect the next chunk while
+    the current one is localized (BraggNN and the fits release the GIL).
+    """
     calibration = calibration or Calibration()
     prep = _preprocessor(config, calibration)
     detected: list[_Detected] = []
@@ -327,9 +353,14 @@ def find_chunk(
             continue
         detected.append(_detect_frame(image, int(i), config, prep))
         status.append((int(i), "ok", ""))
-    peaks = _localize_detected(detected, config, tuple(series.shape), model=model)
+    return DetectedChunk(frames=detected, status=status, frame_shape=tuple(series.shape))
+
+
+def localize_chunk(chunk: DetectedChunk, config: FindConfig, *, model=None) -> ChunkResult:
+    """The localization half of :func:`find_chunk`: one batched call for the whole chunk."""
+    peaks = _localize_detected(chunk.frames, config, chunk.frame_shape, model=model)
     counts = peaks.groupby("frame")["ok"].agg(["size", "sum"]) if len(peaks) else None
-    frames = pd.DataFrame(status, columns=["frame", "status", "reason"])
+    frames = pd.DataFrame(chunk.status, columns=["frame", "status", "reason"])
     if counts is not None:
         frames["n_peaks"] = frames["frame"].map(counts["size"]).fillna(0).astype(np.int64)
         frames["n_ok"] = frames["frame"].map(counts["sum"]).fillna(0).astype(np.int64)

@@ -38,9 +38,10 @@ from .config import FindConfig
 from .errors import BraggTrackError, OptionError
 from .pipeline import (
     Calibration,
+    detect_chunk,
     empty_peak_table,
-    find_chunk,
     load_localizer_model,
+    localize_chunk,
     log_skipped,
 )
 from .tables import write_table
@@ -201,16 +202,22 @@ def process_chunk(task: ChunkTask) -> dict:
     This runs inside worker processes: it opens the file itself, so only the task (a few
     hundred bytes) travels through the scheduler.
     """
+    return _localize_task(task, _detect_task(task))
+
+
+def _detect_task(task: ChunkTask):
     from .io import open_frames
 
     calib = _calibration(task.dark, task.flat, task.mask)
     # Closed at once: HDF5 shares one open file per process, and a handle left open would
     # hide frames appended later (live mode).
     with open_frames(task.source, dataset=task.dataset) as series:
-        res = find_chunk(
-            series, range(task.start, task.stop), task.config, calib,
-            model=_model(task.config), strict=task.strict,
-        )
+        return detect_chunk(series, range(task.start, task.stop), task.config, calib,
+                            strict=task.strict)
+
+
+def _localize_task(task: ChunkTask, detected) -> dict:
+    res = localize_chunk(detected, task.config, model=_model(task.config))
     write_table(res.peaks, task.out_file)
     write_table(res.frames, _frames_file(task.out_file))
     return {
@@ -220,6 +227,28 @@ def process_chunk(task: ChunkTask) -> dict:
         "peaks": int(len(res.peaks)),
         "frames": res.frames.to_dict(orient="records"),
     }
+
+
+def _pipelined(tasks: list[ChunkTask], on_done) -> None:
+    """Serial run on two threads: chunk k is localized and written while chunk k + 1 is
+    read and detected. Results still reach ``on_done`` in order, one chunk at a time, so
+    run.json and resuming see exactly what the plain loop would give."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="braggtrack-localize") as pool:
+        pending = None
+        try:
+            for task in tasks:
+                detected = _detect_task(task)
+                if pending is not None:
+                    on_done(pending.result())
+                pending = pool.submit(_localize_task, task, detected)
+            if pending is not None:
+                on_done(pending.result())
+                pending = None
+        finally:
+            if pending is not None:  # an error: let the chunk in flight finish cleanly
+                pending.cancel() or pending.exception()
 
 
 def _frames_file(chunk_file: str | Path) -> Path:
@@ -364,8 +393,7 @@ def _execute(tasks: list[ChunkTask], workers: int, scheduler: str | None, on_don
     if not tasks:
         return
     if scheduler is None and (workers <= 1 or len(tasks) == 1):
-        for t in tasks:
-            on_done(process_chunk(t))
+        _pipelined(tasks, on_done)
         return
     from dask.distributed import Client, LocalCluster, as_completed
 
