@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from braggtrack.errors import BraggTrackError, FrameReadError, InputFileError
+from braggtrack.errors import BraggTrackError, FrameReadError, InputFileError, OptionError
 from braggtrack.io import as_series, file_checksum, load_image, open_frames
 
 h5py = pytest.importorskip("h5py")
@@ -368,6 +368,11 @@ def test_load_image_and_checksum(tmp_path, stack):
     blob.write_bytes(data)
     assert file_checksum(blob) == hashlib.sha256(data).hexdigest()
     assert file_checksum(blob, chunk_size=1000) == hashlib.sha256(data).hexdigest()
+    xxhash = pytest.importorskip("xxhash")
+    expected = xxhash.xxh3_128(data).hexdigest()  # one call on the whole bytes
+    assert file_checksum(blob, chunk_size=1000, algorithm="xxh3_128") == expected
+    with pytest.raises(OptionError, match="algorithm"):
+        file_checksum(blob, algorithm="md5")
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared real data absent")

@@ -30,12 +30,28 @@ def test_run_writes_tables_and_run_json(drifting_series, tmp_path):
     res = run(path, tmp_path / "r", config=FAST, track=NOREPORT, chunk_size=5, progress=False)
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["counts"]["frames"] == 12 and info["counts"]["frames_skipped"] == 0
-    assert info["inputs"][0]["sha256"] and info["inputs"][0]["size"] > 0
+    assert info["inputs"][0]["xxh3_128"] and info["inputs"][0]["size"] > 0
     assert [c["start"] for c in info["chunks"]] == [0, 5, 10]
     assert info["parameters"]["localizer"] == "gauss" and info["finished"]
     assert res.particles.shape[0] == 6
     assert (res.tracks.groupby("particle").size() == 12).all()
     assert "radial_shift" in res.tracks
+
+
+def test_chunks_linked_during_the_run_equal_linking_at_the_end(drifting_series, tmp_path,
+                                                               monkeypatch):
+    import braggtrack.track as trk
+    from braggtrack.runner import link_and_measure
+
+    path, _ = drifting_series
+    with monkeypatch.context() as m:
+        # The run links chunk by chunk (FrameLinker); the one-shot link() must not be needed.
+        m.setattr(trk, "link", lambda *a, **k: pytest.fail("run() linked at the end"))
+        res = run(path, tmp_path / "r", config=FAST, track=NOREPORT, chunk_size=4,
+                  progress=False)
+    tracks, particles, _ = link_and_measure(res.peaks, NOREPORT, (64, 64))
+    pd.testing.assert_frame_equal(res.tracks, tracks)
+    pd.testing.assert_frame_equal(res.particles, particles)
 
 
 def test_existing_run_is_never_overwritten_without_force(drifting_series, tmp_path):

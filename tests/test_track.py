@@ -10,9 +10,12 @@ from hypothesis import strategies as st
 
 from braggtrack.errors import OptionError
 from braggtrack.track import (
+    FrameLinker,
     evaluate_tracking,
     filter_tracks,
     link,
+    linkable,
+    linked_table,
     particles,
     split_on_shape_change,
 )
@@ -257,3 +260,28 @@ def test_rolling_median_equals_pandas_groupby_rolling(seed, n, window, forward):
     expected = (src.groupby(grp.to_numpy()).rolling(window, min_periods=1).median()
                 .reset_index(level=0, drop=True).reindex(values.index).to_numpy(float))
     np.testing.assert_allclose(_rolling_median(values, groups, window, forward), expected)
+
+
+@pytest.mark.parametrize("cuts", [[], [1], [7, 8, 30], [3, 20, 21, 40]])
+def test_frame_linker_fed_in_pieces_equals_link(cuts):
+    """A run feeds the linker chunk by chunk; the trajectories must not depend on the cuts."""
+    peaks, _ = drifting_series(n_particles=60, n_frames=45, seed=3)
+    peaks = peaks.sort_values("frame", kind="stable").reset_index(drop=True)
+    whole = link(peaks, search_range=3.0)
+    table = linkable(peaks)
+    linker = FrameLinker(search_range=3.0)
+    frames = table["frame"].to_numpy()
+    for piece in np.split(np.arange(len(table)), np.searchsorted(frames, cuts)):
+        linker.add(table.iloc[piece])
+    pd.testing.assert_frame_equal(linked_table(table, linker.close()), whole)
+
+
+def test_frame_linker_refuses_frames_out_of_order():
+    linker = FrameLinker(search_range=2.0)
+    linker.add(pd.DataFrame({"frame": [3, 4], "x": [1.0, 1.0], "y": [1.0, 1.0]}))
+    with pytest.raises(OptionError, match="increasing order"):
+        linker.add(pd.DataFrame({"frame": [4], "x": [1.0], "y": [1.0]}))
+    assert linker.close().tolist() == [0, 0]
+    assert FrameLinker().close().size == 0  # nothing fed
+    with pytest.raises(OptionError, match="search_range"):
+        FrameLinker(search_range=0)

@@ -74,7 +74,7 @@ def test_watch_processes_every_frame_appended_by_another_process(tmp_path, kind)
 
     inputs = json.loads((tmp_path / "run" / "run.json").read_text())["inputs"]
     assert len(inputs) == (1 if kind == "h5" else n)
-    assert all(rec["sha256"] == file_checksum(rec["path"]) for rec in inputs)
+    assert all(rec["xxh3_128"] == file_checksum(rec["path"], algorithm="xxh3_128") for rec in inputs)
     assert (res.peaks.groupby("frame").ok.sum() == 2).all()
     assert res.particles.shape[0] == 2
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FrameReadError, InputFileError
+from .errors import FrameReadError, InputFileError, OptionError
 
 __all__ = [
     "FrameSeries",
@@ -1324,8 +1324,9 @@ def _largest_2d_h5(path: Path) -> FrameSeries:
     return FrameSeries(_H5Backend(path, name), path)
 
 
-def file_checksum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 of a file, read in chunks (constant memory).
+def file_checksum(path: str | os.PathLike, chunk_size: int = 1 << 20,
+                  algorithm: str = "sha256") -> str:
+    """Checksum of a file, read in chunks (constant memory).
 
     Parameters
     ----------
@@ -1333,6 +1334,11 @@ def file_checksum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         A regular file.
     chunk_size : int
         Bytes read at a time.
+    algorithm : {'sha256', 'xxh3_128'}
+        ``sha256`` (cryptographic: model files, where tampering matters) or ``xxh3_128``
+        (the xxHash package: about 7x faster, ~7 GB/s, for recording which input data a
+        run read; it tells files apart and catches any change, but is not meant to
+        resist deliberate forgery).
 
     Returns
     -------
@@ -1347,10 +1353,17 @@ def file_checksum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     >>> file_checksum(p)[:16]
     'ba7816bf8f01cfea'
     """
+    if algorithm == "sha256":
+        digest = hashlib.sha256()
+    elif algorithm == "xxh3_128":
+        import xxhash
+
+        digest = xxhash.xxh3_128()
+    else:
+        raise OptionError(f"unknown checksum algorithm {algorithm!r}; use 'sha256' or 'xxh3_128'")
     p = Path(os.fspath(path))
     if not p.is_file():
         raise InputFileError(p, "file not found" if not p.exists() else "not a regular file")
-    digest = hashlib.sha256()
     try:
         with open(p, "rb") as fh:
             while block := fh.read(chunk_size):

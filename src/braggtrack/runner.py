@@ -285,12 +285,13 @@ def _json_default(obj):
 
 
 def _input_record(files: Sequence[Path]) -> list[dict]:
-    """Path, size and sha256 of every input file (the frame files the reader found)."""
+    """Path, size and checksum (xxh3-128: a multi-GB input is read at ~7 GB/s, so recording
+    it costs little beside the frame work) of every input file the reader found."""
     from .io import file_checksum
 
     return [
         {"path": str(Path(q).resolve()), "size": Path(q).stat().st_size,
-         "sha256": file_checksum(q)}
+         "xxh3_128": file_checksum(q, algorithm="xxh3_128")}
         for q in files
     ]
 
@@ -487,8 +488,12 @@ def run(
     )
     n = len(state.series)
     bar = _run_progress(n, state.frames_done(), progress)
+    state.start_linking()
     try:
         _execute(state.tasks(0, n), workers, scheduler, lambda r: state.record(r, bar))
+    except BaseException:
+        state.linker.close()  # ends its thread; the chunks written so far are kept
+        raise
     finally:
         bar.close()
     return state.finish()
@@ -606,6 +611,8 @@ class _RunState:
     strict: bool
     started: float
     checksums: object = None  # Future of the input checksums, until finish() collects it
+    linker: object = None  # track.FrameLinker fed chunk by chunk (run(), not watch())
+    fed: list = field(default_factory=list)  # (chunk record, peak table, x fed) per chunk
 
     @classmethod
     def open(cls, source, out_dir, *, config, track, dataset, dark, flat, mask, chunk_size,
@@ -667,7 +674,7 @@ class _RunState:
             # (hashlib and file reads release the GIL) instead of before it.
             from concurrent.futures import ThreadPoolExecutor
 
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="braggtrack-sha256")
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="braggtrack-checksum")
             checksums = pool.submit(_background(_input_record), list(series.files))
             pool.shutdown(wait=False)
         return cls(source=source, out=out, series=series, info=info, config=config, track=track,
@@ -714,9 +721,35 @@ class _RunState:
             key=lambda c: c["start"],
         )
         _write_json_atomic(self.out / RUN_JSON, self.info)
+        self.feed_linker()
         if bar is not None:
             bar.update(record["stop"] - record["start"])
             bar.set_postfix(peaks=sum(int(c["peaks"]) for c in self.info["chunks"]))
+
+    def start_linking(self) -> None:
+        """Link each chunk as soon as it and all chunks before it are done, in a background
+        thread, instead of every frame at the end (which no worker can share)."""
+        from .track import FrameLinker
+
+        self.linker = FrameLinker(search_range=self.track.search_range, memory=self.track.memory)
+        self.feed_linker()
+
+    def feed_linker(self) -> None:
+        if self.linker is None:
+            return
+        from .track import linkable
+
+        end = self.fed[-1][0]["stop"] if self.fed else 0
+        for c in self.info["chunks"]:
+            if c["start"] < end:
+                continue
+            if c["start"] != end:
+                break
+            table = pd.read_parquet(self.out / c["file"])
+            rows = linkable(table)
+            self.linker.add(rows)
+            self.fed.append((c, table, rows["x"].to_numpy()))
+            end = c["stop"]
 
     def finish(self, *, report: bool | None = None) -> RunResult:
         if self.checksums is not None and (report is None or self.checksums.done()):
@@ -724,7 +757,16 @@ class _RunState:
             self.checksums = None
         self.info["n_frames"] = len(self.series)
         track = self.track if report is None else dataclasses.replace(self.track, report=report)
-        return _finish(self.out, self.info, self.config, track, self.series, self.started)
+        linked = None
+        if self.linker is not None:
+            self.feed_linker()
+            labels = self.linker.close()
+            self.linker = None
+            if [c for c, _, _ in self.fed] == self.info["chunks"]:
+                linked = ({c["file"]: t for c, t, _ in self.fed}, labels,
+                          np.concatenate([x for _, _, x in self.fed]) if self.fed else None)
+        return _finish(self.out, self.info, self.config, track, self.series, self.started,
+                       linked=linked)
 
 
 def _run_progress(total: int, initial: int, enabled: bool):
@@ -734,11 +776,12 @@ def _run_progress(total: int, initial: int, enabled: bool):
                 disable=not enabled, dynamic_ncols=True)
 
 
-def _gather(out: Path, info: dict, config: FindConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _gather(out: Path, info: dict, config: FindConfig,
+            read: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     peaks, frames = [], []
     for c in info["chunks"]:
         f = out / c["file"]
-        peaks.append(pd.read_parquet(f))
+        peaks.append(read[c["file"]] if read and c["file"] in read else pd.read_parquet(f))
         ff = _frames_file(f)
         if ff.exists():
             frames.append(pd.read_parquet(ff))
@@ -749,15 +792,26 @@ def _gather(out: Path, info: dict, config: FindConfig) -> tuple[pd.DataFrame, pd
 
 
 def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, series,
-            started: float) -> RunResult:
-    peaks, frames = _gather(out, info, config)
+            started: float, linked: tuple | None = None) -> RunResult:
+    """Gather the chunks, link, measure and write. ``linked``: the chunk tables already read,
+    the trajectory labels of their linkable rows and those rows' x, when a linker followed
+    the run (the labels are used only if the rows are the same)."""
+    peaks, frames = _gather(out, info, config, linked[0] if linked else None)
     if track.frame_meta:
         from .metadata import join_frame_meta
 
         meta = frame_metadata(track, int(info["n_frames"]))
         peaks = join_frame_meta(peaks, meta)
         frames = join_frame_meta(frames, meta)
-    tracks, particles, geometry_info = link_and_measure(peaks, track, tuple(series.shape))
+    labels = None
+    if linked is not None:
+        from .track import linkable
+
+        fed_x = linked[2] if linked[2] is not None else np.zeros(0)
+        if np.array_equal(linkable(peaks)["x"].to_numpy(), fed_x):
+            labels = linked[1]
+    tracks, particles, geometry_info = link_and_measure(peaks, track, tuple(series.shape),
+                                                        labels=labels)
     paths = {
         "peaks": write_table(peaks, out / "peaks.parquet"),
         "frames": write_table(frames, out / "frames.parquet"),
@@ -833,16 +887,22 @@ def make_geometry(track: TrackConfig):
 
 
 def link_and_measure(
-    peaks: pd.DataFrame, track: TrackConfig, frame_shape: tuple[int, int]
+    peaks: pd.DataFrame, track: TrackConfig, frame_shape: tuple[int, int],
+    labels: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Link accepted peaks into trajectories, then add geometry and strain (or radial shift).
 
+    ``labels``: trajectory labels of the linkable rows (:func:`braggtrack.track.linkable`)
+    when a :class:`~braggtrack.track.FrameLinker` already linked them during the run.
     Returns the tracks table, the particles summary and a description of the geometry used.
     """
     from . import track as trk
 
-    ok = peaks[peaks["ok"]].reset_index(drop=True)
-    tracks = trk.link(ok, search_range=track.search_range, memory=track.memory)
+    ok = trk.linkable(peaks)
+    if labels is not None and len(labels) == len(ok):
+        tracks = trk.linked_table(ok, labels)
+    else:
+        tracks = trk.link(ok, search_range=track.search_range, memory=track.memory)
     if track.split_on_shape_change and len(tracks):
         tracks = trk.split_on_shape_change(tracks)
     tracks = trk.filter_tracks(tracks, min_length=track.min_length)

@@ -37,6 +37,8 @@ have unreliable positions); the returned table holds the linked peaks only.
 
 from __future__ import annotations
 
+import queue
+import threading
 import warnings
 
 import numpy as np
@@ -175,60 +177,138 @@ def link(
     [0, 1, 0, 1]
     """
     _check_columns(peaks, ["frame", "x", "y"], "peak table")
-    if not np.isfinite(search_range) or search_range <= 0:
-        raise OptionError(f"search_range must be a positive number of pixels, got {search_range}")
-    if int(memory) != memory or memory < 0:
-        raise OptionError(f"memory must be a non-negative integer number of frames, got {memory}")
+    linker = FrameLinker(search_range=search_range, memory=memory, predict=predict,
+                         adaptive_stop=adaptive_stop, adaptive_step=adaptive_step)
     if int(min_length) != min_length or min_length < 1:
         raise OptionError(f"min_length must be a positive integer, got {min_length}")
-    if not 0 < adaptive_step < 1:
-        raise OptionError(f"adaptive_step must lie between 0 and 1, got {adaptive_step}")
-    if adaptive_stop is None:
-        adaptive_stop = 0.1 * search_range
+    table = linkable(peaks, only_ok=only_ok)
+    # trackpy takes the frames in order; a stable sort keeps each frame's row order.
+    order = np.argsort(table["frame"].to_numpy(), kind="stable")
+    linker.add(table.iloc[order])
+    labels = np.empty(len(table), dtype=np.int64)
+    labels[order] = linker.close()
+    return linked_table(table, labels, min_length=min_length)
 
+
+def linkable(peaks: pd.DataFrame, *, only_ok: bool = True) -> pd.DataFrame:
+    """The rows :func:`link` links: accepted (``ok``, when ``only_ok``) with finite x, y."""
     table = peaks.drop(columns=["particle"], errors="ignore")
     if only_ok and "ok" in table.columns:
         table = table[table["ok"].astype(bool)]
     finite = np.isfinite(table["x"].to_numpy(float)) & np.isfinite(table["y"].to_numpy(float))
     table = table[finite].reset_index(drop=True)
     table["frame"] = table["frame"].astype(np.int64)
-    if len(table) == 0:
-        out = table.copy()
-        out["particle"] = np.zeros(0, dtype=np.int64)
-        return out
+    return table
 
-    import trackpy as tp
 
-    tp.quiet()
-    # trackpy sorts and regroups by frame; a private column keeps each row's identity.
-    key = "_braggtrack_row"
-    work = table[["frame", "x", "y"]].astype({"x": float, "y": float}).copy()
-    work[key] = np.arange(len(work))
-    work = work.sort_values("frame", kind="stable")
-    options = dict(
-        memory=int(memory),
-        pos_columns=_POS,
-        t_column="frame",
-        adaptive_stop=float(adaptive_stop),
-        adaptive_step=float(adaptive_step),
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*inplace keyword.*")  # trackpy vs pandas 3
-        linked = tp.link(
-            work, float(search_range), predictor=_VelocityPredictor() if predict else None,
-            **options,
-        )
-    labels = np.empty(len(table), dtype=np.int64)
-    labels[linked[key].to_numpy()] = linked["particle"].to_numpy(np.int64)
-
+def linked_table(table: pd.DataFrame, labels: np.ndarray, *, min_length: int = 1) -> pd.DataFrame:
+    """``table`` (from :func:`linkable`) with trajectory ``labels``: ids renumbered in order of
+    first appearance, rows sorted by frame and particle, short trajectories dropped."""
     out = table.copy()
     out["particle"] = _relabel(
-        labels, out["frame"].to_numpy(), out["y"].to_numpy(float), out["x"].to_numpy(float)
+        np.asarray(labels, dtype=np.int64), out["frame"].to_numpy(), out["y"].to_numpy(float),
+        out["x"].to_numpy(float),
     )
     out = out.sort_values(["frame", "particle"], kind="stable").reset_index(drop=True)
     if min_length > 1:
         out = filter_tracks(out, min_length=min_length)
     return out
+
+
+class FrameLinker:
+    """Link peaks frame by frame as they arrive, in a background thread (trackpy's
+    ``link_iter``): a run links each chunk of frames while the next ones are processed,
+    instead of all frames at the end. :func:`link` is this with one :meth:`add`.
+
+    Feed rows with :meth:`add` (frames in increasing order, each frame's rows together);
+    :meth:`close` returns the trajectory label of every row fed, in feeding order.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> linker = FrameLinker(search_range=2.0)
+    >>> linker.add(pd.DataFrame({"frame": [0, 0], "x": [10.0, 50.0], "y": [20.0, 20.0]}))
+    >>> linker.add(pd.DataFrame({"frame": [1, 1], "x": [50.3, 10.4], "y": [19.9, 20.1]}))
+    >>> linker.close().tolist()
+    [0, 1, 1, 0]
+    """
+
+    _DONE = object()
+
+    def __init__(self, *, search_range: float = 3.0, memory: int = 3, predict: bool = True,
+                 adaptive_stop: float | None = None, adaptive_step: float = 0.95) -> None:
+        if not np.isfinite(search_range) or search_range <= 0:
+            raise OptionError(
+                f"search_range must be a positive number of pixels, got {search_range}")
+        if int(memory) != memory or memory < 0:
+            raise OptionError(
+                f"memory must be a non-negative integer number of frames, got {memory}")
+        if not 0 < adaptive_step < 1:
+            raise OptionError(f"adaptive_step must lie between 0 and 1, got {adaptive_step}")
+        self.search_range = float(search_range)
+        self.options = dict(
+            memory=int(memory),
+            adaptive_stop=float(0.1 * search_range if adaptive_stop is None else adaptive_stop),
+            adaptive_step=float(adaptive_step),
+            predictor=_VelocityPredictor() if predict else None,
+        )
+        self._queue: queue.Queue = queue.Queue()
+        self._labels: list[np.ndarray] = []
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._last_frame: int | None = None
+        self._rows = 0
+        self._drained = False
+
+    def add(self, rows: pd.DataFrame) -> None:
+        """Queue the rows of one or more whole frames (``frame``, ``x``, ``y``)."""
+        if len(rows) == 0:
+            return
+        frames = rows["frame"].to_numpy(np.int64)
+        if (np.diff(frames) < 0).any() or (
+                self._last_frame is not None and frames[0] <= self._last_frame):
+            raise OptionError("FrameLinker.add: frames must come in increasing order, "
+                              "each frame whole")
+        coords = np.column_stack([rows[c].to_numpy(float) for c in _POS])
+        cuts = np.flatnonzero(np.diff(frames)) + 1
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._link, name="braggtrack-link",
+                                            daemon=True)
+            self._thread.start()
+        for frame, block in zip(frames[np.r_[0, cuts]], np.split(coords, cuts), strict=True):
+            self._queue.put((int(frame), block))
+        self._last_frame = int(frames[-1])
+        self._rows += len(rows)
+
+    def close(self) -> np.ndarray:
+        """Wait for the linking to finish; the label of every row fed, in order."""
+        if self._thread is None:
+            return np.zeros(0, np.int64)
+        self._queue.put(self._DONE)
+        self._thread.join()
+        self._thread = None
+        if self._error is not None:
+            raise self._error
+        return np.concatenate(self._labels) if self._labels else np.zeros(0, np.int64)
+
+    def _frames(self):
+        while (item := self._queue.get()) is not self._DONE:
+            yield item
+        self._drained = True
+
+    def _link(self) -> None:
+        import trackpy as tp
+
+        tp.quiet()
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*inplace keyword.*")  # pandas 3
+                for _, ids in tp.link_iter(self._frames(), self.search_range, **self.options):
+                    self._labels.append(np.asarray(ids, dtype=np.int64))
+        except BaseException as exc:  # noqa: BLE001 - handed to close() in the caller's thread
+            self._error = exc
+            while not self._drained and self._queue.get() is not self._DONE:
+                pass  # let the producer finish
 
 
 def filter_tracks(
