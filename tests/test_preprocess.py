@@ -325,8 +325,8 @@ def _dense_chain(prep: Preprocessor, frame: np.ndarray):
 def test_fused_pass_equals_the_dense_chain(seed, dtype, large, sparse, dark, flat, mask,
                                            threshold, auto, binning):
     rng = np.random.default_rng(seed)
-    # "large" frames are statistically subsampled (more than 65,536 pixels).
-    h, w = (rng.integers(260, 400), rng.integers(260, 400)) if large else rng.integers(3, 40, 2)
+    # "large" frames are statistically subsampled (more than 32,768 pixels).
+    h, w = (rng.integers(190, 400), rng.integers(190, 400)) if large else rng.integers(3, 40, 2)
     base = rng.poisson(rng.uniform(0, 100), (h, w)).astype(np.float64)
     if sparse:
         base[rng.random((h, w)) < 0.7] = 0

@@ -57,7 +57,7 @@ __all__ = [
 
 _MAD_TO_SIGMA = 1.4826
 # Pixels the robust statistics look at (a regular grid over larger frames).
-_STAT_SAMPLES = 65_536
+_STAT_SAMPLES = 32_768
 
 
 def _as_2d(frame, what: str = "frame") -> np.ndarray:
@@ -216,8 +216,9 @@ def load_mask(path: str | os.PathLike | np.ndarray, *, invert: bool = False) -> 
 def robust_sigma(frame: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float]:
     """Median and MAD-based sigma (1.4826 * MAD) of the finite, unmasked pixels.
 
-    Large frames are subsampled on a regular grid (at least ~65,000 pixels: the
-    estimate's own relative error is then about 0.5 %), which keeps it fast.
+    Large frames are subsampled on a regular grid (at least ~32,000 pixels: the
+    estimate's own relative error is then under 1 %, a 0.05-sigma shift of a 5-sigma
+    threshold), which keeps it fast.
 
     Examples
     --------
