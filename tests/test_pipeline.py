@@ -104,3 +104,23 @@ def test_find_series_from_file(drifting_series):
         sel = ok[ok.frame == f]
         assert np.hypot(sel.x - x, sel.y - y).min() < 0.1
     assert isinstance(table, pd.DataFrame)
+
+
+def test_detecting_on_threads_gives_the_serial_result(drifting_series, three_peak_frame):
+    from braggtrack.config import FindConfig
+    from braggtrack.io import open_frames
+    from braggtrack.pipeline import detect_chunk, localize_chunk
+
+    path, _ = drifting_series
+    config = FindConfig(localizer="gauss")
+    with open_frames(path) as series:
+        one = localize_chunk(detect_chunk(series, range(12), config), config)
+        three = localize_chunk(detect_chunk(series, range(12), config, threads=3), config)
+    pd.testing.assert_frame_equal(one.peaks, three.peaks)
+    pd.testing.assert_frame_equal(one.frames, three.frames)
+    # an unreadable frame is still reported in frame order
+    frame, _ = three_peak_frame
+    broken = _BrokenSeries(np.stack([frame] * 3))
+    chunk = detect_chunk(broken, range(3), config, threads=2)
+    assert [s[1] for s in chunk.status] == ["ok", "skipped", "ok"]
+    assert [d.columns["frame"][0] for d in chunk.frames] == [0, 2]

@@ -333,26 +333,43 @@ def detect_chunk(
     calibration: Calibration | None = None,
     *,
     strict: bool = False,
+    threads: int = 1,
 ) -> DetectedChunk:
     """The reading, preprocessing and detection half of :func:`find_chunk`.
 
     Split from :func:`localize_chunk` so that a serial run can detect the next chunk while
-    the current one is localized (BraggNN and the fits release the GIL).
+    the current one is localized (BraggNN and the fits release the GIL). With ``threads``
+    > 1, frames are read in order here and detected on that many threads (the compiled
+    kernels and numpy release the GIL), at most ``2 * threads`` frames in flight.
     """
     calibration = calibration or Calibration()
     prep = _preprocessor(config, calibration)
-    detected: list[_Detected] = []
     status: list[tuple[int, str, str]] = []
-    for i in indices:
-        try:
-            image = series[i]
-        except FrameReadError as exc:
-            if strict:
-                raise
-            status.append((int(i), "skipped", f"{exc.path}: {exc.reason}"))
-            continue
-        detected.append(_detect_frame(image, int(i), config, prep))
-        status.append((int(i), "ok", ""))
+    pending: list = []  # futures (threads > 1) or results, in frame order
+
+    def frames():
+        for i in indices:
+            try:
+                image = series[i]
+            except FrameReadError as exc:
+                if strict:
+                    raise
+                status.append((int(i), "skipped", f"{exc.path}: {exc.reason}"))
+                continue
+            status.append((int(i), "ok", ""))
+            yield int(i), image
+
+    if threads <= 1:
+        detected = [_detect_frame(image, i, config, prep) for i, image in frames()]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="braggtrack-detect") as pool:
+            for i, image in frames():
+                pending.append(pool.submit(_detect_frame, image, i, config, prep))
+                if len(pending) >= 2 * threads:
+                    pending[-2 * threads].result()  # bounds the frames held in memory
+            detected = [f.result() for f in pending]
     return DetectedChunk(frames=detected, status=status, frame_shape=tuple(series.shape))
 
 

@@ -205,7 +205,7 @@ def process_chunk(task: ChunkTask) -> dict:
     return _localize_task(task, _detect_task(task))
 
 
-def _detect_task(task: ChunkTask):
+def _detect_task(task: ChunkTask, threads: int = 1):
     from .io import open_frames
 
     calib = _calibration(task.dark, task.flat, task.mask)
@@ -213,7 +213,7 @@ def _detect_task(task: ChunkTask):
     # hide frames appended later (live mode).
     with open_frames(task.source, dataset=task.dataset) as series:
         return detect_chunk(series, range(task.start, task.stop), task.config, calib,
-                            strict=task.strict)
+                            strict=task.strict, threads=threads)
 
 
 def _localize_task(task: ChunkTask, detected) -> dict:
@@ -235,11 +235,13 @@ def _pipelined(tasks: list[ChunkTask], on_done) -> None:
     run.json and resuming see exactly what the plain loop would give."""
     from concurrent.futures import ThreadPoolExecutor
 
+    # Detection also spreads its frames over the cores (one process has them all here).
+    threads = min(os.cpu_count() or 1, 4)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="braggtrack-localize") as pool:
         pending = None
         try:
             for task in tasks:
-                detected = _detect_task(task)
+                detected = _detect_task(task, threads)
                 if pending is not None:
                     on_done(pending.result())
                 pending = pool.submit(_localize_task, task, detected)
