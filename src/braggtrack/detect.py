@@ -137,6 +137,28 @@ def _find(parent, x):  # pragma: no cover - compiled
 
 
 @_jit
+def _join(i, roots, nroots, parent, born, death, last):  # pragma: no cover - compiled
+    """Pixel of rank ``i`` touches the islands ``roots[:nroots]``: born alone, or joins the
+    eldest, and the others die here (elder rule)."""
+    if nroots == 0:
+        parent[i] = i
+        born[i] = True
+        last[i] = i
+        return
+    eldest = roots[0]
+    for t in range(1, nroots):
+        if roots[t] < eldest:
+            eldest = roots[t]
+    for t in range(nroots):
+        root = roots[t]
+        if root != eldest and parent[root] == root:
+            death[root] = i
+            parent[root] = eldest
+    parent[i] = eldest
+    last[eldest] = i
+
+
+@_jit
 def _union_find(sidx, member, height, width, eight):  # pragma: no cover - compiled
     """Elder-rule union-find over pixels visited in the order ``sidx`` (flat indices).
 
@@ -178,22 +200,7 @@ def _union_find(sidx, member, height, width, eight):  # pragma: no cover - compi
                 if j < i:
                     roots[k] = _find(parent, j)
                     k += 1
-        if k == 0:
-            parent[i] = i
-            born[i] = True
-            last[i] = i
-            continue
-        eldest = roots[0]
-        for t in range(1, k):
-            if roots[t] < eldest:
-                eldest = roots[t]
-        for t in range(k):
-            root = roots[t]
-            if root != eldest and parent[root] == root:
-                death[root] = i
-                parent[root] = eldest
-        parent[i] = eldest
-        last[eldest] = i
+        _join(i, roots, k, parent, born, death, last)
     return born, death, last
 
 
@@ -246,22 +253,7 @@ def _union_find_sparse(idx, order, up, down, width, eight):  # pragma: no cover 
             if jj < i:
                 roots[nroots] = _find(parent, jj)
                 nroots += 1
-        if nroots == 0:
-            parent[i] = i
-            born[i] = True
-            last[i] = i
-            continue
-        eldest = roots[0]
-        for t in range(1, nroots):
-            if roots[t] < eldest:
-                eldest = roots[t]
-        for t in range(nroots):
-            root = roots[t]
-            if root != eldest and parent[root] == root:
-                death[root] = i
-                parent[root] = eldest
-        parent[i] = eldest
-        last[eldest] = i
+        _join(i, roots, nroots, parent, born, death, last)
     return born, death, last
 
 

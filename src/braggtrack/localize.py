@@ -939,6 +939,34 @@ def _nb_chol_solve(low, g, x):
         x[i] = s / low[i, i]
 
 
+@numba.njit(cache=True, fastmath=_FAST)
+def _nb_damped_system(p, jtj, jtr, lo, hi, lam, pinned, a, g):
+    """Levenberg-Marquardt system ``a step = g`` at ``p``: the normal equations damped by
+    ``lam`` (Marquardt scaling), parameters held on a bound while the descent points out."""
+    k = p.shape[0]
+    dmax = 0.0
+    for m in range(k):
+        dmax = max(dmax, jtj[m, m])
+    for m in range(k):
+        pinned[m] = (p[m] <= lo[m] and jtr[m] < 0.0) or (p[m] >= hi[m] and jtr[m] > 0.0)
+    for m in range(k):
+        for m2 in range(k):
+            a[m, m2] = 0.0 if (pinned[m] or pinned[m2]) else jtj[m, m2]
+        g[m] = 0.0 if pinned[m] else jtr[m]
+        if pinned[m]:
+            a[m, m] = 1.0
+        else:
+            a[m, m] = jtj[m, m] + lam * max(jtj[m, m], 1e-12 * dmax + 1e-30)
+
+
+@numba.njit(cache=True, fastmath=_FAST)
+def _nb_small_step(p, p_try, xtol):
+    for m in range(p.shape[0]):
+        if abs(p_try[m] - p[m]) > xtol * (abs(p[m]) + 1.0):
+            return False
+    return True
+
+
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def _nb_levenberg_marquardt(model, p0, data, lower, upper, oversample, max_iter, xtol, ftol):
     n, k = p0.shape
@@ -958,6 +986,8 @@ def _nb_levenberg_marquardt(model, p0, data, lower, upper, oversample, max_iter,
     step = np.empty(k)
     p_try = np.empty(k)
     pinned = np.zeros(k, dtype=np.bool_)
+    lo = lower.copy()
+    hi = upper.copy()
     for t in range(n):
         d = data[t]
         p = params[t]
@@ -968,23 +998,10 @@ def _nb_levenberg_marquardt(model, p0, data, lower, upper, oversample, max_iter,
         it = 0
         while not done and it < max_iter:
             it += 1
-            lim = _CROSS * math.sqrt(p[2] * p[4]) if model == _PVOIGT else 0.0
-            dmax = 0.0
-            for m in range(k):
-                dmax = max(dmax, jtj[m, m])
-            for m in range(k):
-                lo_m = -lim if (model == _PVOIGT and m == 3) else lower[m]
-                hi_m = lim if (model == _PVOIGT and m == 3) else upper[m]
-                # Held on its bound while the descent direction points outward.
-                pinned[m] = (p[m] <= lo_m and jtr[m] < 0.0) or (p[m] >= hi_m and jtr[m] > 0.0)
-            for m in range(k):
-                for m2 in range(k):
-                    a[m, m2] = 0.0 if (pinned[m] or pinned[m2]) else jtj[m, m2]
-                g[m] = 0.0 if pinned[m] else jtr[m]
-                if pinned[m]:
-                    a[m, m] = 1.0
-                else:
-                    a[m, m] = jtj[m, m] + lam * max(jtj[m, m], 1e-12 * dmax + 1e-30)
+            if model == _PVOIGT:  # the cross term's bound moves with the widths
+                lim = _CROSS * math.sqrt(p[2] * p[4])
+                lo[3], hi[3] = -lim, lim
+            _nb_damped_system(p, jtj, jtr, lo, hi, lam, pinned, a, g)
             if not _nb_cholesky(a, low):
                 lam *= 5.0
                 if lam > 1e12:
@@ -995,10 +1012,7 @@ def _nb_levenberg_marquardt(model, p0, data, lower, upper, oversample, max_iter,
                 p_try[m] = p[m] + step[m]
             _nb_project(model, p_try, lower, upper)
             chi2_t = _nb_normal(model, p_try, d, oversample, jtj_t, jtr_t)
-            small_step = True
-            for m in range(k):
-                if abs(p_try[m] - p[m]) > xtol * (abs(p[m]) + 1.0):
-                    small_step = False
+            small_step = _nb_small_step(p, p_try, xtol)
             if chi2_t < chi2:
                 small_gain = chi2 - chi2_t <= ftol * chi2
                 for m in range(k):
@@ -1455,22 +1469,7 @@ def _nb_fit_gauss(data, lower, upper, max_iter, xtol, ftol):
         it = 0
         while not done and it < max_iter:
             it += 1
-            dmax = 0.0
-            for m in range(k):
-                dmax = max(dmax, jtj[m, m])
-            for m in range(k):
-                # Held on its bound while the descent direction points outward.
-                pinned[m] = (p[m] <= lower[m] and jtr[m] < 0.0) or (
-                    p[m] >= upper[m] and jtr[m] > 0.0
-                )
-            for m in range(k):
-                for m2 in range(k):
-                    a[m, m2] = 0.0 if (pinned[m] or pinned[m2]) else jtj[m, m2]
-                g[m] = 0.0 if pinned[m] else jtr[m]
-                if pinned[m]:
-                    a[m, m] = 1.0
-                else:
-                    a[m, m] = jtj[m, m] + lam * max(jtj[m, m], 1e-12 * dmax + 1e-30)
+            _nb_damped_system(p, jtj, jtr, lower, upper, lam, pinned, a, g)
             if not _nb_cholesky_r(a, low, rdiag):
                 lam *= 5.0
                 if lam > 1e12:
@@ -1482,10 +1481,7 @@ def _nb_fit_gauss(data, lower, upper, max_iter, xtol, ftol):
             trial = 1 - cur
             _nb_gauss_vectors(p_try, size, vec[trial], edge_erf, edge_phi)
             chi2_t = _nb_gauss_chi2(p_try, d, vec[trial], jtr_t, True)
-            small_step = True
-            for m in range(k):
-                if abs(p_try[m] - p[m]) > xtol * (abs(p[m]) + 1.0):
-                    small_step = False
+            small_step = _nb_small_step(p, p_try, xtol)
             if chi2_t < chi2:
                 small_gain = chi2 - chi2_t <= ftol * chi2
                 for m in range(k):
