@@ -967,6 +967,17 @@ def _nb_small_step(p, p_try, xtol):
     return True
 
 
+@numba.njit(cache=True, fastmath=_FAST)
+def _nb_verdict(chi2, chi2_t, lam, small_step, ftol, exact):
+    """Accept the trial step or not; the new damping; whether the fit has converged."""
+    if chi2_t < chi2:
+        done = chi2 - chi2_t <= ftol * chi2 or small_step or chi2_t <= exact
+        return True, max(lam * 0.3, 1e-9), done
+    lam *= 5.0
+    # No descent left: a numerical optimum.
+    return False, lam, small_step or lam > 1e12
+
+
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def _nb_levenberg_marquardt(model, p0, data, lower, upper, oversample, max_iter, xtol, ftol):
     n, k = p0.shape
@@ -1012,23 +1023,15 @@ def _nb_levenberg_marquardt(model, p0, data, lower, upper, oversample, max_iter,
                 p_try[m] = p[m] + step[m]
             _nb_project(model, p_try, lower, upper)
             chi2_t = _nb_normal(model, p_try, d, oversample, jtj_t, jtr_t)
-            small_step = _nb_small_step(p, p_try, xtol)
-            if chi2_t < chi2:
-                small_gain = chi2 - chi2_t <= ftol * chi2
+            accept, lam, done = _nb_verdict(chi2, chi2_t, lam, _nb_small_step(p, p_try, xtol),
+                                            ftol, exact)
+            if accept:
                 for m in range(k):
                     p[m] = p_try[m]
                     jtr[m] = jtr_t[m]
                     for m2 in range(k):
                         jtj[m, m2] = jtj_t[m, m2]
                 chi2 = chi2_t
-                lam = max(lam * 0.3, 1e-9)
-                if small_gain or small_step or chi2 <= exact:
-                    done = True
-            else:
-                lam *= 5.0
-                # No descent left: a numerical optimum.
-                if small_step or lam > 1e12:
-                    done = True
         converged[t] = done
         n_iter[t] = it
         chi2_out[t] = chi2
@@ -1481,23 +1484,15 @@ def _nb_fit_gauss(data, lower, upper, max_iter, xtol, ftol):
             trial = 1 - cur
             _nb_gauss_vectors(p_try, size, vec[trial], edge_erf, edge_phi)
             chi2_t = _nb_gauss_chi2(p_try, d, vec[trial], jtr_t, True)
-            small_step = _nb_small_step(p, p_try, xtol)
-            if chi2_t < chi2:
-                small_gain = chi2 - chi2_t <= ftol * chi2
+            accept, lam, done = _nb_verdict(chi2, chi2_t, lam, _nb_small_step(p, p_try, xtol),
+                                            ftol, exact)
+            if accept:
                 for m in range(k):
                     p[m] = p_try[m]
                     jtr[m] = jtr_t[m]
                 cur = trial
                 _nb_gauss_jtj(p, vec[cur], gram, jtj)
                 chi2 = chi2_t
-                lam = max(lam * 0.3, 1e-9)
-                if small_gain or small_step or chi2 <= exact:
-                    done = True
-            else:
-                lam *= 5.0
-                # No descent left: a numerical optimum.
-                if small_step or lam > 1e12:
-                    done = True
         converged[t] = done
         n_iter[t] = it
         var[t, 0], var[t, 1] = _nb_gauss_sandwich(
