@@ -39,6 +39,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 import pandas as pd
 import torch
@@ -475,16 +476,144 @@ def normalize_patches(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return normed.astype(np.float32), flat
 
 
-def _row_median(a: np.ndarray) -> np.ndarray:
-    """Median of each row (float64), partitioning ``a`` in place (it is a scratch array):
-    a third of the time of ``np.median``, which copies and sorts more."""
-    m = a.shape[1]
-    half = m // 2
+@numba.njit(cache=True, nogil=True)
+def _kth(a, lo, hi, k):  # pragma: no cover - compiled
+    """Quickselect: reorder ``a[lo:hi+1]`` so that ``a[k]`` is in its sorted place and
+    nothing before it is larger; return it."""
+    while hi > lo:
+        pivot = a[(lo + hi) // 2]
+        i, j = lo, hi
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            return a[k]
+    return a[k]
+
+
+@numba.njit(cache=True, nogil=True)
+def _median(a, m):  # pragma: no cover - compiled
+    """Median of ``a[:m]`` (reordered in place), the two middle values averaged in float64."""
+    h = m // 2
+    upper = _kth(a, 0, m - 1, h)
     if m % 2:
-        a.partition(half, axis=1)
-        return a[:, half].astype(np.float64)
-    a.partition([half - 1, half], axis=1)
-    return 0.5 * (a[:, half - 1].astype(np.float64) + a[:, half])
+        return np.float64(upper)
+    lower = a[0]
+    for i in range(1, h):
+        lower = max(lower, a[i])
+    return 0.5 * (np.float64(lower) + np.float64(upper))
+
+
+@numba.njit(cache=True, nogil=True)
+def _patch_summaries(p):  # pragma: no cover - compiled
+    """Per patch (finite float32), in one pass: border median, pixel noise (1.4826 x median
+    absolute neighbour difference / sqrt 2), the 3x3-box maximum and its flat index (edges
+    repeated, rows then columns, as ``scipy.ndimage.uniform_filter`` with ``mode='nearest'``),
+    the background-subtracted sums (total, x, y, x^2, y^2) and the maximum.
+
+    Compiled because the numpy version (medians by partition, a filter, a dozen
+    temporaries) cost as much as the network itself on chunk-sized batches.
+    """
+    n, size, _ = p.shape
+    out = np.empty((n, 10))
+    border = np.empty(4 * size - 4, np.float32)
+    diffs = np.empty(2 * size * (size - 1), np.float32)
+    rows = np.empty((size, size), np.float32)
+    last = size - 1
+    for t in range(n):
+        q = p[t]
+        k = 0
+        for i in range(size):
+            border[k] = q[0, i]
+            border[k + 1] = q[last, i]
+            k += 2
+        for j in range(1, last):
+            border[k] = q[j, 0]
+            border[k + 1] = q[j, last]
+            k += 2
+        bg = _median(border, k)
+        k = 0
+        for j in range(last):
+            for i in range(size):
+                diffs[k] = abs(q[j + 1, i] - q[j, i])
+                k += 1
+        for j in range(size):
+            for i in range(last):
+                diffs[k] = abs(q[j, i + 1] - q[j, i])
+                k += 1
+        noise = 1.4826 * _median(diffs, k) / np.sqrt(2.0)
+        for j in range(size):
+            for i in range(size):
+                s3 = (np.float64(q[max(j - 1, 0), i]) + np.float64(q[j, i])
+                      + np.float64(q[min(j + 1, last), i]))
+                rows[j, i] = np.float32(s3 / 3.0)
+        best = -np.inf
+        arg = 0
+        for j in range(size):
+            for i in range(size):
+                s3 = (np.float64(rows[j, max(i - 1, 0)]) + np.float64(rows[j, i])
+                      + np.float64(rows[j, min(i + 1, last)]))
+                v = np.float32(s3 / 3.0)
+                if v > best:
+                    best = v
+                    arg = j * size + i
+        total = 0.0
+        sx = 0.0
+        sy = 0.0
+        sxx = 0.0
+        syy = 0.0
+        top = -np.inf
+        for j in range(size):
+            for i in range(size):
+                v = np.float64(q[j, i])
+                top = max(top, v)
+                s = v - bg
+                if s > 0:
+                    total += s
+                    sx += s * i
+                    sy += s * j
+                    sxx += s * i * i
+                    syy += s * j * j
+        out[t, 0] = bg
+        out[t, 1] = noise
+        out[t, 2] = best
+        out[t, 3] = arg
+        out[t, 4] = total
+        out[t, 5] = top
+        out[t, 6] = sx
+        out[t, 7] = sy
+        out[t, 8] = sxx
+        out[t, 9] = syy
+    return out
+
+
+def _summaries(patches: np.ndarray) -> np.ndarray:
+    """:func:`_patch_summaries` of raw patches, non-finite pixels counted as 0."""
+    p = np.asarray(patches, dtype=np.float32)
+    if not np.isfinite(p).all():
+        p = np.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0)
+    return _patch_summaries(np.ascontiguousarray(p))
+
+
+def _snr_offset(summ: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    noise = summ[:, 1]
+    idx = summ[:, 3].astype(np.int64)
+    c = size // 2
+    offset = np.maximum(np.abs(idx // size - c), np.abs(idx % size - c))
+    height = summ[:, 2] - summ[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        snr = np.where(noise > 0, height / (noise / 3.0), np.where(height > 0, np.inf, 0.0))
+    return snr, offset
 
 
 def patch_stats(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -506,26 +635,8 @@ def patch_stats(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     >>> bool(snr[0] > 20), int(offset[0])
     (True, 0)
     """
-    from scipy.ndimage import uniform_filter
-
     p = np.asarray(patches, dtype=np.float32)
-    if not np.isfinite(p).all():
-        p = np.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0)
-    n, size, _ = p.shape
-    box = uniform_filter(p, size=(1, 3, 3), mode="nearest")
-    border = np.concatenate([p[:, 0, :], p[:, -1, :], p[:, 1:-1, 0], p[:, 1:-1, -1]], axis=1)
-    diffs = np.concatenate(
-        [np.abs(np.diff(p, axis=1)).reshape(n, -1), np.abs(np.diff(p, axis=2)).reshape(n, -1)], axis=1
-    )
-    noise = 1.4826 * _row_median(diffs) / np.sqrt(2)
-    flat = box.reshape(n, -1)
-    idx = flat.argmax(axis=1)
-    c = size // 2
-    offset = np.maximum(np.abs(idx // size - c), np.abs(idx % size - c))
-    height = flat.max(axis=1).astype(np.float64) - _row_median(border)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        snr = np.where(noise > 0, height / (noise / 3.0), np.where(height > 0, np.inf, 0.0))
-    return snr, offset
+    return _snr_offset(_summaries(p), p.shape[-1])
 
 
 def sparse_patches(patches: np.ndarray, fraction: float = 0.4) -> np.ndarray:
@@ -545,26 +656,17 @@ def sparse_patches(patches: np.ndarray, fraction: float = 0.4) -> np.ndarray:
     return (p == lo).mean(axis=(1, 2)) >= fraction
 
 
-def _moments(patches: np.ndarray) -> dict[str, np.ndarray]:
-    """Background (border median), amplitude, intensity and second-moment widths."""
-    n, size, _ = patches.shape
-    p = patches.astype(np.float64)
-    border = np.concatenate(
-        [p[:, 0, :], p[:, -1, :], p[:, 1:-1, 0], p[:, 1:-1, -1]], axis=1
-    )
-    background = np.median(border, axis=1)
-    signal = np.clip(p - background[:, None, None], 0.0, None)
-    total = signal.sum(axis=(1, 2))
-    amplitude = p.max(axis=(1, 2)) - background
-    coords = np.arange(size, dtype=np.float64)
+def _moments(summ: np.ndarray) -> dict[str, np.ndarray]:
+    """Background (border median), amplitude, intensity and second-moment widths, from
+    :func:`_patch_summaries`."""
+    background, total = summ[:, 0], summ[:, 4]
     safe = np.where(total > 0, total, 1.0)
-    mx = (signal.sum(axis=1) * coords).sum(axis=1) / safe
-    my = (signal.sum(axis=2) * coords).sum(axis=1) / safe
-    vx = (signal.sum(axis=1) * coords**2).sum(axis=1) / safe - mx**2
-    vy = (signal.sum(axis=2) * coords**2).sum(axis=1) / safe - my**2
+    mx, my = summ[:, 6] / safe, summ[:, 7] / safe
+    vx = summ[:, 8] / safe - mx**2
+    vy = summ[:, 9] / safe - my**2
     return {
         "background": background,
-        "amplitude": np.clip(amplitude, 0.0, None),
+        "amplitude": np.clip(summ[:, 5] - background, 0.0, None),
         "intensity": total,
         "sigma_x": np.sqrt(np.clip(vx, 0.0, None)) * (total > 0),
         "sigma_y": np.sqrt(np.clip(vy, 0.0, None)) * (total > 0),
@@ -703,7 +805,8 @@ def predict(
     # (thresholded, zero-background) patches: their noise cannot be measured, and a
     # frame-cache spot of a few pixels above the users' threshold is real data.
     c = (size - 1) // 2
-    snr, offset = patch_stats(p)
+    summ = _summaries(p)
+    snr, offset = _snr_offset(summ, size)
     weak = (snr < model.config.min_snr) & ~sparse_patches(p)
     ood = (
         weak
@@ -717,7 +820,7 @@ def predict(
         flat, "flat", np.where(nonfinite, "non_finite", np.where(ood, "out_of_distribution", ""))
     )
     bad = flat | ood | nonfinite
-    moments = _moments(np.where(np.isfinite(p), p, 0.0))
+    moments = _moments(summ)
     table = pd.DataFrame(
         {
             "dx": np.where(flat, 0.0, dx),
