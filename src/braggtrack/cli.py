@@ -267,7 +267,8 @@ def run(
         "--format", help="Also write the tables as csv or h5 (repeat for both); Parquet always.")] = None,
     chunk_size: ChunkSize = 16,
     workers: Annotated[int, typer.Option(
-        "--workers", help="Worker processes on this machine [default: all cores].")] = 0,
+        "--workers", help="Worker processes on this machine [default: all cores: one process "
+        "with threads up to 4 cores, one worker process per 4 cores beyond].")] = 0,
     scheduler: Annotated[str | None, typer.Option(
         "--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://host:8786.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Delete an existing run folder first.")] = False,
@@ -283,9 +284,7 @@ def run(
     quiet: Quiet = False,
 ) -> None:
     """Frames to answers: find, localize, link, geometry, report (braggtrack.run)."""
-    import os
-
-    from .runner import TrackConfig
+    from .runner import TrackConfig, default_workers
     from .runner import run as run_api
 
     config = _find_config(locals())
@@ -300,7 +299,7 @@ def run(
     common = dict(
         config=config, track=track_cfg, dataset=dataset,
         dark=dark, flat=flat, mask=mask,
-        chunk_size=chunk_size, workers=workers or (os.cpu_count() or 1), scheduler=scheduler,
+        chunk_size=chunk_size, workers=workers or default_workers(), scheduler=scheduler,
         force=force, strict=strict, progress=not quiet, command=_command_line(),
     )
     if watch:

@@ -144,6 +144,31 @@ class ChunkTask:
     mask: str | None
     out_file: str
     strict: bool = False
+    threads: int = 1  # detection threads inside the worker that takes it
+
+
+#: Cores one process keeps busy (detection threads, BraggNN, linking); more cores are better
+#: used by more worker processes (two processes on 2 cores were slower than one).
+CORES_PER_PROCESS = 4
+
+
+def default_workers(cores: int | None = None) -> int:
+    """Worker processes for ``--workers`` left at its default (all cores): one process with
+    threads up to :data:`CORES_PER_PROCESS` cores, then one process per that many cores.
+
+    Examples
+    --------
+    >>> default_workers(2), default_workers(4), default_workers(16)
+    (1, 1, 4)
+    """
+    cores = cores or os.cpu_count() or 1
+    return 1 if cores <= CORES_PER_PROCESS else cores // CORES_PER_PROCESS
+
+
+def _threads_per_worker(workers: int, scheduler: str | None) -> int:
+    if scheduler is not None:  # a remote cluster: its workers' cores are unknown here
+        return 1
+    return max(1, min(CORES_PER_PROCESS, (os.cpu_count() or 1) // max(workers, 1)))
 
 
 @dataclass
@@ -202,7 +227,7 @@ def process_chunk(task: ChunkTask) -> dict:
     This runs inside worker processes: it opens the file itself, so only the task (a few
     hundred bytes) travels through the scheduler.
     """
-    return _localize_task(task, _detect_task(task))
+    return _localize_task(task, _detect_task(task, task.threads))
 
 
 def _detect_task(task: ChunkTask, threads: int = 1):
@@ -236,7 +261,7 @@ def _pipelined(tasks: list[ChunkTask], on_done) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     # Detection also spreads its frames over the cores (one process has them all here).
-    threads = min(os.cpu_count() or 1, 4)
+    threads = _threads_per_worker(1, None)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="braggtrack-localize") as pool:
         pending = None
         try:
@@ -613,6 +638,7 @@ class _RunState:
     strict: bool
     started: float
     checksums: object = None  # Future of the input checksums, until finish() collects it
+    threads: int = 1  # detection threads per chunk task (worker processes on this machine)
     linker: object = None  # track.FrameLinker fed chunk by chunk (run(), not watch())
     fed: list = field(default_factory=list)  # (chunk record, peak table, x fed) per chunk
 
@@ -681,7 +707,8 @@ class _RunState:
             pool.shutdown(wait=False)
         return cls(source=source, out=out, series=series, info=info, config=config, track=track,
                    dataset=dataset, dark=dark_t, calib_files=calib_files, chunk_size=chunk_size,
-                   strict=strict, started=time.time(), checksums=checksums)
+                   strict=strict, started=time.time(), checksums=checksums,
+                   threads=_threads_per_worker(workers, scheduler))
 
     def frames_done(self) -> int:
         return sum(c["stop"] - c["start"] for c in self.info["chunks"])
@@ -708,7 +735,7 @@ class _RunState:
                 source=self.source, dataset=self.dataset, start=a, stop=b, config=self.config,
                 dark=self.dark, flat=self.calib_files["flat"], mask=self.calib_files["mask"],
                 out_file=str(self.out / CHUNK_DIR / f"peaks-{a:06d}-{b:06d}.parquet"),
-                strict=self.strict,
+                strict=self.strict, threads=self.threads,
             ))
         return tasks
 
