@@ -184,11 +184,10 @@ def _write_series(path: Path, sizes: BenchSizes, n: int) -> None:
 def bench_end_to_end(sizes: BenchSizes, workdir: Path) -> list[dict]:
     """Whole runs, timed warm: model loaded, code compiled, cluster started (each run of a
     beamline series pays those once, not per frame)."""
-    from dask.distributed import LocalCluster
 
     from .config import FindConfig
     from .io import open_frames
-    from .runner import TrackConfig, quiet_dask, run
+    from .runner import TrackConfig, local_cluster, quiet_dask, run
 
     quiet_dask()
     path = workdir / "series.h5"
@@ -212,8 +211,7 @@ def bench_end_to_end(sizes: BenchSizes, workdir: Path) -> list[dict]:
     t1 = min(timed_run(workers=1) for _ in range(2))
 
     def on_cluster(n_workers: int) -> float:
-        with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None, host="127.0.0.1", silence_logs=40) as cluster:
+        with local_cluster(n_workers) as cluster:
             timed_run(scheduler=cluster.scheduler_address)  # warm the workers
             return min(timed_run(scheduler=cluster.scheduler_address) for _ in range(2))
 
