@@ -359,3 +359,18 @@ def test_fused_pass_equals_the_dense_chain(seed, dtype, large, sparse, dark, fla
             assert out.intensity_range == float(image.max()) - float(image.min())
     else:
         assert out.above is None
+
+
+def test_foreign_byte_order_and_odd_dtypes_give_the_native_result():
+    rng = np.random.default_rng(4)
+    frame = (rng.poisson(50, (300, 310)) + 4000 * gaussian((300, 310), 150.2, 80.7, 1.1)).astype(
+        np.uint16)
+    native = Preprocessor()(frame)
+    for other in (frame.astype(">u2"), frame.astype(np.float16), np.asfortranarray(frame)):
+        out = Preprocessor()(other)
+        np.testing.assert_array_equal(out.full, native.full)
+        np.testing.assert_array_equal(out.above, native.above)
+        assert out.threshold == native.threshold
+    # every pixel masked: no crash, nothing above the threshold
+    out = Preprocessor(mask=np.ones(frame.shape, bool))(frame)
+    assert out.above.size == 0 and not out.full.any()
