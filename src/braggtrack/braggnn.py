@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError, OptionError
+from .localize import _nb_median
 from .patches import as_patch_stack
 
 __all__ = [
@@ -477,44 +478,6 @@ def normalize_patches(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(cache=True, nogil=True)
-def _kth(a, lo, hi, k):  # pragma: no cover - compiled
-    """Quickselect: reorder ``a[lo:hi+1]`` so that ``a[k]`` is in its sorted place and
-    nothing before it is larger; return it."""
-    while hi > lo:
-        pivot = a[(lo + hi) // 2]
-        i, j = lo, hi
-        while i <= j:
-            while a[i] < pivot:
-                i += 1
-            while a[j] > pivot:
-                j -= 1
-            if i <= j:
-                a[i], a[j] = a[j], a[i]
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            return a[k]
-    return a[k]
-
-
-@numba.njit(cache=True, nogil=True)
-def _median(a, m):  # pragma: no cover - compiled
-    """Median of ``a[:m]`` (reordered in place), the two middle values averaged in float64."""
-    h = m // 2
-    upper = _kth(a, 0, m - 1, h)
-    if m % 2:
-        return np.float64(upper)
-    lower = a[0]
-    for i in range(1, h):
-        lower = max(lower, a[i])
-    return 0.5 * (np.float64(lower) + np.float64(upper))
-
-
-@numba.njit(cache=True, nogil=True)
 def _patch_summaries(p):  # pragma: no cover - compiled
     """Per patch (finite float32), in one pass: border median, pixel noise (1.4826 x median
     absolute neighbour difference / sqrt 2), the 3x3-box maximum and its flat index (edges
@@ -526,8 +489,9 @@ def _patch_summaries(p):  # pragma: no cover - compiled
     """
     n, size, _ = p.shape
     out = np.empty((n, 10))
-    border = np.empty(4 * size - 4, np.float32)
-    diffs = np.empty(2 * size * (size - 1), np.float32)
+    # float64 scratch: the medians average their two middle values in float64, as before
+    border = np.empty(4 * size - 4)
+    diffs = np.empty(2 * size * (size - 1))
     rows = np.empty((size, size), np.float32)
     last = size - 1
     for t in range(n):
@@ -541,17 +505,17 @@ def _patch_summaries(p):  # pragma: no cover - compiled
             border[k] = q[j, 0]
             border[k + 1] = q[j, last]
             k += 2
-        bg = _median(border, k)
+        bg = _nb_median(border, k)
         k = 0
         for j in range(last):
             for i in range(size):
-                diffs[k] = abs(q[j + 1, i] - q[j, i])
+                diffs[k] = abs(q[j + 1, i] - q[j, i])  # float32 difference, as numpy
                 k += 1
         for j in range(size):
             for i in range(last):
                 diffs[k] = abs(q[j, i + 1] - q[j, i])
                 k += 1
-        noise = 1.4826 * _median(diffs, k) / np.sqrt(2.0)
+        noise = 1.4826 * _nb_median(diffs, k) / np.sqrt(2.0)
         for j in range(size):
             for i in range(size):
                 s3 = (np.float64(q[max(j - 1, 0), i]) + np.float64(q[j, i])
