@@ -16,6 +16,7 @@ so the output does not depend on the number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -538,7 +539,10 @@ def run(
     try:
         _execute(state.tasks(0, n), workers, scheduler, lambda r: state.record(r, bar))
     except BaseException:
-        state.linker.close()  # ends its thread; the chunks written so far are kept
+        # End the linker's thread; the chunks written so far are kept. Its own error, if
+        # any, must not hide the one that stopped the run.
+        with contextlib.suppress(Exception):
+            state.linker.close()
         raise
     finally:
         bar.close()
