@@ -56,6 +56,8 @@ __all__ = [
 ]
 
 _MAD_TO_SIGMA = 1.4826
+# Default of ``hot_ratio`` (see :func:`auto_mask`), also what :class:`Preprocessor` uses.
+_HOT_RATIO = 0.05
 # Pixels the robust statistics look at (a regular grid over larger frames).
 _STAT_SAMPLES = 32_768
 
@@ -393,7 +395,7 @@ def hot_pixels(
     stats: tuple[float, float] | None = None,
     bad: np.ndarray | None = None,
     hot_sigma: float = 10.0,
-    hot_ratio: float = 0.05,
+    hot_ratio: float = _HOT_RATIO,
 ) -> np.ndarray:
     """Mask of hot pixels: single pixels far above *all* their 8 neighbours (see :func:`auto_mask`).
 
@@ -406,7 +408,7 @@ def hot_pixels(
     if frame.shape[0] < 3 or frame.shape[1] < 3 or not hot_sigma > 0:
         return out
     stats = robust_sigma(frame, bad) if stats is None else stats
-    pre, all_below, sparse = _hot_level(frame.dtype, stats, hot_sigma, hot_ratio)
+    pre, all_below, sparse, sigma = _hot_level(frame.dtype, stats, hot_sigma, hot_ratio)
     if all_below:
         return out
     cand = np.flatnonzero(frame > pre)
@@ -414,27 +416,26 @@ def hot_pixels(
     if sparse:
         pos = frame[frame > 0]
         smallest = float(pos.min()) if pos.size else 0.0
-    hot = _hot_among(frame, cand, bad, stats, smallest, hot_sigma, hot_ratio)
+    hot = _hot_among(frame, cand, bad, sigma, smallest, hot_sigma, hot_ratio)
     out.ravel()[hot] = True
     return out
 
 
 def _hot_level(dtype, stats, hot_sigma: float, hot_ratio: float):
-    """Level (in ``dtype``) above which a pixel can be hot; whether none can; sparse frame?"""
+    """Level (in ``dtype``) above which a pixel can be hot; whether none can; sparse frame?
+    and the noise sigma the test uses (at least 1 count for integer frames)."""
     med, sigma = stats
     if dtype.kind in "iub":
         sigma = max(sigma, 1.0)
     sparse = med == 0 and dtype.kind in "iuf" and sigma <= 1.0
     pre, all_below = _dtype_threshold(np.empty(0, dtype), med + (1.0 - hot_ratio) * hot_sigma * sigma)
-    return pre, all_below, sparse
+    return pre, all_below, sparse, sigma
 
 
-def _hot_among(frame, cand, bad, stats, smallest_positive, hot_sigma, hot_ratio) -> np.ndarray:
+def _hot_among(frame, cand, bad, sigma, smallest_positive, hot_sigma, hot_ratio) -> np.ndarray:
     """Flat indices of the hot pixels among the candidates ``cand`` (flat indices above the
-    :func:`_hot_level`); ``smallest_positive``: the frame's smallest value > 0 (sparse frames)."""
-    med, sigma = stats
-    if frame.dtype.kind in "iub":
-        sigma = max(sigma, 1.0)
+    :func:`_hot_level`, whose ``sigma`` this takes); ``smallest_positive``: the frame's
+    smallest value > 0 (sparse frames)."""
     if bad is not None and cand.size:
         cand = cand[~bad.ravel()[cand]]
     if cand.size == 0:
@@ -459,7 +460,7 @@ def auto_mask(
     frame: np.ndarray,
     saturation: float | None = None,
     hot_sigma: float = 10.0,
-    hot_ratio: float = 0.05,
+    hot_ratio: float = _HOT_RATIO,
 ) -> np.ndarray:
     """Mask of saturated, hot and non-finite pixels (True = bad).
 
@@ -816,31 +817,31 @@ class Preprocessor:
                            for k, a in enumerate(per_pixel))
             return (*arrays, sat, use_sat)
 
-        # One robust estimate per frame serves the hot-pixel test, the threshold and the
-        # noise: from the grid of pixels robust_sigma samples, corrected the same way.
-        step = _sample_step(raw.shape)
-        if step > 1:
-            s_full, s_bad, _, _ = _corrected(raw[::step, ::step].copy(), corr(step), np.inf, 0.0)
-            stats = _median_mad(s_full[~s_bad])
         t_given = self.threshold is not None
 
         def levels(stats):
             med, sigma = stats
             t_level = float(self.threshold) if t_given else (
                 med + self.nsigma * sigma if sigma > 0 else med)
-            hot_pre, no_hot, sparse = _hot_level(np.dtype(np.float32), stats, self.hot_sigma, 0.05)
+            hot_pre, no_hot, sparse, hot_noise = _hot_level(
+                np.dtype(np.float32), stats, self.hot_sigma, _HOT_RATIO)
             check_hot = self.auto_mask and not no_hot and min(raw.shape) >= 3 and self.hot_sigma > 0
             # Everything after the pass works on the few pixels above the lower level.
             level = min(t_level, float(hot_pre)) if check_hot else t_level
-            return t_level, hot_pre, sparse, check_hot, level
+            return t_level, hot_pre, sparse, hot_noise, check_hot, level
 
+        # One robust estimate per frame serves the hot-pixel test, the threshold and the
+        # noise: from the grid of pixels robust_sigma samples, corrected the same way.
+        step = _sample_step(raw.shape)
         if step > 1:
-            t_level, hot_pre, sparse, check_hot, level = levels(stats)
+            s_full, s_bad, _, _ = _corrected(raw[::step, ::step].copy(), corr(step), np.inf, 0.0)
+            stats = _median_mad(s_full[~s_bad])
+            t_level, hot_pre, sparse, hot_noise, check_hot, level = levels(stats)
             full, bad, above, n_below = _corrected(raw, corr(1), level, t_level)
         else:  # a small frame: the statistics look at every pixel of the corrected frame
             full, bad, _, _ = _corrected(raw, corr(1), np.inf, 0.0)
             stats = _median_mad(full[~bad])
-            t_level, hot_pre, sparse, check_hot, level = levels(stats)
+            t_level, hot_pre, sparse, hot_noise, check_hot, level = levels(stats)
             above = np.flatnonzero(_above(full, level).reshape(-1))
             n_below = int(np.count_nonzero(full.astype(np.float64) < t_level))
         med, sigma = stats
@@ -852,8 +853,8 @@ class Preprocessor:
             if sparse:  # the median is 0 here, so every positive pixel is in `above`
                 pos = values[values > 0]
                 smallest = float(pos.min()) if pos.size else 0.0
-            hot = _hot_among(full, above[values > hot_pre], bad, stats, smallest,
-                             self.hot_sigma, 0.05)
+            hot = _hot_among(full, above[values > hot_pre], bad, hot_noise, smallest,
+                             self.hot_sigma, _HOT_RATIO)
             if hot.size:
                 bad.reshape(-1)[hot] = True
                 full.reshape(-1)[hot] = 0
