@@ -187,9 +187,8 @@ def bench_end_to_end(sizes: BenchSizes, workdir: Path) -> list[dict]:
 
     from .config import FindConfig
     from .io import open_frames
-    from .runner import TrackConfig, local_cluster, quiet_dask, run
+    from .runner import TrackConfig, local_cluster, run
 
-    quiet_dask()
     path = workdir / "series.h5"
     _write_series(path, sizes, sizes.run_frames)
     series = open_frames(path)

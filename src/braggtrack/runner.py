@@ -448,12 +448,12 @@ def _execute(tasks: list[ChunkTask], workers: int, scheduler: str | None, on_don
         return
     from dask.distributed import Client, as_completed
 
-    quiet_dask()
     cluster = None
     if scheduler is None:
-        cluster = local_cluster(min(workers, len(tasks)))
+        cluster = local_cluster(min(workers, len(tasks)))  # quiets Dask itself
         client = Client(cluster)
     else:
+        quiet_dask()
         client = Client(scheduler)
     try:
         client.run(_limit_threads)
@@ -805,16 +805,16 @@ class _RunState:
             self.checksums = None
         self.info["n_frames"] = len(self.series)
         track = self.track if report is None else dataclasses.replace(self.track, report=report)
-        linked = None
+        read, linked = None, None
         if self.linker is not None:
             self.feed_linker()
             labels = self.linker.close()
             self.linker = None
-            if [c for c, _, _ in self.fed] == self.info["chunks"]:
-                linked = ({c["file"]: t for c, t, _ in self.fed}, labels,
-                          np.concatenate([x for _, _, x in self.fed]) if self.fed else None)
+            read = {c["file"]: t for c, t, _ in self.fed}
+            fed_x = np.concatenate([x for _, _, x in self.fed]) if self.fed else np.zeros(0)
+            linked = (labels, fed_x)
         return _finish(self.out, self.info, self.config, track, self.series, self.started,
-                       linked=linked)
+                       read=read, linked=linked)
 
 
 def _run_progress(total: int, initial: int, enabled: bool):
@@ -840,26 +840,19 @@ def _gather(out: Path, info: dict, config: FindConfig,
 
 
 def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, series,
-            started: float, linked: tuple | None = None) -> RunResult:
-    """Gather the chunks, link, measure and write. ``linked``: the chunk tables already read,
-    the trajectory labels of their linkable rows and those rows' x, when a linker followed
-    the run (the labels are used only if the rows are the same)."""
-    peaks, frames = _gather(out, info, config, linked[0] if linked else None)
+            started: float, read: dict | None = None,
+            linked: tuple[np.ndarray, np.ndarray] | None = None) -> RunResult:
+    """Gather the chunks, link, measure and write. ``read``: chunk tables already read, by
+    file; ``linked``: see :func:`link_and_measure`."""
+    peaks, frames = _gather(out, info, config, read)
     if track.frame_meta:
         from .metadata import join_frame_meta
 
         meta = frame_metadata(track, int(info["n_frames"]))
         peaks = join_frame_meta(peaks, meta)
         frames = join_frame_meta(frames, meta)
-    labels = None
-    if linked is not None:
-        from .track import linkable
-
-        fed_x = linked[2] if linked[2] is not None else np.zeros(0)
-        if np.array_equal(linkable(peaks)["x"].to_numpy(), fed_x):
-            labels = linked[1]
     tracks, particles, geometry_info = link_and_measure(peaks, track, tuple(series.shape),
-                                                        labels=labels)
+                                                        linked=linked)
     paths = {
         "peaks": write_table(peaks, out / "peaks.parquet"),
         "frames": write_table(frames, out / "frames.parquet"),
@@ -936,19 +929,20 @@ def make_geometry(track: TrackConfig):
 
 def link_and_measure(
     peaks: pd.DataFrame, track: TrackConfig, frame_shape: tuple[int, int],
-    labels: np.ndarray | None = None,
+    linked: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Link accepted peaks into trajectories, then add geometry and strain (or radial shift).
 
-    ``labels``: trajectory labels of the linkable rows (:func:`braggtrack.track.linkable`)
-    when a :class:`~braggtrack.track.FrameLinker` already linked them during the run.
+    ``linked``: ``(labels, x)`` when a :class:`~braggtrack.track.FrameLinker` already linked
+    the linkable rows (:func:`braggtrack.track.linkable`) during the run: their trajectory
+    labels and the x they were fed; used only when those are exactly these rows' x.
     Returns the tracks table, the particles summary and a description of the geometry used.
     """
     from . import track as trk
 
     ok = trk.linkable(peaks)
-    if labels is not None and len(labels) == len(ok):
-        tracks = trk.linked_table(ok, labels)
+    if linked is not None and np.array_equal(ok["x"].to_numpy(), linked[1]):
+        tracks = trk.linked_table(ok, linked[0])
     else:
         tracks = trk.link(ok, search_range=track.search_range, memory=track.memory)
     if track.split_on_shape_change and len(tracks):
