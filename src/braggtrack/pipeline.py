@@ -345,7 +345,6 @@ def detect_chunk(
     calibration = calibration or Calibration()
     prep = _preprocessor(config, calibration)
     status: list[tuple[int, str, str]] = []
-    pending: list = []  # futures (threads > 1) or results, in frame order
 
     def frames():
         for i in indices:
@@ -364,6 +363,7 @@ def detect_chunk(
     else:
         from concurrent.futures import ThreadPoolExecutor
 
+        pending = []  # futures, in frame order
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="braggtrack-detect") as pool:
             for i, image in frames():
                 pending.append(pool.submit(_detect_frame, image, i, config, prep))

@@ -257,7 +257,6 @@ class FrameLinker:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._last_frame: int | None = None
-        self._rows = 0
         self._drained = False
 
     def add(self, rows: pd.DataFrame) -> None:
@@ -278,7 +277,6 @@ class FrameLinker:
         for frame, block in zip(frames[np.r_[0, cuts]], np.split(coords, cuts), strict=True):
             self._queue.put((int(frame), block))
         self._last_frame = int(frames[-1])
-        self._rows += len(rows)
 
     def close(self) -> np.ndarray:
         """Wait for the linking to finish; the label of every row fed, in order."""
