@@ -447,7 +447,7 @@ def _safe_cbf_image():
     return _SafeCbfImage()
 
 
-def _fabio_precheck(path: Path) -> None:
+def _fabio_precheck(path: Path, cbf: bool) -> None:
     """Checks fabio does not do on damaged files.
 
     - fabio (2026.6) loops forever on a CBF file whose binary section marker is missing
@@ -457,11 +457,10 @@ def _fabio_precheck(path: Path) -> None:
     """
     import fabio
 
-    if _is_cbf(path):
-        if not _cbf_has_binary_section(path):
-            raise InputFileError(path, "not a readable CBF file (no binary section; truncated?)")
+    if cbf and not _cbf_has_binary_section(path):
+        raise InputFileError(path, "not a readable CBF file (no binary section; truncated?)")
     try:
-        if _is_cbf(path):
+        if cbf:
             header = dict(_safe_cbf_image().readheader(str(path)).header)
         else:
             header = dict(fabio.openheader(str(path)).header)
@@ -479,9 +478,10 @@ def _fabio_precheck(path: Path) -> None:
 def _fabio_open(path: Path):
     import fabio
 
-    _fabio_precheck(path)
+    cbf = _is_cbf(path)
+    _fabio_precheck(path, cbf)
     try:
-        img = _safe_cbf_image().read(str(path)) if _is_cbf(path) else fabio.open(str(path))
+        img = _safe_cbf_image().read(str(path)) if cbf else fabio.open(str(path))
         data = None if img is None else getattr(img, "data", None)
     except Exception as exc:  # fabio raises many types (and MemoryError) on damaged files
         raise InputFileError(path, f"not a readable detector image ({_first_line(exc)})") from None
