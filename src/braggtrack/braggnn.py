@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError, OptionError
-from .localize import _nb_median
+from .localize import _nb_border_median, _nb_median
 from .patches import as_patch_stack
 
 __all__ = [
@@ -496,16 +496,7 @@ def _patch_summaries(p):  # pragma: no cover - compiled
     last = size - 1
     for t in range(n):
         q = p[t]
-        k = 0
-        for i in range(size):
-            border[k] = q[0, i]
-            border[k + 1] = q[last, i]
-            k += 2
-        for j in range(1, last):
-            border[k] = q[j, 0]
-            border[k + 1] = q[j, last]
-            k += 2
-        bg = _nb_median(border, k)
+        bg = _nb_border_median(q, border)
         k = 0
         for j in range(last):
             for i in range(size):

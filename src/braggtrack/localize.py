@@ -1212,11 +1212,11 @@ def _nb_median(b, m):
     return (b[k] + nxt) / 2.0
 
 
-@numba.njit(cache=True, fastmath=_FAST, error_model="numpy")
-def _nb_start(d, window, nsigma, border, out):
-    """:func:`_moments` of one patch: out = (bg, total, x0, y0, mxx, myy, mxy)."""
+@numba.njit(cache=True, fastmath=_FAST)
+def _nb_border_median(d, border):
+    """Median of the ``4 N - 4`` border pixels of the square patch ``d``, which are left
+    (reordered) in ``border``: the patch's background level."""
     size = d.shape[0]
-    c = size // 2
     m = 0
     for i in range(size):
         border[m] = d[0, i]
@@ -1226,7 +1226,16 @@ def _nb_start(d, window, nsigma, border, out):
         border[m] = d[j, 0]
         border[m + 1] = d[j, size - 1]
         m += 2
-    bg = _nb_median(border, m)
+    return _nb_median(border, m)
+
+
+@numba.njit(cache=True, fastmath=_FAST, error_model="numpy")
+def _nb_start(d, window, nsigma, border, out):
+    """:func:`_moments` of one patch: out = (bg, total, x0, y0, mxx, myy, mxy)."""
+    size = d.shape[0]
+    c = size // 2
+    bg = _nb_border_median(d, border)
+    m = 4 * size - 4
     level = bg
     if nsigma > 0:
         # The border was reordered by the median: same values, same deviations.
