@@ -274,22 +274,35 @@ def bench_classic(sizes: BenchSizes, series, t_ours: float) -> dict:
 
 
 def bench_gpu(sizes: BenchSizes) -> list[dict]:
-    """BraggNN inference on a CUDA device against the CPU, when a GPU is present."""
+    """BraggNN inference and the batched fits on a CUDA device against the CPU, when a GPU
+    is present (the fits: torch engine on the GPU vs the default numba engine)."""
     import torch
 
     if not torch.cuda.is_available():
         return []
     from .braggnn import load_model, predict
+    from .localize import localize
     from .simulate import simulate_patches
 
     patches, _ = simulate_patches(sizes.nn_patches, patch=11, seed=9)
+    name = torch.cuda.get_device_name(0)
     cpu = load_model(device="cpu")
     gpu = load_model(device="cuda")
     predict(gpu, patches[:1024], device="cuda")
     t_gpu = _best_time(lambda: predict(gpu, patches, device="cuda"), repeat=3) / len(patches)
     t_cpu = _best_time(lambda: predict(cpu, patches), repeat=2) / len(patches)
-    return [_row("braggnn inference on GPU vs CPU", 1 / t_gpu, "patches/s", 1 / t_cpu, "CPU",
-                 t_cpu / t_gpu, "", note=torch.cuda.get_device_name(0))]
+    rows = [_row("braggnn inference on GPU vs CPU", 1 / t_gpu, "patches/s", 1 / t_cpu, "CPU",
+                 t_cpu / t_gpu, "", note=name)]
+    # The fits on the same patches as BraggNN: thousands per block is where a GPU pays off.
+    for method in ("pvoigt", "gauss"):
+        localize(patches[:256], method, device="cuda")  # CUDA context, kernels
+        localize(patches[:256], method)  # numba compilation / cache
+        t_gpu = _best_time(lambda m=method: localize(patches, m, device="cuda"),
+                           repeat=2) / len(patches)
+        t_cpu = _best_time(lambda m=method: localize(patches, m), repeat=2) / len(patches)
+        rows.append(_row(f"{method} fit on GPU vs numba CPU", 1 / t_gpu, "patches/s",
+                         1 / t_cpu, "numba CPU", t_cpu / t_gpu, "", note=name))
+    return rows
 
 
 def format_table(table: pd.DataFrame) -> str:

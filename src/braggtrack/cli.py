@@ -62,7 +62,13 @@ MaxError = Annotated[float, typer.Option(
     "'uncertain'), pixels.")]
 Model = Annotated[str | None, typer.Option(
     "--model", help="Trained BraggNN model file [default: the shipped model].")]
-Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")]
+Device = Annotated[str, typer.Option(
+    "--device", help="cpu, cuda, cuda:N or auto (cuda when available, else cpu). BraggNN "
+    "inference and the gauss/pvoigt fits run on it (the fits with numba on cpu, with torch on "
+    "cuda); the centroid always runs on the CPU.")]
+TrainDevice = Annotated[str, typer.Option(
+    "--device", help="Where the network trains: cpu, cuda, cuda:N or auto (cuda when "
+    "available, else cpu).")]
 AutoMask = Annotated[bool, typer.Option(
     "--auto-mask/--no-auto-mask", help="Mask saturated and hot pixels automatically.")]
 Dark = Annotated[list[str] | None, typer.Option(
@@ -388,7 +394,7 @@ def train(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per batch.")] = 512,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
-    device: Device = _D.device,
+    device: TrainDevice = _D.device,
     resume: Annotated[bool, typer.Option("--resume", help="Resume from the last checkpoint.")] = False,
     init: Annotated[str | None, typer.Option(
         "--init", help="Start from these weights ('default': the shipped model) to fine-tune.")] = None,

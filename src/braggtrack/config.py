@@ -55,7 +55,9 @@ class FindConfig:
     model : str or None
         Path of a trained BraggNN model; ``None`` is the shipped one.
     device : str
-        ``cpu``, ``cuda`` or ``auto``.
+        ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available, else the CPU). BraggNN
+        inference and the ``gauss``/``pvoigt`` fits run on it (on the CPU the fits use the
+        numba engine, on CUDA the torch engine); the centroid always runs on the CPU.
     auto_mask : bool
         Mask saturated and hot pixels automatically.
     """

@@ -24,11 +24,16 @@ Why a hand-written fitter rather than ``scipy.optimize.curve_fit``/``least_squar
 fit one peak per call, with Python overhead per iteration per peak (a few to a few
 thousand peaks per second). Here one bounded Levenberg-Marquardt handles all patches of a
 block: analytic Jacobians, per-patch damping, a per-patch convergence test, starting
-values from moments in a 5 x 5 window around the centre. Two engines run the same
+values from moments in a 5 x 5 window around the centre. Three engines run the same
 algorithm: ``numba`` (default) compiles a per-patch loop that releases the GIL and runs on
 a few threads (for the Gaussian, start values, fit and error estimate are fused into one
 pass per patch), ``numpy`` vectorizes over the block (batched ``(n, p, p)`` solves, only the
-still-running patches carried to the next iteration). Bounds (centre inside the patch,
+still-running patches carried to the next iteration), and ``torch`` is the numpy engine's
+algorithm written with PyTorch tensors on a chosen device. The torch engine exists for GPUs
+(``localize(..., device='cuda')``, ``--device cuda|auto``): a block of fits is thousands of
+small independent problems, which a GPU runs side by side; on the CPU it is no faster than
+the numpy engine and numba stays the default there. torch is imported only when it is used.
+Bounds (centre inside the patch,
 widths >= 0.2 px, ``0 <= eta <= 1``, amplitude >= 0) are kept by projection with an active
 set: a parameter on its bound whose descent direction points outward is held there.
 Uncertainties are leverage-corrected sandwich (HC3) estimates, right under Poisson noise
@@ -48,6 +53,7 @@ from __future__ import annotations
 import inspect
 import math
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
@@ -56,6 +62,9 @@ from scipy.special import erf
 
 from .errors import OptionError
 from .patches import as_patch_stack
+
+if TYPE_CHECKING:  # torch is imported at run time only by the torch engine
+    import torch
 
 __all__ = ["COLUMNS", "localize", "centroid", "fit_gauss", "fit_pvoigt"]
 
@@ -374,9 +383,16 @@ def _finish(p_raw, u, lo, span, flat, nonfinite, fit: dict, converged, size, max
     return _table(cols, reason)
 
 
-def _check_fit_options(max_iter, xtol, ftol, engine="numba"):
-    if engine not in ("numba", "numpy"):
-        raise OptionError(f"engine must be 'numba' or 'numpy', got {engine!r}")
+ENGINES = ("numba", "numpy", "torch")
+
+
+def _check_fit_options(max_iter, xtol, ftol, engine="numba", device="cpu"):
+    if engine not in ENGINES:
+        raise OptionError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine != "torch" and str(device) != "cpu":
+        # The numba and numpy engines only run on the CPU: silently ignoring a GPU request
+        # would hide a slow run.
+        raise OptionError(f"device {str(device)!r} needs engine='torch', got engine={engine!r}")
     if int(max_iter) != max_iter or max_iter < 1:
         raise OptionError(f"max_iter must be a positive integer, got {max_iter}")
     if not (0 < xtol < 1) or not (0 < ftol < 1):
@@ -439,6 +455,7 @@ def fit_gauss(
     ftol: float = 1e-6,
     block: int = 4096,
     engine: str = "numba",
+    device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
     """Fit a pixel-integrated, axis-aligned 2-D Gaussian plus background to each patch.
 
@@ -456,10 +473,14 @@ def fit_gauss(
         Relative parameter-step and chi-square-decrease tolerances of the stop test.
     block : int
         Patches fitted together (bounds memory to a few MB per 1000 patches).
-    engine : {'numba', 'numpy'}
+    engine : {'numba', 'numpy', 'torch'}
         ``numba``: per-patch LM compiled, threads over patches (fast; the first call
         in a fresh installation compiles for about 20 s, then cached);
-        ``numpy``: the same LM vectorized over the block (no compilation).
+        ``numpy``: the same LM vectorized over the block (no compilation);
+        ``torch``: the numpy engine's LM in PyTorch on ``device`` (for GPUs).
+    device : str or torch.device
+        Torch device of ``engine='torch'``: ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'auto'``
+        (CUDA when available). The other engines run on the CPU and need ``'cpu'``.
 
     Returns
     -------
@@ -478,17 +499,21 @@ def fit_gauss(
     >>> round(float(row.dx), 6), round(float(row.dy), 6), bool(row.converged)
     (0.25, -0.3, True)
     """
-    _check_fit_options(max_iter, xtol, ftol, engine)
+    _check_fit_options(max_iter, xtol, ftol, engine, device)
     p = _as_patches(patches)
     if p.shape[0] == 0:
         return _empty()
+    dev = _torch_device(device) if engine == "torch" else None
     return pd.concat(
-        [_fit_gauss_block(p[s], max_iter, xtol, ftol, engine) for s in _blocks(p.shape[0], block)],
+        [
+            _fit_gauss_block(p[s], max_iter, xtol, ftol, engine, dev)
+            for s in _blocks(p.shape[0], block)
+        ],
         ignore_index=True,
     )
 
 
-def _fit_gauss_block(p, max_iter, xtol, ftol, engine):
+def _fit_gauss_block(p, max_iter, xtol, ftol, engine, dev=None):
     n, size, _ = p.shape
     u, lo, span, flat, nonfinite = _scale(p)
     live = np.flatnonzero(~flat)
@@ -518,13 +543,18 @@ def _fit_gauss_block(p, max_iter, xtol, ftol, engine):
             ]
         )
         params = p0.copy()
-        if live.size:
-            res = _run_lm(
-                _GAUSS, _gauss_normal, _gauss_bounds(size), p0[live], u[live], 1, engine,
-                max_iter, xtol, ftol,
+        if engine == "torch":
+            params, converged, n_iter, var = _torch_fit(
+                _GAUSS, _gauss_bounds(size), p0, u, live, 1, dev, max_iter, xtol, ftol
             )
-            params[live], converged[live], n_iter[live] = res
-        var = _threaded(lambda q, d: _nb_sandwich_var(_GAUSS, q, d, 1), (params, u))
+        else:
+            if live.size:
+                res = _run_lm(
+                    _GAUSS, _gauss_normal, _gauss_bounds(size), p0[live], u[live], 1, engine,
+                    max_iter, xtol, ftol,
+                )
+                params[live], converged[live], n_iter[live] = res
+            var = _threaded(lambda q, d: _nb_sandwich_var(_GAUSS, q, d, 1), (params, u))
     sx, sy, vol = params[:, 2], params[:, 3], params[:, 4]
     fit = {
         "dx": params[:, 0],
@@ -629,6 +659,7 @@ def fit_pvoigt(
     ftol: float = 1e-8,
     block: int = 4096,
     engine: str = "numba",
+    device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
     """Fit a rotated 2-D pseudo-Voigt plus background to each patch.
 
@@ -642,7 +673,7 @@ def fit_pvoigt(
     patches : ndarray, shape (n, N, N), or PatchSet
     oversample : int
         Sample points per pixel along each axis (1 = point-sampled model).
-    max_iter, xtol, ftol, block, engine
+    max_iter, xtol, ftol, block, engine, device
         As in :func:`fit_gauss`.
 
     Returns
@@ -661,22 +692,23 @@ def fit_pvoigt(
     >>> round(float(row.dx), 6), round(float(row.dy), 6), bool(row.converged)
     (0.2, -0.1, True)
     """
-    _check_fit_options(max_iter, xtol, ftol, engine)
+    _check_fit_options(max_iter, xtol, ftol, engine, device)
     if int(oversample) != oversample or not 1 <= oversample <= 16:
         raise OptionError(f"oversample must be an integer in 1..16, got {oversample}")
     p = _as_patches(patches)
     if p.shape[0] == 0:
         return _empty()
+    dev = _torch_device(device) if engine == "torch" else None
     return pd.concat(
         [
-            _fit_pvoigt_block(p[s], int(oversample), max_iter, xtol, ftol, engine)
+            _fit_pvoigt_block(p[s], int(oversample), max_iter, xtol, ftol, engine, dev)
             for s in _blocks(p.shape[0], block)
         ],
         ignore_index=True,
     )
 
 
-def _fit_pvoigt_block(p, oversample, max_iter, xtol, ftol, engine):
+def _fit_pvoigt_block(p, oversample, max_iter, xtol, ftol, engine, dev=None):
     n, size, _ = p.shape
     u, lo, span, flat, nonfinite = _scale(p)
     bg, _, _, _, x0, y0, mxx, myy, mxy = _moments(u, window=_START_WINDOW, nsigma=3.0)
@@ -693,13 +725,18 @@ def _fit_pvoigt_block(p, oversample, max_iter, xtol, ftol, engine):
     converged = np.zeros(n, dtype=bool)
     n_iter = np.zeros(n, dtype=np.int64)
     live = np.flatnonzero(~flat)
-    if live.size:
-        res = _run_lm(
-            _PVOIGT, _pvoigt_normal_factory(size, oversample), _pvoigt_bounds(size), p0[live],
-            u[live], oversample, engine, max_iter, xtol, ftol,
+    if engine == "torch":
+        params, converged, n_iter, var = _torch_fit(
+            _PVOIGT, _pvoigt_bounds(size), p0, u, live, oversample, dev, max_iter, xtol, ftol
         )
-        params[live], converged[live], n_iter[live] = res
-    var = _threaded(lambda p, d: _nb_sandwich_var(_PVOIGT, p, d, oversample), (params, u))
+    else:
+        if live.size:
+            res = _run_lm(
+                _PVOIGT, _pvoigt_normal_factory(size, oversample), _pvoigt_bounds(size),
+                p0[live], u[live], oversample, engine, max_iter, xtol, ftol,
+            )
+            params[live], converged[live], n_iter[live] = res
+        var = _threaded(lambda p, d: _nb_sandwich_var(_PVOIGT, p, d, oversample), (params, u))
     a, b, c = params[:, 2], params[:, 3], params[:, 4]
     det_q = np.maximum(a * c - b * b, 1e-300) * 2.0 * _LN2
     fit = {
@@ -1548,6 +1585,267 @@ def _run_lm(model, normal, limits, p0, u, oversample, engine, max_iter, xtol, ft
     return params, converged, n_iter
 
 
+# --------------------------------------------------------------------------- torch engine
+# The numpy engine's algorithm (_levenberg_marquardt, _gauss_normal, the pseudo-Voigt
+# Jacobian and the HC3 sandwich of _nb_sandwich_var) written with PyTorch tensors, so that a
+# block of fits runs on a GPU: thousands of small independent problems side by side. Start
+# values and the table stay in numpy on the CPU (one pass over the block each); the fit
+# (tens of iterations) and the error estimate run on the device. float64 on every device:
+# the tolerances (xtol, ftol 1e-8, exact fits at chi2 ~1e-26) assume it. torch is imported
+# inside these functions only, like braggnn, so the CPU engines never load it.
+
+
+def _torch_device(device):
+    """``device`` ('cpu', 'cuda', 'cuda:N', 'auto') as a torch.device, resolved as BraggNN's."""
+    from .braggnn import resolve_device  # imports torch: only when the torch engine is used
+
+    return resolve_device(device)
+
+
+def _torch_gauss_axis(t, centre, sigma):
+    """:func:`_gauss_axis` in torch."""
+    import torch
+
+    s = sigma[:, None]
+    hi = t[None, :] + 0.5 - centre[:, None]
+    lo = t[None, :] - 0.5 - centre[:, None]
+    e = 0.5 * (torch.special.erf(hi / (_SQRT2 * s)) - torch.special.erf(lo / (_SQRT2 * s)))
+    phi_hi = torch.exp(-0.5 * (hi / s) ** 2) / (_SQRT2PI * s)
+    phi_lo = torch.exp(-0.5 * (lo / s) ** 2) / (_SQRT2PI * s)
+    return e, phi_lo - phi_hi, -(hi * phi_hi - lo * phi_lo) / s
+
+
+def _torch_gauss_parts(params, data):
+    """Row vectors ``u`` and column vectors ``v`` (n, 6, N) of the Gaussian's Jacobian
+    columns (``J_k = u_k x v_k``, as in :func:`_gauss_normal`) and the residuals (n, N, N)."""
+    import torch
+
+    size = data.shape[1]
+    t = torch.arange(size, dtype=data.dtype, device=data.device) - size // 2
+    x0, y0, sx, sy, vol, bg = params.T
+    ex, ex_c, ex_s = _torch_gauss_axis(t, x0, sx)
+    ey, ey_c, ey_s = _torch_gauss_axis(t, y0, sy)
+    v = vol[:, None]
+    ones = torch.ones_like(ex)
+    u_rows = torch.stack([v * ey, v * ey_c, v * ey, v * ey_s, ey, ones], dim=1)
+    v_cols = torch.stack([ex_c, ex, ex_s, ex, ex, ones], dim=1)
+    resid = data - bg[:, None, None] - v[:, :, None] * ey[:, :, None] * ex[:, None, :]
+    return u_rows, v_cols, resid
+
+
+def _torch_gauss_normal(params, data):
+    """:func:`_gauss_normal` in torch."""
+    u_rows, v_cols, resid = _torch_gauss_parts(params, data)
+    jtj = (u_rows @ u_rows.mT) * (v_cols @ v_cols.mT)
+    jtr = ((u_rows @ resid) * v_cols).sum(dim=2)
+    return jtj, jtr, (resid * resid).sum(dim=(1, 2))
+
+
+def _torch_gauss_rows(params, data):
+    """Dense Jacobian (n, N * N, 6), pixel ``(j, i)`` at ``j N + i``, and residuals (n, N * N)."""
+    u_rows, v_cols, resid = _torch_gauss_parts(params, data)
+    n, k, size = u_rows.shape
+    jac = (u_rows[:, :, :, None] * v_cols[:, :, None, :]).reshape(n, k, size * size).mT
+    return jac, resid.reshape(n, -1)
+
+
+def _torch_pvoigt_factory(size: int, oversample: int, device):
+    """``(normal, rows)`` of the pseudo-Voigt in torch (:func:`_pvoigt_normal_factory`)."""
+    import torch
+
+    g = torch.as_tensor(_subpixel_grid(size, oversample), dtype=torch.float64, device=device)
+
+    def pixel_mean(a):
+        n = a.shape[0]
+        if oversample == 1:
+            return a.reshape(n, -1)
+        return a.reshape(n, size, oversample, size, oversample).mean(dim=(2, 4)).reshape(n, -1)
+
+    def jacobian(params):
+        x0, y0, a, b, c, eta, amp, bg = (params[:, i, None, None] for i in range(8))
+        xx = g[None, None, :] - x0  # (n, 1, m)
+        yy = g[None, :, None] - y0  # (n, m, 1)
+        ax_by = a * xx + b * yy
+        bx_cy = b * xx + c * yy
+        q = xx * ax_by + yy * bx_cy
+        gauss = torch.exp(-_LN2 * q)
+        lor = 1.0 / (1.0 + q)
+        prof = eta * lor + (1.0 - eta) * gauss
+        dq = -amp * (eta * lor * lor + (1.0 - eta) * _LN2 * gauss)
+        model_prof = pixel_mean(prof)
+        jac = torch.stack(
+            [
+                pixel_mean(-2.0 * dq * ax_by),
+                pixel_mean(-2.0 * dq * bx_cy),
+                pixel_mean(dq * (xx * xx)),
+                pixel_mean(2.0 * dq * (xx * yy)),
+                pixel_mean(dq * (yy * yy)),
+                pixel_mean(amp * (lor - gauss)),
+                model_prof,
+                torch.ones_like(model_prof),
+            ],
+            dim=2,
+        )
+        return bg[:, :, 0] + amp[:, :, 0] * model_prof, jac
+
+    def rows(params, data):
+        model, jac = jacobian(params)
+        return jac, data.reshape(params.shape[0], -1) - model
+
+    def normal(params, data):
+        jac, resid = rows(params, data)
+        jt = jac.mT
+        return jt @ jac, (jt @ resid[:, :, None])[:, :, 0], (resid * resid).sum(dim=1)
+
+    return normal, rows
+
+
+def _torch_bounds(lower: np.ndarray, upper: np.ndarray, cross: bool, device):
+    """:func:`_bounds_numpy` in torch."""
+    import torch
+
+    lower_t = torch.as_tensor(lower, dtype=torch.float64, device=device)
+    upper_t = torch.as_tensor(upper, dtype=torch.float64, device=device)
+
+    def bounds(p):
+        lo = lower_t.expand_as(p).clone()
+        hi = upper_t.expand_as(p).clone()
+        if cross:  # |b| < sqrt(a c): the quadratic form stays positive definite
+            lim = _CROSS * torch.sqrt(
+                p[:, 2].clamp(float(lower[2]), float(upper[2]))
+                * p[:, 4].clamp(float(lower[4]), float(upper[4]))
+            )
+            lo[:, 3], hi[:, 3] = -lim, lim
+        return lo, hi
+
+    return bounds
+
+
+def _torch_solve(a, b):
+    """:func:`_solve` in torch. A singular system falls back to the pseudo-inverse for that
+    patch alone (numpy's ``solve`` can only fail the whole batch), so a patch's fit never
+    depends on the others in its block."""
+    import torch
+
+    x, info = torch.linalg.solve_ex(a, b[..., None])
+    x = x[..., 0]
+    bad = info != 0
+    if bool(bad.any()):  # rare: the damped diagonal is positive
+        x[bad] = (torch.linalg.pinv(a[bad]) @ b[bad][..., None])[..., 0]
+    return torch.where(torch.isfinite(x), x, 0.0)
+
+
+def _torch_levenberg_marquardt(normal, bounds, p0, data, *, max_iter, xtol, ftol):
+    """:func:`_levenberg_marquardt` in torch, line for line; every tensor lives on ``p0``'s
+    device. Returns ``(params, converged, n_iter)``."""
+    import torch
+
+    n, k = p0.shape
+    dev = p0.device
+
+    def project(q):
+        return torch.clamp(q, *bounds(torch.clamp(q, *bounds(q))))
+
+    p = project(p0)
+    jtj, jtr, chi2 = normal(p, data)
+    lam = torch.full((n,), 1e-3, dtype=p.dtype, device=dev)
+    done = torch.zeros(n, dtype=torch.bool, device=dev)
+    converged = torch.zeros(n, dtype=torch.bool, device=dev)
+    n_iter = torch.zeros(n, dtype=torch.int64, device=dev)
+    diag = torch.arange(k, device=dev)
+    # As in the numpy engine (whose data are (n, N, N) too).
+    exact = 1e-26 * data.shape[1]
+    done |= chi2 <= exact
+    converged |= chi2 <= exact
+    for _ in range(int(max_iter)):
+        # Only the still-running patches are carried on, as in the numpy engine; the
+        # emptiness test is one device-to-host sync per iteration.
+        act = torch.nonzero(~done).squeeze(1)
+        if act.numel() == 0:
+            break
+        n_iter[act] += 1
+        a = jtj[act]
+        g = jtr[act]
+        p_old = p[act]
+        lo, hi = bounds(p_old)
+        pinned = ((p_old <= lo) & (g < 0)) | ((p_old >= hi) & (g > 0))
+        a = a.masked_fill(pinned[:, :, None] | pinned[:, None, :], 0.0)
+        g = g.masked_fill(pinned, 0.0)
+        d = a[:, diag, diag]
+        floor = 1e-12 * d.amax(dim=1, keepdim=True) + 1e-30
+        a[:, diag, diag] = torch.where(pinned, 1.0, d + lam[act, None] * torch.maximum(d, floor))
+        step = _torch_solve(a, g)
+        p_try = project(p_old + step)
+        jtj_t, jtr_t, chi2_t = normal(p_try, data[act])
+        chi2_old = chi2[act]
+        better = torch.isfinite(chi2_t) & (chi2_t < chi2_old)
+        moved = (p_try - p_old).abs()
+        small_step = (moved <= xtol * (p_old.abs() + 1.0)).all(dim=1)
+        small_gain = better & (chi2_old - chi2_t <= ftol * chi2_old)
+        acc = act[better]
+        p[acc] = p_try[better]
+        jtj[acc] = jtj_t[better]
+        jtr[acc] = jtr_t[better]
+        chi2[acc] = chi2_t[better]
+        lam[acc] = torch.clamp(lam[acc] * 0.3, min=1e-9)
+        rej = act[~better]
+        lam[rej] = lam[rej] * 5.0
+        stop = small_gain | small_step | (chi2[act] <= exact) | (lam[act] > 1e12)
+        done[act[stop]] = True
+        converged[act[stop]] = True
+    return p, converged, n_iter
+
+
+def _torch_sandwich_var(jac, resid):
+    """Variance of (dx, dy) from dense Jacobians (n, M, k) and residuals (n, M): the HC3
+    sandwich of :func:`_nb_sandwich_var`, same ridge, same leverage clip; ``inf`` where
+    ``J^T J`` is not positive definite."""
+    import torch
+
+    k = jac.shape[-1]
+    bread = jac.mT @ jac
+    ridge = 1e-12 * torch.diagonal(bread, dim1=1, dim2=2).sum(dim=1) / k + 1e-300
+    bread = bread + ridge[:, None, None] * torch.eye(k, dtype=jac.dtype, device=jac.device)
+    low, info = torch.linalg.cholesky_ex(bread)
+    inv = torch.cholesky_inverse(low)
+    coef = jac @ inv  # row p: ((J^T J)^-1 J_p)^T, the inverse being symmetric
+    h = (jac * coef).sum(dim=2).clamp(0.0, 0.99)  # leverage of each pixel
+    w = resid * resid / ((1.0 - h) * (1.0 - h))
+    var = (w[:, :, None] * coef[:, :, :2] ** 2).sum(dim=1)
+    return torch.where((info == 0)[:, None], var, torch.inf)
+
+
+def _torch_fit(model, limits, p0, u, live, oversample, dev, max_iter, xtol, ftol):
+    """Fit the ``live`` patches of the block and estimate the errors of all of them (as the
+    numpy engine does) on ``dev``. Returns numpy ``(params, converged, n_iter, var)``."""
+    import torch
+
+    n, size, _ = u.shape
+    if model == _GAUSS:
+        normal, rows = _torch_gauss_normal, _torch_gauss_rows
+    else:
+        normal, rows = _torch_pvoigt_factory(size, oversample, dev)
+    bounds = _torch_bounds(*limits, model == _PVOIGT, dev)
+    data = torch.as_tensor(u, dtype=torch.float64).to(dev)
+    params = torch.as_tensor(p0, dtype=torch.float64).to(dev)
+    converged = torch.zeros(n, dtype=torch.bool, device=dev)
+    n_iter = torch.zeros(n, dtype=torch.int64, device=dev)
+    if live.size == n:
+        params, converged, n_iter = _torch_levenberg_marquardt(
+            normal, bounds, params, data, max_iter=max_iter, xtol=xtol, ftol=ftol
+        )
+    elif live.size:
+        idx = torch.as_tensor(live, device=dev)
+        res = _torch_levenberg_marquardt(
+            normal, bounds, params[idx], data[idx], max_iter=max_iter, xtol=xtol, ftol=ftol
+        )
+        params = params.clone()  # p0 is the caller's array on the CPU device
+        params[idx], converged[idx], n_iter[idx] = res
+    var = _torch_sandwich_var(*rows(params, data))
+    return tuple(t.cpu().numpy() for t in (params, converged, n_iter, var))
+
+
+
 # --------------------------------------------------------------------------- dispatch
 
 
@@ -1556,7 +1854,7 @@ def localize(
     method: str = "pvoigt",
     *,
     model=None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     **opts,
 ) -> pd.DataFrame:
     """Sub-pixel centre of the peak in each patch.
@@ -1569,7 +1867,11 @@ def localize(
     model : torch.nn.Module or str or None
         BraggNN model (or path) for ``method='braggnn'``; ``None`` loads the shipped one.
     device : str
-        Torch device for ``braggnn``; the other methods run on the CPU.
+        ``'cpu'`` (default), ``'cuda'``, ``'cuda:N'`` or ``'auto'`` (CUDA when available,
+        else the CPU; resolved as :func:`braggtrack.braggnn.resolve_device`). ``braggnn``
+        runs on it; ``gauss`` and ``pvoigt`` run on a CUDA device with the torch engine and
+        on the CPU with the engine asked for (numba by default); ``centroid`` runs on the
+        CPU.
     **opts
         Options of the chosen function (:func:`fit_pvoigt`, :func:`fit_gauss`,
         :func:`centroid`, :func:`braggtrack.braggnn.predict`).
@@ -1609,4 +1911,13 @@ def localize(
             f"unknown option(s) {', '.join(unknown)} for localizer {method!r}; "
             f"known: {', '.join(sorted(allowed))}"
         )
+    if method != "centroid" and str(device) != "cpu":
+        dev = _torch_device(device)  # 'auto' without a GPU is the CPU: numba stays
+        if dev.type != "cpu":
+            engine = opts.get("engine", "torch")
+            if engine != "torch":
+                raise OptionError(
+                    f"device {str(device)!r} runs the fits with engine='torch', got {engine!r}"
+                )
+            opts = {**opts, "engine": "torch", "device": dev}
     return func(patches, **opts)
