@@ -47,16 +47,20 @@ def one_torch_thread():
 
 def assert_same_table(a: pd.DataFrame, b: pd.DataFrame, *, atol=1e-6, rtol=1e-6):
     """Same flags and reasons; positions and widths within ``atol`` px, errors within
-    ``rtol``; amplitudes, backgrounds and intensities (counts) within ``rtol``."""
+    ``rtol``; amplitudes, backgrounds and intensities (counts) within ``rtol`` where the fit
+    converged (a failed fit reports the centroid's position, but the amplitude and background
+    of wherever its iterations stopped)."""
     assert a.reason.tolist() == b.reason.tolist()
     assert a.converged.tolist() == b.converged.tolist()
     for c in POSITION:
         np.testing.assert_allclose(a[c], b[c], rtol=0, atol=atol, err_msg=c)
     for c in ("dx_err", "dy_err"):
         np.testing.assert_allclose(a[c], b[c], rtol=rtol, atol=1e-12, err_msg=c)
+    ok = a.converged.to_numpy()
     for c in ("amplitude", "background", "intensity"):
-        scale = max(1.0, float(np.abs(a[c]).max()))
-        np.testing.assert_allclose(a[c], b[c], rtol=rtol, atol=rtol * scale, err_msg=c)
+        x, y = a[c].to_numpy()[ok], b[c].to_numpy()[ok]
+        scale = max(1.0, float(np.abs(x).max(initial=0.0)))
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * scale, err_msg=c)
 
 
 def noisy_gauss(n, seed):
@@ -97,6 +101,22 @@ def test_poisson_noise_equals_numpy_and_numba(method, seed):
     assert t.converged.mean() > 0.98
     assert_same_table(t, fit(p, engine="numpy"))
     assert_same_table(t, fit(p, engine="numba"))
+
+
+@pytest.mark.parametrize("method", ["gauss", "pvoigt"])
+def test_simulated_messy_patches_equal_numpy_and_numba(method):
+    """The simulator's patches (broadened, split, streaked, weak peaks, neighbours): the
+    same reasons, and positions within 1e-6 px wherever the fits converge."""
+    from braggtrack.simulate import simulate_patches
+
+    p, _ = simulate_patches(300, patch=11, seed=7)
+    fit = FITS[method]
+    t = fit(p, engine="torch")
+    assert_clean_table(t, len(p))
+    assert t.converged.mean() > 0.9
+    # Errors to 1e-5: a few fits are badly conditioned enough to move them by a few 1e-6.
+    assert_same_table(t, fit(p, engine="numpy"), rtol=1e-5)
+    assert_same_table(t, fit(p, engine="numba"), rtol=1e-5)
 
 
 @pytest.mark.parametrize("oversample", [1, 3])

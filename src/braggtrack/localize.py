@@ -31,11 +31,11 @@ pass per patch), ``numpy`` vectorizes over the block (batched ``(n, p, p)`` solv
 still-running patches carried to the next iteration), and ``torch`` is the numpy engine's
 algorithm written with PyTorch tensors on a chosen device. The torch engine exists for GPUs
 (``localize(..., device='cuda')``, ``--device cuda|auto``): a block of fits is thousands of
-small independent problems, which a GPU runs side by side; on the CPU it is no faster than
-the numpy engine and numba stays the default there. torch is imported only when it is used.
-Bounds (centre inside the patch,
-widths >= 0.2 px, ``0 <= eta <= 1``, amplitude >= 0) are kept by projection with an active
-set: a parameter on its bound whose descent direction points outward is held there.
+small independent problems, which a GPU runs side by side; on the CPU it is a little slower
+than the numpy engine (and about ten times slower than numba, which stays the default there).
+torch is imported only when it is used. Bounds (centre inside the patch, widths >= 0.2 px,
+``0 <= eta <= 1``, amplitude >= 0) are kept by projection with an active set: a parameter
+on its bound whose descent direction points outward is held there.
 Uncertainties are leverage-corrected sandwich (HC3) estimates, right under Poisson noise
 whatever the units.
 
