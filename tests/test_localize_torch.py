@@ -2,8 +2,8 @@
 
 The torch engine is the numpy engine's algorithm on a torch device (for GPUs), so on the CPU
 device it must give the numpy engine's table: same positions, errors, flags and reasons, to
-rounding. These tests run on the CPU; the last one repeats the comparison on CUDA where a GPU
-is present.
+rounding. These tests run on the CPU; ``test_cuda_equals_numpy`` repeats the comparison on
+CUDA where a GPU is present.
 """
 
 from __future__ import annotations

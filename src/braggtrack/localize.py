@@ -1591,7 +1591,7 @@ def _run_lm(model, normal, limits, p0, u, oversample, engine, max_iter, xtol, ft
 # block of fits runs on a GPU: thousands of small independent problems side by side. Start
 # values and the table stay in numpy on the CPU (one pass over the block each); the fit
 # (tens of iterations) and the error estimate run on the device. float64 on every device:
-# the tolerances (xtol, ftol 1e-8, exact fits at chi2 ~1e-26) assume it. torch is imported
+# the tolerances (xtol 1e-8, ftol 1e-6 to 1e-8, exact fits at chi2 ~1e-26) assume it. torch is imported
 # inside these functions only, like braggnn, so the CPU engines never load it.
 
 
