@@ -341,3 +341,41 @@ def test_garbage_patches_get_uniform_random_targets():
     assert np.abs(target).max() <= 2.0
     np.testing.assert_allclose(target.var(axis=0), 4.0 / 3.0, rtol=0.08)
     assert not np.any((normed[:, 5, 5] == 1.0) & ((normed > 0).sum(axis=(1, 2)) == 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 40), min_size=0, max_size=6), batch=st.integers(1, 50))
+def test_batches_of_chunks_equal_pair_by_pair_batching(sizes, batch):
+    """Slicing chunk arrays gives exactly the batches of stacking the pairs one by one."""
+    from braggtrack.train import _batches, _batches_of_chunks
+
+    rng = np.random.default_rng(len(sizes) * 100 + batch)
+    chunks = [(rng.random((k, 3, 3), dtype=np.float32), rng.random((k, 2), dtype=np.float32))
+              for k in sizes]
+    pairs = [pair for raw, xy in chunks for pair in zip(raw, xy, strict=True)]
+    expected = list(_batches(pairs, batch))
+    got = list(_batches_of_chunks(iter(chunks), batch))
+    assert len(got) == len(expected) == -(-sum(sizes) // batch)
+    for (raw, xy), (raw_e, xy_e) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(raw, raw_e)
+        np.testing.assert_array_equal(xy, xy_e)
+
+
+def test_simulated_stream_chunks_equal_a_plain_loop_over_seeds():
+    """The prefetching thread changes when a chunk is simulated, not what: every chunk
+    equals a direct simulator call with the chunk's seed."""
+    from braggtrack.simulate import simulate_patches
+    from braggtrack.train import SimulatedStream
+
+    stream = SimulatedStream(70, patch=11, seed=3, chunk=32)
+    stream.epoch = 2
+    got = list(stream.chunks())
+    assert [len(raw) for raw, _ in got] == [32, 32, 6]
+    for part, (raw, xy) in enumerate(got):
+        sub = int(np.random.default_rng([3, 2, part, 7]).integers(2**31 - 1))
+        patches, truth = simulate_patches(len(raw), patch=13, kinds=None, seed=sub)
+        np.testing.assert_array_equal(raw, patches.astype(np.float32))
+        np.testing.assert_array_equal(xy[:, 0], truth["x"].to_numpy().astype(np.float32))
+        np.testing.assert_array_equal(xy[:, 1], truth["y"].to_numpy().astype(np.float32))
+    first = next(iter(stream))  # pair by pair, as a torch IterableDataset
+    np.testing.assert_array_equal(first[0], got[0][0][0])

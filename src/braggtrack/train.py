@@ -421,23 +421,54 @@ class SimulatedStream(IterableDataset):
 
         return simulate_patches
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The epoch's patches, ``(k, size, size)`` float32, and truths, ``(k, 2)``, one
+        simulated chunk at a time.
+
+        The next chunk is simulated on a background thread while the caller trains on this
+        one: the simulator's kernel (numba, ``nogil``) and torch both release the GIL, so with
+        one torch thread the two share two cores instead of taking turns (simulating was
+        about half of an epoch's time).  Every chunk's seed is fixed in advance, so the
+        patches, and the trained weights, are the same as without the thread.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
         simulate = self._simulate()
         size = self.patch + 2 * self.margin
-        done = 0
-        part = 0
-        while done < self.n:
-            k = min(self.chunk, self.n - done)
+        sizes = [min(self.chunk, self.n - a) for a in range(0, self.n, self.chunk)]
+
+        def draw(part: int) -> tuple[np.ndarray, np.ndarray]:
             # One integer seed per (seed, epoch, part): chunks never repeat across epochs.
             sub = int(np.random.default_rng([self.seed, self.epoch, part, 7]).integers(2**31 - 1))
-            patches, truth = simulate(k, patch=size, kinds=self.kinds, seed=sub)
-            xy = np.stack([truth["x"].to_numpy(), truth["y"].to_numpy()], axis=1).astype(np.float32)
-            yield from zip(np.asarray(patches, dtype=np.float32), xy, strict=True)
-            done += k
-            part += 1
+            patches, truth = simulate(sizes[part], patch=size, kinds=self.kinds, seed=sub)
+            xy = np.stack([truth["x"].to_numpy(), truth["y"].to_numpy()], axis=1)
+            return np.asarray(patches, dtype=np.float32), xy.astype(np.float32)
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="braggtrack-simulate") as pool:
+            pending = pool.submit(draw, 0) if sizes else None
+            try:
+                for part in range(len(sizes)):
+                    current = pending.result()
+                    pending = pool.submit(draw, part + 1) if part + 1 < len(sizes) else None
+                    yield current
+            finally:
+                if pending is not None:  # the consumer stopped early
+                    pending.cancel()
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for patches, xy in self.chunks():
+            yield from zip(patches, xy, strict=True)
 
 
 def _batches(stream, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Consecutive batches of ``batch_size`` ``(raw, xy)`` pairs (the last one may be short).
+
+    A stream with ``chunks()`` (the simulator) is cut by slicing its chunk arrays: the same
+    batches as pair by pair, without a Python step per patch.
+    """
+    if hasattr(stream, "chunks"):
+        yield from _batches_of_chunks(stream.chunks(), batch_size)
+        return
     raws: list[np.ndarray] = []
     xys: list[np.ndarray] = []
     for raw, xy in stream:
@@ -448,6 +479,31 @@ def _batches(stream, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]
             raws, xys = [], []
     if raws:
         yield np.stack(raws), np.stack(xys)
+
+
+def _batches_of_chunks(chunks, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    held_raw: list[np.ndarray] = []
+    held_xy: list[np.ndarray] = []
+    held = 0
+    for raw, xy in chunks:
+        start = 0
+        if held:  # complete the batch begun in the previous chunk
+            take = min(batch_size - held, len(raw))
+            held_raw.append(raw[:take])
+            held_xy.append(xy[:take])
+            held += take
+            start = take
+            if held < batch_size:
+                continue
+            yield np.concatenate(held_raw), np.concatenate(held_xy)
+            held_raw, held_xy, held = [], [], 0
+        while len(raw) - start >= batch_size:
+            yield raw[start:start + batch_size], xy[start:start + batch_size]
+            start += batch_size
+        if start < len(raw):
+            held_raw, held_xy, held = [raw[start:]], [xy[start:]], len(raw) - start
+    if held:
+        yield np.concatenate(held_raw), np.concatenate(held_xy)
 
 
 # ---------------------------------------------------------------------- augmentation
