@@ -26,7 +26,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -808,11 +808,12 @@ class _RunState:
         read, linked = None, None
         if self.linker is not None:
             self.feed_linker()
-            labels = self.linker.close()
-            self.linker = None
+            linker, self.linker = self.linker, None
             read = {c["file"]: t for c, t, _ in self.fed}
             fed_x = np.concatenate([x for _, _, x in self.fed]) if self.fed else np.zeros(0)
-            linked = (labels, fed_x)
+            # Closed inside _finish, once the peak table is being written: the last chunks'
+            # linking then overlaps that write instead of preceding it.
+            linked = (linker.close, fed_x)
         return _finish(self.out, self.info, self.config, track, self.series, self.started,
                        read=read, linked=linked)
 
@@ -841,9 +842,17 @@ def _gather(out: Path, info: dict, config: FindConfig,
 
 def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, series,
             started: float, read: dict | None = None,
-            linked: tuple[np.ndarray, np.ndarray] | None = None) -> RunResult:
+            linked: tuple[Callable[[], np.ndarray], np.ndarray] | None = None) -> RunResult:
     """Gather the chunks, link, measure and write. ``read``: chunk tables already read, by
-    file; ``linked``: see :func:`link_and_measure`."""
+    file; ``linked``: ``(close, x)``, a call that returns the labels of a
+    :class:`~braggtrack.track.FrameLinker` fed during the run and the x it was fed (see
+    :func:`link_and_measure`).
+
+    This is the serial tail of a parallel run (every worker is idle by now), so the tables
+    are written on threads (pyarrow and h5py release the GIL) while the next one is computed.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     peaks, frames = _gather(out, info, config, read)
     if track.frame_meta:
         from .metadata import join_frame_meta
@@ -851,18 +860,25 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
         meta = frame_metadata(track, int(info["n_frames"]))
         peaks = join_frame_meta(peaks, meta)
         frames = join_frame_meta(frames, meta)
-    tracks, particles, geometry_info = link_and_measure(peaks, track, tuple(series.shape),
-                                                        linked=linked)
-    paths = {
-        "peaks": write_table(peaks, out / "peaks.parquet"),
-        "frames": write_table(frames, out / "frames.parquet"),
-        "tracks": write_table(tracks, out / "tracks.parquet"),
-        "particles": write_table(particles, out / "particles.parquet"),
-    }
-    tables = {"peaks": peaks, "frames": frames, "tracks": tracks, "particles": particles}
-    for fmt in dict.fromkeys(f for f in track.formats if f != "parquet"):
-        for name, table in tables.items():
-            paths[f"{name}_{fmt}"] = write_table(table, out / f"{name}.{fmt}")
+    extra = list(dict.fromkeys(f for f in track.formats if f != "parquet"))
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="braggtrack-write") as pool:
+        writes = {}
+
+        def write(name: str, table: pd.DataFrame) -> None:
+            writes[name] = pool.submit(write_table, table, out / f"{name}.parquet")
+            for fmt in extra:
+                writes[f"{name}_{fmt}"] = pool.submit(write_table, table, out / f"{name}.{fmt}")
+
+        write("peaks", peaks)
+        write("frames", frames)
+        if linked is not None:
+            linked = (linked[0](), linked[1])
+        tracks, particles, geometry_info = link_and_measure(peaks, track, tuple(series.shape),
+                                                            linked=linked)
+        write("tracks", tracks)
+        write("particles", particles)
+        # Every write is awaited, and the first error raised, before run.json says finished.
+        paths = {name: fut.result() for name, fut in writes.items()}
     skipped = frames[frames["status"] != "ok"] if len(frames) else frames
     info["skipped_frames"] = [
         {"frame": int(r.frame), "reason": str(r.reason)} for r in skipped.itertuples()

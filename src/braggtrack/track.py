@@ -376,9 +376,15 @@ def _rolling_median(values: pd.Series, groups: pd.Series, window: int, forward: 
     for k in range(min(window, n)):
         same = gs[k:] == gs[: n - k]  # sorted by group: equal ends mean one group between
         lagged[k:, k] = np.where(same, vs[: n - k], np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows give NaN
-        med = np.nanmedian(lagged, axis=1) if n else np.zeros(0)
+    # The median of each row's finite values, by sorting (NaN sorts last) and picking the
+    # middle of the first `count`: what np.nanmedian gives, several times faster on these
+    # short rows (it goes through masked arrays there).
+    lagged.sort(axis=1)
+    count = np.count_nonzero(~np.isnan(lagged), axis=1)
+    rows = np.arange(n)
+    lo = lagged[rows, np.maximum(count - 1, 0) // 2]
+    hi = lagged[rows, count // 2 - (count == 0)]
+    med = np.where(count > 0, (lo + hi) / 2, np.nan)
     out = np.empty(n)
     out[order] = med
     return out[::-1] if forward else out
