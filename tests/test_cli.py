@@ -162,3 +162,13 @@ def test_dark_files_are_subtracted(tmp_path, n_darks):
     assert len(ok) == 1
     assert abs(ok.x.iloc[0] - 20.3) < 0.1 and abs(ok.y.iloc[0] - 25.6) < 0.1
     assert abs(ok.background.iloc[0]) < 20  # the 500-count pedestal is gone
+
+
+@pytest.mark.parametrize("args", [["find", "--bogus"], ["find"], ["bench", "extra"],
+                                  ["track", "a.parquet", "--memory", "many"]])
+def test_usage_errors_are_clicks_message_exit_2_never_a_traceback(args):
+    # typer >= 0.22 raises the classes of its own copy of click, not click's.
+    res = cli(*args)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("Error: ")

@@ -502,14 +502,32 @@ def main() -> None:
               file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # click usage errors and aborts
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        usage, abort = _click_exception_types()
+        if isinstance(exc, usage):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, abort):
             sys.exit(1)
         raise
+
+
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Click's usage-error and abort classes, from click itself and from the copy of click
+    that typer >= 0.22 carries inside it (``typer._click``), whose classes are not click's:
+    an unknown option raised one of those and printed a traceback instead of the usage line."""
+    import importlib
+
+    usage: list[type] = []
+    abort: list[type] = [typer.Abort]
+    for name in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage.append(module.ClickException)
+        if hasattr(module, "Abort"):  # typer's copy raises typer.Abort instead
+            abort.append(module.Abort)
+    return tuple(usage), tuple(abort)
 
 
 if __name__ == "__main__":
