@@ -578,9 +578,13 @@ def _subpixel_grid(size: int, oversample: int) -> np.ndarray:
     return (t[:, None] + sub[None, :]).ravel()
 
 
-def _pvoigt_jacobian_factory(size: int, oversample: int):
-    """``f(params) -> (model, J)`` of the pseudo-Voigt, shapes (n, N*N) and (n, N*N, 8)."""
-    g = _subpixel_grid(size, oversample)
+def _pvoigt_jacobian_factory(size: int, oversample: int, xp=np, grid=None):
+    """``f(params) -> (model, J)`` of the pseudo-Voigt, shapes (n, N*N) and (n, N*N, 8).
+
+    ``xp`` is the array module (numpy, or torch for the torch engine, with ``grid``, the
+    sub-pixel grid, already on its device): one copy of the model for both engines.
+    """
+    g = _subpixel_grid(size, oversample) if grid is None else grid
 
     def pixel_mean(a):
         if oversample == 1:
@@ -590,27 +594,30 @@ def _pvoigt_jacobian_factory(size: int, oversample: int):
         )
 
     def jacobian(params):
-        n = params.shape[0]
         x0, y0, a, b, c, eta, amp, bg = (params[:, i, None, None] for i in range(8))
         xx = g[None, None, :] - x0  # (n, 1, m)
         yy = g[None, :, None] - y0  # (n, m, 1)
         ax_by = a * xx + b * yy
         bx_cy = b * xx + c * yy
         q = xx * ax_by + yy * bx_cy
-        gauss = np.exp(-_LN2 * q)
+        gauss = xp.exp(-_LN2 * q)
         lor = 1.0 / (1.0 + q)
         prof = eta * lor + (1.0 - eta) * gauss
         dq = -amp * (eta * lor * lor + (1.0 - eta) * _LN2 * gauss)
-        jac = np.empty((n, size * size, 8))
-        jac[:, :, 0] = pixel_mean(-2.0 * dq * ax_by)
-        jac[:, :, 1] = pixel_mean(-2.0 * dq * bx_cy)
-        jac[:, :, 2] = pixel_mean(dq * (xx * xx))
-        jac[:, :, 3] = pixel_mean(2.0 * dq * (xx * yy))
-        jac[:, :, 4] = pixel_mean(dq * (yy * yy))
-        jac[:, :, 5] = pixel_mean(amp * (lor - gauss))
         model_prof = pixel_mean(prof)
-        jac[:, :, 6] = model_prof
-        jac[:, :, 7] = 1.0
+        jac = xp.stack(
+            [
+                pixel_mean(-2.0 * dq * ax_by),
+                pixel_mean(-2.0 * dq * bx_cy),
+                pixel_mean(dq * (xx * xx)),
+                pixel_mean(2.0 * dq * (xx * yy)),
+                pixel_mean(dq * (yy * yy)),
+                pixel_mean(amp * (lor - gauss)),
+                model_prof,
+                xp.ones_like(model_prof),
+            ],
+            axis=2,
+        )
         return bg[:, :, 0] + amp[:, :, 0] * model_prof, jac
 
     return jacobian
@@ -1654,39 +1661,7 @@ def _torch_pvoigt_factory(size: int, oversample: int, device):
     import torch
 
     g = torch.as_tensor(_subpixel_grid(size, oversample), dtype=torch.float64, device=device)
-
-    def pixel_mean(a):
-        n = a.shape[0]
-        if oversample == 1:
-            return a.reshape(n, -1)
-        return a.reshape(n, size, oversample, size, oversample).mean(dim=(2, 4)).reshape(n, -1)
-
-    def jacobian(params):
-        x0, y0, a, b, c, eta, amp, bg = (params[:, i, None, None] for i in range(8))
-        xx = g[None, None, :] - x0  # (n, 1, m)
-        yy = g[None, :, None] - y0  # (n, m, 1)
-        ax_by = a * xx + b * yy
-        bx_cy = b * xx + c * yy
-        q = xx * ax_by + yy * bx_cy
-        gauss = torch.exp(-_LN2 * q)
-        lor = 1.0 / (1.0 + q)
-        prof = eta * lor + (1.0 - eta) * gauss
-        dq = -amp * (eta * lor * lor + (1.0 - eta) * _LN2 * gauss)
-        model_prof = pixel_mean(prof)
-        jac = torch.stack(
-            [
-                pixel_mean(-2.0 * dq * ax_by),
-                pixel_mean(-2.0 * dq * bx_cy),
-                pixel_mean(dq * (xx * xx)),
-                pixel_mean(2.0 * dq * (xx * yy)),
-                pixel_mean(dq * (yy * yy)),
-                pixel_mean(amp * (lor - gauss)),
-                model_prof,
-                torch.ones_like(model_prof),
-            ],
-            dim=2,
-        )
-        return bg[:, :, 0] + amp[:, :, 0] * model_prof, jac
+    jacobian = _pvoigt_jacobian_factory(size, oversample, xp=torch, grid=g)
 
     def rows(params, data):
         model, jac = jacobian(params)
