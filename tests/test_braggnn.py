@@ -354,6 +354,19 @@ def test_device_auto_and_missing_cuda():
             braggnn.resolve_device("cuda")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_predictions_equal_cpu():
+    from braggtrack.simulate import simulate_patches
+
+    patches, _ = simulate_patches(2048, patch=11, seed=21)
+    cpu = predict(load_model(device="cpu"), patches)
+    gpu = predict(load_model(device="cuda"), patches, device="cuda")
+    # float32 on both; cuDNN's summation order differs from the CPU's by rounding only
+    np.testing.assert_allclose(gpu[["dx", "dy"]].to_numpy(), cpu[["dx", "dy"]].to_numpy(),
+                               atol=1e-4)
+    assert (gpu["reason"] == cpu["reason"]).mean() > 0.995
+
+
 def test_threads_are_restored():
     before = torch.get_num_threads()
     predict(BraggNN(), gaussian_patches(5.0, 5.0), threads=1)
