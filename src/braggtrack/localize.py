@@ -287,35 +287,79 @@ def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(x), x, 0.0)
 
 
-def _levenberg_marquardt(normal, bounds, p0, data, *, max_iter, xtol, ftol):
-    """Batched, bounded Levenberg-Marquardt in numpy.
+class _NumpyOps:
+    """What the batched LM needs beyond operators and indexing, in numpy; :func:`_torch_ops`
+    is the same in torch, so both engines run one copy of the algorithm."""
+
+    where = staticmethod(np.where)
+    maximum = staticmethod(np.maximum)
+    isfinite = staticmethod(np.isfinite)
+    abs = staticmethod(np.abs)
+    clip = staticmethod(np.clip)
+    solve = staticmethod(_solve)
+
+    @staticmethod
+    def nonzero(mask):
+        return np.flatnonzero(mask)
+
+    @staticmethod
+    def floor_at(x, value: float):
+        return np.maximum(x, value)
+
+    @staticmethod
+    def rowmax(d):
+        return d.max(axis=1, keepdims=True)
+
+    @staticmethod
+    def rowall(m):
+        return m.all(axis=1)
+
+    @staticmethod
+    def full(n: int, value: float, like):
+        return np.full(n, value)
+
+    @staticmethod
+    def zeros(n: int, kind: str, like):
+        return np.zeros(n, dtype=bool if kind == "bool" else np.int64)
+
+    @staticmethod
+    def arange(k: int, like):
+        return np.arange(k)
+
+
+def _levenberg_marquardt(normal, bounds, p0, data, *, max_iter, xtol, ftol, ops=_NumpyOps):
+    """Batched, bounded Levenberg-Marquardt over a stack of patches.
 
     ``normal(params, data) -> (JtJ, Jtr, chi2)`` for a stack of patches;
-    ``bounds(params) -> (lower, upper)`` per parameter (they may depend on the others). Returns ``(params, JtJ, chi2, converged, n_iter)``.
+    ``bounds(params) -> (lower, upper)`` per parameter (they may depend on the others);
+    ``ops``: the array library's functions (:class:`_NumpyOps`, or :func:`_torch_ops` for
+    tensors on a device). Returns ``(params, JtJ, chi2, converged, n_iter)``.
     """
     n, k = p0.shape
 
     def project(q):
-        return np.clip(q, *bounds(np.clip(q, *bounds(q))))
+        return ops.clip(q, *bounds(ops.clip(q, *bounds(q))))
 
     p = project(p0)
     jtj, jtr, chi2 = normal(p, data)
-    lam = np.full(n, 1e-3)
-    done = np.zeros(n, dtype=bool)
-    converged = np.zeros(n, dtype=bool)
-    n_iter = np.zeros(n, dtype=np.int64)
-    diag = np.arange(k)
+    lam = ops.full(n, 1e-3, p)
+    done = ops.zeros(n, "bool", p)
+    converged = ops.zeros(n, "bool", p)
+    n_iter = ops.zeros(n, "int", p)
+    diag = ops.arange(k, p)
     # An exact fit stops here; the scaled data are O(1), so this is far below any noise.
     exact = 1e-26 * data.shape[1]
     done |= chi2 <= exact
     converged |= chi2 <= exact
     for _ in range(int(max_iter)):
-        act = np.flatnonzero(~done)
-        if act.size == 0:
+        # Only the still-running patches are carried on (on a GPU the emptiness test is one
+        # device-to-host sync per iteration).
+        act = ops.nonzero(~done)
+        if len(act) == 0:
             break
         n_iter[act] += 1
-        a = jtj[act].copy()
-        g = jtr[act].copy()
+        a = jtj[act]  # integer indexing copies, in numpy and torch alike
+        g = jtr[act]
         p_old = p[act]
         # Active set: a parameter on a bound whose descent direction points outward is
         # held there; clipping its step instead would zig-zag the correlated others.
@@ -324,23 +368,23 @@ def _levenberg_marquardt(normal, bounds, p0, data, *, max_iter, xtol, ftol):
         a[pinned[:, :, None] | pinned[:, None, :]] = 0.0
         g[pinned] = 0.0
         d = a[:, diag, diag]
-        floor = 1e-12 * d.max(axis=1, keepdims=True) + 1e-30
-        a[:, diag, diag] = np.where(pinned, 1.0, d + lam[act, None] * np.maximum(d, floor))
-        step = _solve(a, g)
+        floor = 1e-12 * ops.rowmax(d) + 1e-30
+        a[:, diag, diag] = ops.where(pinned, 1.0, d + lam[act, None] * ops.maximum(d, floor))
+        step = ops.solve(a, g)
         p_try = project(p_old + step)
         jtj_t, jtr_t, chi2_t = normal(p_try, data[act])
         chi2_old = chi2[act]
-        better = np.isfinite(chi2_t) & (chi2_t < chi2_old)
-        moved = np.abs(p_try - p_old)
+        better = ops.isfinite(chi2_t) & (chi2_t < chi2_old)
+        moved = ops.abs(p_try - p_old)
         # Parameters are O(1) in the scaled problem, so |p| + 1 is their natural scale.
-        small_step = np.all(moved <= xtol * (np.abs(p_old) + 1.0), axis=1)
+        small_step = ops.rowall(moved <= xtol * (ops.abs(p_old) + 1.0))
         small_gain = better & (chi2_old - chi2_t <= ftol * chi2_old)
         acc = act[better]
         p[acc] = p_try[better]
         jtj[acc] = jtj_t[better]
         jtr[acc] = jtr_t[better]
         chi2[acc] = chi2_t[better]
-        lam[acc] = np.maximum(lam[acc] * 0.3, 1e-9)
+        lam[acc] = ops.floor_at(lam[acc] * 0.3, 1e-9)
         rej = act[~better]
         lam[rej] = lam[rej] * 5.0
         # No descent left (damping huge or step below precision) is a numerical optimum.
@@ -1593,8 +1637,9 @@ def _run_lm(model, normal, limits, p0, u, oversample, engine, max_iter, xtol, ft
 
 
 # --------------------------------------------------------------------------- torch engine
-# The numpy engine's algorithm (_levenberg_marquardt, _gauss_normal, the pseudo-Voigt
-# Jacobian and the HC3 sandwich of _nb_sandwich_var) written with PyTorch tensors, so that a
+# The numpy engine's algorithm on PyTorch tensors: the same _levenberg_marquardt (with
+# _torch_ops) and pseudo-Voigt Jacobian, _gauss_normal and the HC3 sandwich of
+# _nb_sandwich_var written in torch, so that a
 # block of fits runs on a GPU: thousands of small independent problems side by side. Start
 # values and the table stay in numpy on the CPU (one pass over the block each); the fit
 # (tens of iterations) and the error estimate run on the device. float64 on every device:
@@ -1710,65 +1755,49 @@ def _torch_solve(a, b):
     return torch.where(torch.isfinite(x), x, 0.0)
 
 
-def _torch_levenberg_marquardt(normal, bounds, p0, data, *, max_iter, xtol, ftol):
-    """:func:`_levenberg_marquardt` in torch, line for line; every tensor lives on ``p0``'s
-    device. Returns ``(params, converged, n_iter)``."""
+def _torch_ops():
+    """:class:`_NumpyOps` in torch: the LM of :func:`_levenberg_marquardt` on tensors, every
+    new one on the device of ``like``."""
     import torch
 
-    n, k = p0.shape
-    dev = p0.device
+    class _TorchOps:
+        where = staticmethod(torch.where)
+        maximum = staticmethod(torch.maximum)
+        isfinite = staticmethod(torch.isfinite)
+        abs = staticmethod(torch.abs)
+        clip = staticmethod(torch.clamp)
+        solve = staticmethod(_torch_solve)
 
-    def project(q):
-        return torch.clamp(q, *bounds(torch.clamp(q, *bounds(q))))
+        @staticmethod
+        def nonzero(mask):
+            return torch.nonzero(mask).squeeze(1)
 
-    p = project(p0)
-    jtj, jtr, chi2 = normal(p, data)
-    lam = torch.full((n,), 1e-3, dtype=p.dtype, device=dev)
-    done = torch.zeros(n, dtype=torch.bool, device=dev)
-    converged = torch.zeros(n, dtype=torch.bool, device=dev)
-    n_iter = torch.zeros(n, dtype=torch.int64, device=dev)
-    diag = torch.arange(k, device=dev)
-    # As in the numpy engine (whose data are (n, N, N) too).
-    exact = 1e-26 * data.shape[1]
-    done |= chi2 <= exact
-    converged |= chi2 <= exact
-    for _ in range(int(max_iter)):
-        # Only the still-running patches are carried on, as in the numpy engine; the
-        # emptiness test is one device-to-host sync per iteration.
-        act = torch.nonzero(~done).squeeze(1)
-        if act.numel() == 0:
-            break
-        n_iter[act] += 1
-        a = jtj[act]
-        g = jtr[act]
-        p_old = p[act]
-        lo, hi = bounds(p_old)
-        pinned = ((p_old <= lo) & (g < 0)) | ((p_old >= hi) & (g > 0))
-        a = a.masked_fill(pinned[:, :, None] | pinned[:, None, :], 0.0)
-        g = g.masked_fill(pinned, 0.0)
-        d = a[:, diag, diag]
-        floor = 1e-12 * d.amax(dim=1, keepdim=True) + 1e-30
-        a[:, diag, diag] = torch.where(pinned, 1.0, d + lam[act, None] * torch.maximum(d, floor))
-        step = _torch_solve(a, g)
-        p_try = project(p_old + step)
-        jtj_t, jtr_t, chi2_t = normal(p_try, data[act])
-        chi2_old = chi2[act]
-        better = torch.isfinite(chi2_t) & (chi2_t < chi2_old)
-        moved = (p_try - p_old).abs()
-        small_step = (moved <= xtol * (p_old.abs() + 1.0)).all(dim=1)
-        small_gain = better & (chi2_old - chi2_t <= ftol * chi2_old)
-        acc = act[better]
-        p[acc] = p_try[better]
-        jtj[acc] = jtj_t[better]
-        jtr[acc] = jtr_t[better]
-        chi2[acc] = chi2_t[better]
-        lam[acc] = torch.clamp(lam[acc] * 0.3, min=1e-9)
-        rej = act[~better]
-        lam[rej] = lam[rej] * 5.0
-        stop = small_gain | small_step | (chi2[act] <= exact) | (lam[act] > 1e12)
-        done[act[stop]] = True
-        converged[act[stop]] = True
-    return p, converged, n_iter
+        @staticmethod
+        def floor_at(x, value: float):
+            return torch.clamp(x, min=value)
+
+        @staticmethod
+        def rowmax(d):
+            return d.amax(dim=1, keepdim=True)
+
+        @staticmethod
+        def rowall(m):
+            return m.all(dim=1)
+
+        @staticmethod
+        def full(n: int, value: float, like):
+            return torch.full((n,), value, dtype=like.dtype, device=like.device)
+
+        @staticmethod
+        def zeros(n: int, kind: str, like):
+            dtype = torch.bool if kind == "bool" else torch.int64
+            return torch.zeros(n, dtype=dtype, device=like.device)
+
+        @staticmethod
+        def arange(k: int, like):
+            return torch.arange(k, device=like.device)
+
+    return _TorchOps
 
 
 def _torch_sandwich_var(jac, resid):
@@ -1801,21 +1830,23 @@ def _torch_fit(model, limits, p0, u, live, oversample, dev, max_iter, xtol, ftol
     else:
         normal, rows = _torch_pvoigt_factory(size, oversample, dev)
     bounds = _torch_bounds(*limits, model == _PVOIGT, dev)
+    ops = _torch_ops()
     data = torch.as_tensor(u, dtype=torch.float64).to(dev)
     params = torch.as_tensor(p0, dtype=torch.float64).to(dev)
     converged = torch.zeros(n, dtype=torch.bool, device=dev)
     n_iter = torch.zeros(n, dtype=torch.int64, device=dev)
     if live.size == n:
-        params, converged, n_iter = _torch_levenberg_marquardt(
-            normal, bounds, params, data, max_iter=max_iter, xtol=xtol, ftol=ftol
+        params, _, _, converged, n_iter = _levenberg_marquardt(
+            normal, bounds, params, data, max_iter=max_iter, xtol=xtol, ftol=ftol, ops=ops
         )
     elif live.size:
         idx = torch.as_tensor(live, device=dev)
-        res = _torch_levenberg_marquardt(
-            normal, bounds, params[idx], data[idx], max_iter=max_iter, xtol=xtol, ftol=ftol
+        fitted, _, _, conv, iters = _levenberg_marquardt(
+            normal, bounds, params[idx], data[idx], max_iter=max_iter, xtol=xtol, ftol=ftol,
+            ops=ops,
         )
         params = params.clone()  # p0 is the caller's array on the CPU device
-        params[idx], converged[idx], n_iter[idx] = res
+        params[idx], converged[idx], n_iter[idx] = fitted, conv, iters
     var = _torch_sandwich_var(*rows(params, data))
     return tuple(t.cpu().numpy() for t in (params, converged, n_iter, var))
 
