@@ -20,8 +20,8 @@
 #   stage 7: 24 epochs x 262,144, lr 2e-4 cosine-decayed, streak drawn four times as often
 #            (chosen over stage 6's mix and over beta 0.05 in pilots on validation seed 777000);
 #            thresholds recalibrated on its validation set.
-# Deterministic on CPU (one torch thread, fixed seeds, fixed epoch counts): a second run gives
-# the same weights. Wall time on the idle 2-core development machine, 2026-12-01: 1.1 + 0.3 +
+# Deterministic on CPU (one torch thread, fixed seeds, fixed epoch counts): a second full run
+# gave exactly the shipped weights and config. Wall time on the idle 2-core development machine, 2026-12-01: 1.1 + 0.3 +
 # 0.6 + 0.9 + 0.5 + 11.5 + 5.8 = ~21 minutes (the simulator draws the next chunk on a second
 # thread while torch trains on one). The sha256 of the weights file is written to the .json.
 #     bash benchmarks/train_default_model.sh [OUT.safetensors]
