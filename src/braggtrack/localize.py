@@ -446,20 +446,37 @@ def _check_fit_options(max_iter, xtol, ftol, engine="numba", device="cpu"):
 # --------------------------------------------------------------------------- Gaussian
 
 
-def _gauss_axis(t: np.ndarray, centre: np.ndarray, sigma: np.ndarray):
+def _gauss_axis(t, centre, sigma, xp=np, erf_=erf):
     """Pixel integrals of a unit Gaussian along one axis and their derivatives.
 
-    ``t`` (N,) pixel centres; returns E, dE/dcentre, dE/dsigma, each (n, N).
+    ``t`` (N,) pixel centres; returns E, dE/dcentre, dE/dsigma, each (n, N). ``xp`` and
+    ``erf_``: the array module and its erf (numpy and scipy's, or torch's for the torch
+    engine).
     """
     s = sigma[:, None]
     hi = t[None, :] + 0.5 - centre[:, None]
     lo = t[None, :] - 0.5 - centre[:, None]
-    e = 0.5 * (erf(hi / (_SQRT2 * s)) - erf(lo / (_SQRT2 * s)))
-    phi_hi = np.exp(-0.5 * (hi / s) ** 2) / (_SQRT2PI * s)
-    phi_lo = np.exp(-0.5 * (lo / s) ** 2) / (_SQRT2PI * s)
+    e = 0.5 * (erf_(hi / (_SQRT2 * s)) - erf_(lo / (_SQRT2 * s)))
+    phi_hi = xp.exp(-0.5 * (hi / s) ** 2) / (_SQRT2PI * s)
+    phi_lo = xp.exp(-0.5 * (lo / s) ** 2) / (_SQRT2PI * s)
     de_dc = phi_lo - phi_hi
     de_ds = -(hi * phi_hi - lo * phi_lo) / s
     return e, de_dc, de_ds
+
+
+def _gauss_parts(params, data, t, xp=np, erf_=erf):
+    """Row vectors ``u`` and column vectors ``v`` (n, 6, N) of the separable Gaussian's
+    Jacobian columns (``J_k = u_k x v_k``) and the residuals (n, N, N); ``t`` the pixel
+    centres, ``xp``/``erf_`` as in :func:`_gauss_axis` (one copy for numpy and torch)."""
+    x0, y0, sx, sy, vol, bg = params.T
+    ex, ex_c, ex_s = _gauss_axis(t, x0, sx, xp, erf_)
+    ey, ey_c, ey_s = _gauss_axis(t, y0, sy, xp, erf_)
+    v = vol[:, None]
+    ones = xp.ones_like(ex)
+    u_rows = xp.stack([v * ey, v * ey_c, v * ey, v * ey_s, ey, ones], axis=1)  # (n, 6, N)
+    v_cols = xp.stack([ex_c, ex, ex_s, ex, ex, ones], axis=1)
+    resid = data - bg[:, None, None] - v[:, :, None] * ey[:, :, None] * ex[:, None, :]
+    return u_rows, v_cols, resid
 
 
 def _gauss_normal(params: np.ndarray, data: np.ndarray):
@@ -468,16 +485,9 @@ def _gauss_normal(params: np.ndarray, data: np.ndarray):
     params: x0, y0, sigma_x, sigma_y, volume, background. Every Jacobian column is an
     outer product ``u_k (rows) x v_k (columns)``, so ``JtJ[k, l] = (u_k.u_l)(v_k.v_l)``.
     """
-    n, size, _ = data.shape
+    size = data.shape[1]
     t = np.arange(size, dtype=np.float64) - size // 2
-    x0, y0, sx, sy, vol, bg = params.T
-    ex, ex_c, ex_s = _gauss_axis(t, x0, sx)
-    ey, ey_c, ey_s = _gauss_axis(t, y0, sy)
-    v = vol[:, None]
-    ones = np.ones_like(ex)
-    u_rows = np.stack([v * ey, v * ey_c, v * ey, v * ey_s, ey, ones], axis=1)  # (n, 6, N)
-    v_cols = np.stack([ex_c, ex, ex_s, ex, ex, ones], axis=1)
-    resid = data - bg[:, None, None] - v[:, :, None] * ey[:, :, None] * ex[:, None, :]
+    u_rows, v_cols, resid = _gauss_parts(params, data, t)
     jtj = (u_rows @ u_rows.transpose(0, 2, 1)) * (v_cols @ v_cols.transpose(0, 2, 1))
     jtr = ((u_rows @ resid) * v_cols).sum(axis=2)
     chi2 = (resid**2).sum(axis=(1, 2))
@@ -1638,8 +1648,8 @@ def _run_lm(model, normal, limits, p0, u, oversample, engine, max_iter, xtol, ft
 
 # --------------------------------------------------------------------------- torch engine
 # The numpy engine's algorithm on PyTorch tensors: the same _levenberg_marquardt (with
-# _torch_ops) and pseudo-Voigt Jacobian, _gauss_normal and the HC3 sandwich of
-# _nb_sandwich_var written in torch, so that a
+# _torch_ops), pseudo-Voigt Jacobian and Gaussian parts (_gauss_parts), and the HC3
+# sandwich of _nb_sandwich_var written in torch, so that a
 # block of fits runs on a GPU: thousands of small independent problems side by side. Start
 # values and the table stay in numpy on the CPU (one pass over the block each); the fit
 # (tens of iterations) and the error estimate run on the device. float64 on every device:
@@ -1654,35 +1664,13 @@ def _torch_device(device):
     return resolve_device(device)
 
 
-def _torch_gauss_axis(t, centre, sigma):
-    """:func:`_gauss_axis` in torch."""
-    import torch
-
-    s = sigma[:, None]
-    hi = t[None, :] + 0.5 - centre[:, None]
-    lo = t[None, :] - 0.5 - centre[:, None]
-    e = 0.5 * (torch.special.erf(hi / (_SQRT2 * s)) - torch.special.erf(lo / (_SQRT2 * s)))
-    phi_hi = torch.exp(-0.5 * (hi / s) ** 2) / (_SQRT2PI * s)
-    phi_lo = torch.exp(-0.5 * (lo / s) ** 2) / (_SQRT2PI * s)
-    return e, phi_lo - phi_hi, -(hi * phi_hi - lo * phi_lo) / s
-
-
 def _torch_gauss_parts(params, data):
-    """Row vectors ``u`` and column vectors ``v`` (n, 6, N) of the Gaussian's Jacobian
-    columns (``J_k = u_k x v_k``, as in :func:`_gauss_normal`) and the residuals (n, N, N)."""
+    """:func:`_gauss_parts` on tensors (pixel centres on ``data``'s device)."""
     import torch
 
     size = data.shape[1]
     t = torch.arange(size, dtype=data.dtype, device=data.device) - size // 2
-    x0, y0, sx, sy, vol, bg = params.T
-    ex, ex_c, ex_s = _torch_gauss_axis(t, x0, sx)
-    ey, ey_c, ey_s = _torch_gauss_axis(t, y0, sy)
-    v = vol[:, None]
-    ones = torch.ones_like(ex)
-    u_rows = torch.stack([v * ey, v * ey_c, v * ey, v * ey_s, ey, ones], dim=1)
-    v_cols = torch.stack([ex_c, ex, ex_s, ex, ex, ones], dim=1)
-    resid = data - bg[:, None, None] - v[:, :, None] * ey[:, :, None] * ex[:, None, :]
-    return u_rows, v_cols, resid
+    return _gauss_parts(params, data, t, xp=torch, erf_=torch.special.erf)
 
 
 def _torch_gauss_normal(params, data):
