@@ -373,6 +373,10 @@ def test_load_image_and_checksum(tmp_path, stack):
     assert file_checksum(blob, chunk_size=1000, algorithm="xxh3_128") == expected
     with pytest.raises(OptionError, match="algorithm"):
         file_checksum(blob, algorithm="md5")
+    empty = tmp_path / "empty.bin"  # cannot be memory-mapped: read instead
+    empty.write_bytes(b"")
+    assert file_checksum(empty) == hashlib.sha256(b"").hexdigest()
+    assert file_checksum(empty, algorithm="xxh3_128") == xxhash.xxh3_128(b"").hexdigest()
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared real data absent")
