@@ -5,9 +5,9 @@ The patches are those of ``benchmarks/accuracy_table.py`` (``simulate_patches``,
 bound on the covariance of the centre with every parameter of the simulated peak estimated
 (shape, eta, amplitude, background level and tilt, split and neighbour parameters), and with the
 shape known (only centre, amplitude and background estimated: the most that prior knowledge of
-the shape could buy).  The per-patch read noise, background tilt and neighbour shapes are not in
-the truth table; they are recovered by replaying the simulator's random draws, and the replay is
-checked by regenerating the noisy patches bit for bit.
+the shape could buy).  The per-patch read noise, background tilt and neighbour shapes come from
+the simulator's truth table (``tests/test_crlb.py`` checks that they rebuild the exact mean the
+simulator drew its counts from).
 
 Columns: the pooled median / p90 distance an efficient unbiased localizer would reach
 (:func:`braggtrack.crlb.radial_error_quantiles`), the measured medians, pvoigt's median over the
@@ -32,62 +32,6 @@ from braggtrack import simulate as S
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_table import SEED, default_localizers  # noqa: E402
 
-#: ``simulate_patches`` defaults (the replay below must use the same).
-DEFAULTS = {"background_range": (2.0, 300.0), "snr_range": (10.0, 500.0),
-            "weak_snr": (4.0, 8.0), "offset": 1.0, "read_noise": 1.0,
-            "hot_pixel_probability": 0.02, "gradient": 0.01}
-
-
-def replay_patches(n: int, patch: int, kind: str, seed: int, *, hot_pixel_probability=0.02):
-    """``simulate_patches(n, patch, kind, seed)`` with what its truth table leaves out.
-
-    Returns ``(patches, truth, extra)``; ``extra`` holds per patch ``read_noise``, ``gx, gy``,
-    ``neighbours`` (DataFrame, one row per patch, amplitude 0 = none) and ``expected``, the
-    noise-free mean the simulator drew its Poisson counts from (hot pixel included).  Raises
-    ``AssertionError`` if the replay does not regenerate the simulator's patches exactly.
-    """
-    d = dict(DEFAULTS, hot_pixel_probability=hot_pixel_probability)
-    patches, truth = S.simulate_patches(n, patch, kind, seed,
-                                        hot_pixel_probability=hot_pixel_probability)
-    rng = np.random.default_rng(seed)
-    kinds = np.asarray((kind,), dtype=object)[rng.integers(0, 1, n)]
-    S._draw_shapes(rng, kinds)
-    c = patch // 2
-    x = c + rng.uniform(-d["offset"], d["offset"], n)
-    y = c + rng.uniform(-d["offset"], d["offset"], n)
-    level = np.exp(rng.uniform(*np.log(d["background_range"]), n))
-    rn = rng.uniform(0.0, d["read_noise"], n)
-    rng.uniform(*d["weak_snr"], n)
-    rng.uniform(*np.log(d["snr_range"]), n)
-    ov = np.flatnonzero(kinds == "overlapping")
-    nb = S._draw_shapes(rng, np.full(len(ov), "sharp", dtype=object))
-    rng.uniform(3.0, 6.0, len(ov))
-    rng.uniform(0, 2 * np.pi, len(ov))
-    rng.uniform(0.3, 1.0, len(ov))
-    g = rng.normal(0.0, d["gradient"], (n, 2)) * level[:, None]
-    hot = rng.random(n) < hot_pixel_probability
-    hi_ = np.flatnonzero(hot)
-    hy, hx = rng.integers(0, patch, hi_.size), rng.integers(0, patch, hi_.size)
-    hot_add = level[hi_] * np.exp(rng.uniform(np.log(30), np.log(300), hi_.size)) + 50
-    assert np.array_equal(x, truth.x) and np.array_equal(y, truth.y)
-    assert np.array_equal(level, truth.background) and np.array_equal(hot, truth.hot_pixel)
-
-    neighbours = pd.DataFrame({"x": 0.0, "y": 0.0, "amplitude": 0.0, "sigma_x": 1.0,
-                               "sigma_y": 1.0, "eta": 0.0, "angle": 0.0}, index=range(n))
-    for col in ("sigma_x", "sigma_y", "eta", "angle"):
-        neighbours.loc[ov, col] = nb[col].to_numpy()
-    neighbours.loc[ov, "x"] = (truth.x + truth.neighbour_dx).to_numpy()[ov]
-    neighbours.loc[ov, "y"] = (truth.y + truth.neighbour_dy).to_numpy()[ov]
-    neighbours.loc[ov, "amplitude"] = truth.neighbour_amplitude.to_numpy()[ov]
-    expected = crlb.expected_patches(truth, patch, background=level, gradient=g,
-                                     neighbours=neighbours)
-    expected[hi_, hy, hx] += hot_add
-    counts = rng.poisson(expected).astype(np.float64) \
-        + rng.normal(0, 1, expected.shape) * rn[:, None, None]
-    assert np.array_equal(counts.astype(np.float32), patches), "replay differs from simulator"
-    extra = {"read_noise": rn, "gradient": g, "neighbours": neighbours, "expected": expected}
-    return patches, truth, extra
-
 
 def _errors(localizers, patches, truth, patch):
     c = patch // 2
@@ -109,10 +53,8 @@ def crlb_table(n_per_kind: int = 1000, seed: int = SEED, *, patch: int = 11,
         if kind not in kinds:
             continue
         t0 = time.perf_counter()
-        patches, truth, extra = replay_patches(n_per_kind, patch, kind, seed + k)
-        nb = extra["neighbours"] if kind == "overlapping" else None
-        args = dict(background=truth.background.to_numpy(), gradient=extra["gradient"],
-                    read_noise=extra["read_noise"], neighbours=nb)
+        patches, truth = S.simulate_patches(n_per_kind, patch, kind, seed + k)
+        args = crlb.simulated_nuisance(truth)
         cov = crlb.centre_crlb(truth, patch, **args)
         cov_known = crlb.centre_crlb(truth, patch, known=("shape", "eta", "split", "neighbour"),
                                      **args)
@@ -124,8 +66,8 @@ def crlb_table(n_per_kind: int = 1000, seed: int = SEED, *, patch: int = 11,
         err = _errors(localizers, patches, truth, patch)
         clean = ~truth.hot_pixel.to_numpy(bool)
         # The same peaks without hot pixels (the noise draws differ: the stream is shifted).
-        patches0, truth0, _ = replay_patches(n_per_kind, patch, kind, seed + k,
-                                             hot_pixel_probability=0.0)
+        patches0, truth0 = S.simulate_patches(n_per_kind, patch, kind, seed + k,
+                                              hot_pixel_probability=0.0)
         pv0 = _errors({"pvoigt": localizers["pvoigt"]}, patches0, truth0, patch)["pvoigt"]
         row = {"kind": kind, "n": n_per_kind, "crlb_median": b50, "crlb_p90": b90,
                "crlb_known_shape_median": k50, "crlb_with_prior_median": p50,
@@ -138,7 +80,7 @@ def crlb_table(n_per_kind: int = 1000, seed: int = SEED, *, patch: int = 11,
             row[f"{name}_p90"] = float(np.quantile(e, 0.9))
         # Median error over the bound's median by thirds of the peak's SNR (height / noise).
         snr = truth.height.to_numpy() / np.sqrt(truth.background.to_numpy()
-                                                 + extra["read_noise"] ** 2)
+                                                 + truth.read_noise.to_numpy() ** 2)
         edges = np.quantile(snr, [0, 1 / 3, 2 / 3, 1])
         third = np.clip(np.searchsorted(edges, snr, side="right") - 1, 0, 2)
         for j in range(3):

@@ -7,9 +7,6 @@ of the Poisson-Gaussian likelihood; never from the code under test.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -122,17 +119,32 @@ class _Recorder:
 
 @pytest.mark.parametrize("kind", S.KINDS)
 def test_expected_patch_is_the_simulators_mean(kind, monkeypatch):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from crlb_table import replay_patches
-
+    # The mean the simulator drew its Poisson counts from, rebuilt from the truth table alone.
     seen: list = []
     real = np.random.default_rng
     monkeypatch.setattr(np.random, "default_rng", lambda seed: _Recorder(real(seed), seen))
-    S.simulate_patches(40, 11, kind, 5)
+    patches, truth = S.simulate_patches(40, 11, kind, 5, hot_pixel_probability=0.3)
     monkeypatch.undo()
     (lam,) = seen
-    _, truth, extra = replay_patches(40, 11, kind, 5)   # asserts it regenerates the patches
-    assert np.max(np.abs(extra["expected"] - lam)) <= 1e-9 * lam.max()
+    nuisance = crlb.simulated_nuisance(truth)
+    assert (nuisance["neighbours"] is not None) == (kind == "overlapping")
+    expected = crlb.expected_patches(truth, 11, background=nuisance["background"],
+                                     gradient=nuisance["gradient"],
+                                     neighbours=nuisance["neighbours"])
+    hot = np.flatnonzero(truth.hot_pixel)
+    assert hot.size > 0 and (truth.hot_x[~truth.hot_pixel] == -1).all()
+    expected[hot, truth.hot_y[hot], truth.hot_x[hot]] += truth.hot_counts[hot]
+    assert np.max(np.abs(expected - lam)) <= 1e-9 * lam.max()
+    # And the read noise is what was added on top of the counts (sigma in [0, 1]).
+    assert truth.read_noise.between(0, 1).all()
+    # The same seed still gives the same patches as before these columns were recorded.
+    again, _ = S.simulate_patches(40, 11, kind, 5, hot_pixel_probability=0.3)
+    np.testing.assert_array_equal(again, patches)
+
+
+def test_simulated_nuisance_needs_a_patch_truth_table():
+    with pytest.raises(OptionError, match="simulate_patches truth table"):
+        crlb.simulated_nuisance(pd.DataFrame({"x": [5.0], "y": [5.0], "amplitude": [1.0]}))
 
 
 def test_pvoigt_fit_variance_reaches_the_bound():

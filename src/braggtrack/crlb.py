@@ -62,7 +62,7 @@ from . import simulate as _sim
 from .errors import OptionError
 
 __all__ = ["GROUPS", "NOISE_MODELS", "centre_crlb", "expected_patches", "fisher_information",
-           "pixel_information", "radial_error_quantiles"]
+           "pixel_information", "radial_error_quantiles", "simulated_nuisance"]
 
 NOISE_MODELS = ("shifted-poisson", "gaussian", "poisson")
 #: Parameter groups that ``known=`` may hold fixed (x, y are always estimated).
@@ -230,6 +230,49 @@ def expected_patches(peaks, patch: int = 11, *, background=0.0, gradient=0.0,
     out += _background(n, patch, background, gradient)
     np.maximum(out, 0.0, out=out)
     return out
+
+
+def simulated_nuisance(truth: pd.DataFrame) -> dict:
+    """The nuisance arguments of :func:`expected_patches` and :func:`centre_crlb` for the
+    patches of a :func:`braggtrack.simulate.simulate_patches` truth table.
+
+    Returns
+    -------
+    dict
+        ``background`` (n,), ``gradient`` (n, 2), ``read_noise`` (n,) and ``neighbours`` (a
+        table, amplitude 0 where a patch has none; ``None`` when no patch has one).
+
+    Examples
+    --------
+    >>> from braggtrack.simulate import simulate_patches
+    >>> patches, truth = simulate_patches(3, patch=11, kinds="overlapping", seed=1)
+    >>> nuisance = simulated_nuisance(truth)
+    >>> mu = expected_patches(truth, 11, **{k: v for k, v in nuisance.items()
+    ...                                     if k != "read_noise"})
+    >>> mu.shape, len(nuisance["neighbours"])
+    ((3, 11, 11), 3)
+    """
+    t = pd.DataFrame(truth).reset_index(drop=True)
+    needed = ["x", "y", "background", "gradient_x", "gradient_y", "read_noise",
+              "neighbour_dx", "neighbour_dy", "neighbour_amplitude", "neighbour_sigma_x",
+              "neighbour_sigma_y", "neighbour_eta", "neighbour_angle"]
+    missing = [c for c in needed if c not in t.columns]
+    if missing:
+        raise OptionError("not a simulate_patches truth table: it lacks column(s) "
+                          + ", ".join(missing))
+    nb_amp = t["neighbour_amplitude"].to_numpy(float)
+    neighbours = None
+    if (nb_amp > 0).any():
+        neighbours = pd.DataFrame({
+            "x": t.x.to_numpy(float) + t["neighbour_dx"].to_numpy(float),
+            "y": t.y.to_numpy(float) + t["neighbour_dy"].to_numpy(float),
+            "amplitude": nb_amp,
+            **{col: t[f"neighbour_{col}"].to_numpy(float)
+               for col in ("sigma_x", "sigma_y", "eta", "angle")},
+        })
+    return {"background": t.background.to_numpy(float),
+            "gradient": t[["gradient_x", "gradient_y"]].to_numpy(float),
+            "read_noise": t.read_noise.to_numpy(float), "neighbours": neighbours}
 
 
 def _background(n, patch, background, gradient):

@@ -147,6 +147,16 @@ TRUTH_COLUMNS: dict[str, str] = {
     "neighbour_dy": "simulate_patches, overlapping: neighbour centre minus peak centre, y, pixels",
     "neighbour_amplitude": "simulate_patches, overlapping: neighbour integrated counts (0: none)",
     "hot_pixel": "simulate_patches: True when the patch holds a hot pixel",
+    "neighbour_sigma_x": "simulate_patches, overlapping: neighbour's sigma_x, pixels (1: none)",
+    "neighbour_sigma_y": "simulate_patches, overlapping: neighbour's sigma_y, pixels (1: none)",
+    "neighbour_eta": "simulate_patches, overlapping: neighbour's Lorentzian fraction (0: none)",
+    "neighbour_angle": "simulate_patches, overlapping: neighbour's axis rotation, radians",
+    "gradient_x": "simulate_patches: background tilt along x (columns), counts per pixel per pixel",
+    "gradient_y": "simulate_patches: background tilt along y (rows), counts per pixel per pixel",
+    "read_noise": "simulate_patches: Gaussian read-noise sigma of the patch, counts",
+    "hot_x": "simulate_patches: column of the hot pixel, -1 when none",
+    "hot_y": "simulate_patches: row of the hot pixel, -1 when none",
+    "hot_counts": "simulate_patches: expected counts the hot pixel adds (0 when none)",
 }
 
 
@@ -1166,7 +1176,9 @@ def simulate_patches(
         Counts.
     truth : DataFrame
         ``patch, x, y`` (patch pixel coordinates), ``kind``, shape parameters, ``amplitude``,
-        ``height``, ``background``, ``neighbour_dx/dy/amplitude``, ``hot_pixel``.
+        ``height``, ``background``, the neighbour (``neighbour_dx/dy/amplitude`` and its
+        shape), the background tilt ``gradient_x/y``, ``read_noise`` and the hot pixel
+        (``hot_pixel``, ``hot_x/y``, ``hot_counts``): every draw that made the patch.
 
     Examples
     --------
@@ -1226,15 +1238,29 @@ def simulate_patches(
     hot = rng.random(n) < hot_pixel_probability
     hi_ = np.flatnonzero(hot)
     hy, hx = rng.integers(0, patch, hi_.size), rng.integers(0, patch, hi_.size)
-    out[hi_, hy, hx] += level[hi_] * np.exp(rng.uniform(np.log(30), np.log(300), hi_.size)) + 50
+    hot_add = level[hi_] * np.exp(rng.uniform(np.log(30), np.log(300), hi_.size)) + 50
+    out[hi_, hy, hx] += hot_add
     counts = rng.poisson(out).astype(np.float64) + rng.normal(0, 1, out.shape) * rn[:, None, None]
+    # Every nuisance draw goes into the truth table, so that the noise-free mean of a patch
+    # (braggtrack.crlb.expected_patches) can be rebuilt from it without replaying the draws.
+    nb_shape = {"sigma_x": np.ones(n), "sigma_y": np.ones(n), "eta": np.zeros(n),
+                "angle": np.zeros(n)}
+    for col, values in nb_shape.items():
+        values[ov] = nb[col].to_numpy()
+    hot_at = {"x": np.full(n, -1, np.int64), "y": np.full(n, -1, np.int64),
+              "counts": np.zeros(n)}
+    hot_at["x"][hi_], hot_at["y"][hi_], hot_at["counts"][hi_] = hx, hy, hot_add
     truth = pd.DataFrame({
         "patch": np.arange(n), "x": x, "y": y, "kind": kind.astype(str),
         "amplitude": amp, "height": amp * per_count, "background": level,
         "sigma_x": shapes["sigma_x"], "sigma_y": shapes["sigma_y"], "eta": shapes["eta"],
         "angle": shapes["angle"], "split_dx": shapes["split_dx"], "split_dy": shapes["split_dy"],
         "split_ratio": shapes["split_ratio"], "neighbour_dx": nb_dx, "neighbour_dy": nb_dy,
-        "neighbour_amplitude": nb_amp, "hot_pixel": hot,
+        "neighbour_amplitude": nb_amp,
+        **{f"neighbour_{col}": values for col, values in nb_shape.items()},
+        "gradient_x": g[:, 0], "gradient_y": g[:, 1], "read_noise": rn,
+        "hot_pixel": hot, "hot_x": hot_at["x"], "hot_y": hot_at["y"],
+        "hot_counts": hot_at["counts"],
     })
     truth.attrs.update({"seed": int(seed), "patch": int(patch)})
     return counts.astype(np.float32), truth
