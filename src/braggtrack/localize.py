@@ -348,7 +348,8 @@ def _levenberg_marquardt(normal, bounds, p0, data, *, max_iter, xtol, ftol, ops=
     n_iter = ops.zeros(n, "int", p)
     diag = ops.arange(k, p)
     # An exact fit stops here; the scaled data are O(1), so this is far below any noise.
-    exact = 1e-26 * data.shape[1]
+    # (1e-26 per pixel, as in the numba engine.)
+    exact = 1e-26 * math.prod(data.shape[1:])
     done |= chi2 <= exact
     converged |= chi2 <= exact
     for _ in range(int(max_iter)):
