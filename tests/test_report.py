@@ -211,6 +211,18 @@ def test_display_norm_stretches_only_wide_ranges():
     assert float(norm(np.array([100.0]))[0]) < 0.2 and float(norm(np.array([1e6]))[0]) > 0.99
 
 
+def test_movie_colours_of_non_finite_pixels():
+    # A float frame with a dead (NaN) row and an infinite pixel: lowest and highest colour.
+    frame = np.random.default_rng(2).normal(100, 5, (32, 32)).astype(np.float32)
+    frame[4] = np.nan
+    frame[8, 8] = np.inf
+    cmap = report._ColourMap(report.display_norm(frame))
+    rgb = cmap(frame)
+    assert rgb.shape == (32, 32, 3)
+    np.testing.assert_array_equal(rgb[4], np.broadcast_to(cmap.table[0], (32, 3)))
+    np.testing.assert_array_equal(rgb[8, 8], cmap.table[-1])
+
+
 def test_densest_box_finds_the_cluster():
     peaks = pd.DataFrame({"x": [100.0, 102, 104, 10], "y": [50.0, 52, 55, 200]})
     x0, y0, x1, y1 = report.densest_box(peaks, (256, 256), 32)

@@ -124,3 +124,22 @@ def test_tables_also_written_as_csv_and_h5(drifting_series, tmp_path):
             assert list(other.columns) == list(getattr(res, name).columns)
     with pytest.raises(OptionError, match="--format"):
         TrackConfig(formats=("xlsx",))
+
+
+def test_float_frames_with_dead_rows_run_through_to_the_report(drifting_series, tmp_path):
+    # A float detector marks gaps and dead rows NaN: they are masked in the find stage and
+    # drawn in the lowest colour in the report and movie, never a crash.
+    import h5py
+
+    path, _ = drifting_series
+    with h5py.File(path) as h:
+        frames = h["/entry/data/data"][()].astype(np.float32)
+    frames[:, 40, :] = np.nan
+    frames[:, :, 5] = np.inf
+    nan_path = tmp_path / "nan.h5"
+    with h5py.File(nan_path, "w") as h:
+        h["frames"] = frames
+    res = run(nan_path, tmp_path / "r", config=FAST, track=TrackConfig(), progress=False)
+    assert (res.run_dir / "report" / "index.html").exists()
+    assert res.particles.shape[0] == 6
+    assert np.isfinite(res.peaks.loc[res.peaks.ok, ["x", "y"]].to_numpy()).all()

@@ -289,7 +289,7 @@ class _FrameCacheBackend(_Backend):
                     raise InputFileError(
                         path,
                         "not a frame-cache .npz and holds several arrays "
-                        f"({', '.join(arrays[:10])}); name one with dataset=",
+                        f"({', '.join(arrays[:10])}); name one with --dataset (API: dataset=)",
                     )
                 key = arrays[0]
             if key not in files:
@@ -662,7 +662,7 @@ class _H5Backend(_Backend):
                         raise InputFileError(
                             path,
                             f"no 3-D dataset (frame stack) found; datasets here: "
-                            f"{listing or 'none'}{extra}; name one with dataset=",
+                            f"{listing or 'none'}{extra}; name one with --dataset (API: dataset=)",
                         )
                     name, ds = max(cube, key=lambda item: int(np.prod(item[1].shape, dtype=np.int64)))
                 what = f"dataset {name}"

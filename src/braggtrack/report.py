@@ -692,6 +692,9 @@ class _ColourMap:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         idx = (np.asarray(image, np.float32) - np.float32(self.lo)) * np.float32(self.step)
+        # Non-finite pixels (a float detector's gaps and dead rows) get the lowest colour;
+        # cast to int as they are, they would index anywhere.
+        np.nan_to_num(idx, copy=False, nan=0.0, posinf=self.levels - 1, neginf=0.0)
         np.clip(idx, 0, self.levels - 1, out=idx)
         return self.table[idx.astype(np.int32)]
 
