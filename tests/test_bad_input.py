@@ -83,3 +83,17 @@ def test_series_of_odd_arrays_is_refused_or_processed():
             assert "\n" not in str(exc)
             continue
         _assert_clean(table)
+
+
+def test_hdf5_stack_of_complex_numbers_is_named_in_the_error(tmp_path):
+    import h5py
+
+    from braggtrack.errors import InputFileError
+    from braggtrack.io import open_frames
+
+    path = tmp_path / "complex.h5"
+    with h5py.File(path, "w") as h:
+        h["frames"] = np.ones((2, 8, 8), np.complex64)
+    with pytest.raises(InputFileError, match=r"/frames \(complex64: not real numbers\)") as exc:
+        open_frames(path)
+    assert "\n" not in str(exc.value) and "complex.h5" in str(exc.value)

@@ -658,7 +658,7 @@ class _H5Backend(_Backend):
                     cube = [(n, d) for n, d in found if d.ndim == 3 and min(d.shape) > 0]
                     if not cube:
                         listing = ", ".join(_h5_describe(d) for d in found[:10])
-                        extra = f"; refused links: {'; '.join(refused[:3])}" if refused else ""
+                        extra = f"; refused: {'; '.join(refused[:3])}" if refused else ""
                         raise InputFileError(
                             path,
                             f"no 3-D dataset (frame stack) found; datasets here: "
@@ -812,6 +812,8 @@ class _H5Backend(_Backend):
                     try:
                         if obj.dtype.kind in "iufb" and obj.ndim >= 1:
                             found.append((f"{prefix}/{name}", obj))
+                        elif obj.ndim == 3:  # a stack we cannot use: say so, not "none"
+                            refused.append(f"{prefix}/{name} ({obj.dtype}: not real numbers)")
                     except Exception:
                         continue
         found.sort(key=lambda item: item[0])
