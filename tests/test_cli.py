@@ -172,3 +172,24 @@ def test_usage_errors_are_clicks_message_exit_2_never_a_traceback(args):
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("Error: ")
+
+
+def test_summary_line_says_why_peaks_were_rejected(tmp_path):
+    import pandas as pd
+
+    from braggtrack.cli import _rejections
+
+    table = pd.DataFrame({"ok": [True, False, False, False, False],
+                          "reason": ["", "uncertain", "edge", "uncertain", "off_centre"]})
+    assert _rejections(table) == "; rejected: uncertain 2, edge 1, off_centre 1"
+    assert _rejections(table[table.ok]) == ""
+    # From the command line: one peak well inside the frame, one on its edge.
+    frames = np.random.default_rng(0).poisson(20, (2, 48, 48)).astype(np.uint16)
+    frames[:, 22:25, 22:25] += 4000
+    frames[:, 0:2, 10:13] += 4000
+    path = tmp_path / "edge.h5"
+    with h5py.File(path, "w") as f:
+        f["/entry/data/data"] = frames
+    res = cli("find", path, "-o", tmp_path / "p.parquet", "-q", "--localizer", "centroid",
+              check=True)
+    assert "2 accepted; rejected: edge 2" in res.stdout, res.stdout
