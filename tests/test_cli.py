@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -193,3 +194,26 @@ def test_summary_line_says_why_peaks_were_rejected(tmp_path):
     res = cli("find", path, "-o", tmp_path / "p.parquet", "-q", "--localizer", "centroid",
               check=True)
     assert "2 accepted; rejected: edge 2" in res.stdout, res.stdout
+
+
+def test_patch_size_must_fit_the_network_and_train_makes_one_that_does(tmp_path):
+    series = tmp_path / "s.h5"
+    cli("simulate", series, "--frames", 4, "--shape", 128, 128, "--peaks", 25, "--seed", 3,
+        check=True)
+    # The shipped network takes 11x11 patches: refused before any frame is read, with advice.
+    res = cli("find", series, "-o", tmp_path / "p.parquet", "-q", "--patch", 9)
+    _assert_one_line_error(res, "--patch 9 does not fit the shipped model")
+    assert "--localizer pvoigt" in res.stderr
+    # A network trained on 9x9 patches (labels from the pvoigt fits) is then usable with them.
+    fits = tmp_path / "fits.parquet"
+    cli("find", series, "-o", fits, "-q", "--localizer", "pvoigt", "--patch", 9, check=True)
+    model = tmp_path / "m9.safetensors"
+    cli("train", series, "--peaks", fits, "-o", model, "--epochs", 1, "--patch", 9, "-q",
+        check=True)
+    assert json.loads(model.with_suffix(".json").read_text())["config"]["patch"] == 9
+    res = cli("find", series, "-o", tmp_path / "p9.parquet", "-q", "--patch", 9,
+              "--model", model, check=True)
+    assert "peaks (" in res.stdout
+    res = cli("train", "simulate", "-o", tmp_path / "x.safetensors", "--init", "default",
+              "--patch", 9)
+    _assert_one_line_error(res, "--patch cannot change")

@@ -411,16 +411,27 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Resume from the last checkpoint.")] = False,
     init: Annotated[str | None, typer.Option(
         "--init", help="Start from these weights ('default': the shipped model) to fine-tune.")] = None,
+    patch: Annotated[int | None, typer.Option(
+        "--patch", help="Odd patch size in pixels the network takes (find/run must then use "
+        "the same --patch) [default: 11, or that of the --init model].")] = None,
     dataset: Dataset = None,
     quiet: Quiet = False,
 ) -> None:
     """Train a BraggNN model with streamed data and bounded memory (braggtrack.train_model)."""
+    from .braggnn import BraggNNConfig
+    from .errors import OptionError
     from .train import train_model
 
+    config = None
+    if patch is not None:
+        if init is not None:
+            raise OptionError("--patch cannot change the patch size of an --init model; "
+                              "fine-tuning keeps the model's own")
+        config = BraggNNConfig(patch=patch)
     source = _training_source(data, peaks, dataset)
     result = train_model(source, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          device=device, resume=resume, progress=not quiet, init=init,
-                         checkpoint_dir=out.with_suffix(".checkpoints"))
+                         config=config, checkpoint_dir=out.with_suffix(".checkpoints"))
     typer.echo(f"wrote {result.model_path}: best epoch {result.best_epoch} of "
                f"{result.epochs_run}, validation median error {result.val_median_px:.3f} px "
                f"(90th percentile {result.val_p90_px:.3f} px)")

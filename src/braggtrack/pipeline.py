@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .config import FindConfig
-from .errors import FrameReadError
+from .errors import FrameReadError, OptionError
 
 #: Column order of the peak table (later stages append their own columns).
 PEAK_COLUMNS = [
@@ -96,7 +96,6 @@ def as_frame(image) -> np.ndarray:
     bool, int8 and float16 frames are widened (uint8, float32); other integer and float
     types are kept, since thresholds are compared in the frame's own dtype for speed.
     """
-    from .errors import OptionError
 
     a = np.asarray(image)
     if a.ndim != 2:
@@ -242,9 +241,19 @@ def load_localizer_model(config: FindConfig):
     """Load the BraggNN model once (``None`` for the fitting localizers)."""
     if config.localizer != "braggnn":
         return None
-    from .braggnn import load_model
+    from .braggnn import DEFAULT_MODEL, load_model
 
-    return load_model(config.model, device=config.device)
+    model = load_model(config.model, device=config.device)
+    size = model.config.patch
+    if size != config.patch:
+        # Refused before any frame is read, with what to do, rather than at the first batch.
+        name = config.model or f"the shipped model ({DEFAULT_MODEL.name})"
+        raise OptionError(
+            f"--patch {config.patch} does not fit {name}, which takes {size}x{size} patches: "
+            f"use --patch {size}, a fitting localizer (--localizer pvoigt or gauss), or a model "
+            f"trained on {config.patch}x{config.patch} patches (braggtrack train ... --patch "
+            f"{config.patch}, then --model)")
+    return model
 
 
 def _config_from(config: FindConfig | None, overrides: dict) -> FindConfig:
