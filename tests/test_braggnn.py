@@ -9,6 +9,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.special import erf
 
 from braggtrack import braggnn
@@ -85,6 +87,49 @@ def test_noise_channel_forward_and_export(tmp_path):
     assert ref.shape == (6, 4)
     sess = ort.InferenceSession(str(export_model(model, tmp_path / "n.onnx")), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, {"patches": x.numpy()})[0], ref, atol=1e-5)
+
+
+@given(row=st.integers(0, 10), col=st.integers(0, 10), level=st.floats(0.0, 0.4))
+@settings(max_examples=40, deadline=None)
+def test_patch_centroid_of_one_bright_pixel_is_that_pixel(row, col, level):
+    # A flat patch (any level below the peak) with one bright pixel: the median is the level,
+    # only that pixel rises above it, so the centroid is exactly its offset from the centre.
+    x = torch.full((1, 1, 11, 11), level)
+    x[0, 0, row, col] = 1.0
+    np.testing.assert_allclose(braggnn.patch_centroid(x).numpy(), [[col - 5.0, row - 5.0]],
+                               atol=1e-5)  # float32 sums
+
+
+def test_patch_centroid_of_a_flat_patch_is_the_centre():
+    assert braggnn.patch_centroid(torch.full((3, 1, 11, 11), 0.3)).abs().max() == 0.0
+
+
+def test_gated_centroid_adds_the_gate_times_the_centroid(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    torch.manual_seed(4)
+    model = BraggNN(BraggNNConfig(gated_centroid=True)).eval()
+    last = model.head[-1]
+    assert last.out_features == 5
+    x = torch.rand(6, 1, 11, 11)
+    with torch.no_grad():
+        ref = model(x)
+        # A neutral head (all outputs 0): the gate is sigmoid(0) = 1/2 of the centroid.
+        last.weight.zero_()
+        last.bias.zero_()
+        torch.testing.assert_close(model(x)[:, :2], 0.5 * braggnn.patch_centroid(x))
+        last.bias[4] = 40.0  # gate open: the centroid itself
+        torch.testing.assert_close(model(x)[:, :2], braggnn.patch_centroid(x))
+    assert ref.shape == (6, 4)
+    # Computed inside forward, so the exported graph carries it.
+    torch.manual_seed(4)
+    fresh = BraggNN(BraggNNConfig(gated_centroid=True)).eval()
+    sess = ort.InferenceSession(str(export_model(fresh, tmp_path / "g.onnx")),
+                                providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"patches": x.numpy()})[0], ref.numpy(), atol=1e-5)
+    # The gate's logit is one more output of the last dense layer (32 wide).
+    assert count_macs(BraggNNConfig(gated_centroid=True)) == count_macs(BraggNNConfig()) + 32
 
 
 def test_symmetry_views_make_the_network_equivariant():

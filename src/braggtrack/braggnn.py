@@ -61,6 +61,7 @@ __all__ = [
     "normalize_patches",
     "patch_stats",
     "relative_noise",
+    "patch_centroid",
     "sparse_patches",
     "resolve_device",
     "count_macs",
@@ -104,6 +105,12 @@ class BraggNNConfig:
         to its range (see :func:`relative_noise`), the information min-max normalization
         removes.  It is computed inside :meth:`BraggNN.forward`, so the input of the
         network (and of exported models) stays one normalized plane.
+    gated_centroid : bool
+        The centre is the network's own output plus a gate it predicts (a sigmoid, 0..1)
+        times the patch's centroid (:func:`patch_centroid`, computed inside
+        :meth:`BraggNN.forward`, so exports are unchanged): the network can lean on the
+        centroid for bright isolated peaks, where it is already close, and ignore it for
+        weak or crowded ones, where it is not.
     symmetries : int
         Test-time averaging over this many symmetries of the square (1, 2, 4 or 8:
         identity; + 180-degree rotation; + the two transposes; + the four remaining
@@ -121,6 +128,7 @@ class BraggNNConfig:
     min_snr: float = 0.0
     noise_channel: bool = False
     symmetries: int = 1
+    gated_centroid: bool = False
 
     def __post_init__(self) -> None:
         if self.patch < 5 or self.patch % 2 == 0:
@@ -192,6 +200,36 @@ def relative_noise(normed: torch.Tensor) -> torch.Tensor:
     return med * (1.4826 / math.sqrt(2.0))
 
 
+def patch_centroid(normed: torch.Tensor) -> torch.Tensor:
+    """Centroid ``(dx, dy)`` (px from the central pixel) of min-max normalized patches
+    ``(n, 1, N, N)``, weighted by the square of what rises above the patch's median.
+
+    The square keeps the peak's core in charge against a sloping background; the median
+    is the background level of a patch the peak covers less than half of (taken with
+    ``topk`` of the smaller half, which exports to one ONNX operator and is 1.45x faster
+    than a full ``sort``).  A flat patch gives 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> p = torch.zeros(1, 1, 5, 5)
+    >>> p[0, 0, 2, 3] = 1.0
+    >>> patch_centroid(p).tolist()
+    [[1.0, 0.0]]
+    """
+    n, _, h, w = normed.shape
+    flat = normed.flatten(1)
+    level = torch.topk(flat, flat.shape[1] // 2 + 1, dim=1, largest=False).values[:, -1]
+    weight = (torch.relu(flat - level[:, None]) ** 2).reshape(n, h, w)
+    total = weight.flatten(1).sum(dim=1)
+    rows = torch.arange(h, dtype=normed.dtype, device=normed.device) - (h // 2)
+    cols = torch.arange(w, dtype=normed.dtype, device=normed.device) - (w // 2)
+    cx = (weight.sum(dim=1) * cols).sum(dim=1)
+    cy = (weight.sum(dim=2) * rows).sum(dim=1)
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    return torch.stack([cx / safe, cy / safe], dim=1)
+
+
 class BraggNN(nn.Module):
     """BraggNN-family localizer.
 
@@ -227,7 +265,8 @@ class BraggNN(nn.Module):
         for hidden in cfg.dense:
             head += [nn.Linear(width, hidden), nn.LeakyReLU(0.01)]
             width = hidden
-        head.append(nn.Linear(width, 4))
+        # With gated_centroid a fifth output, the gate's logit.
+        head.append(nn.Linear(width, 5 if cfg.gated_centroid else 4))
         self.head = nn.Sequential(*head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -269,17 +308,21 @@ class BraggNN(nn.Module):
         return state
 
     def _single(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.noise_channel:
+        cfg = self.config
+        centre = patch_centroid(x) if cfg.gated_centroid else None
+        if cfg.noise_channel:
             level = (torch.log10(relative_noise(x).clamp(min=1e-3)) + 1.5) / 1.5
             x = torch.cat([x, level[:, None, None, None].expand_as(x)], dim=1)
         out = self.head(self.features(x))
+        xy = out[:, :2] if centre is None else out[:, :2] + torch.sigmoid(out[:, 4:5]) * centre
         # Clamp the log-variance so that exp() stays finite on garbage input.
-        return torch.cat([out[:, :2], out[:, 2:].clamp(-14.0, 8.0)], dim=1)
+        return torch.cat([xy, out[:, 2:4].clamp(-14.0, 8.0)], dim=1)
 
 
 def count_macs(config: BraggNNConfig) -> int:
     """Multiply-adds per patch of a :class:`BraggNN` with ``config`` (convolutions + dense,
-    times the number of test-time symmetry views).
+    times the number of test-time symmetry views; the gated centroid's few hundred additions
+    and one sort of the patch are not counted).
 
     Examples
     --------
@@ -298,7 +341,7 @@ def count_macs(config: BraggNNConfig) -> int:
             macs += 3 * hw * cout * inner + 2 * hw * hw * inner + hw * inner * cout
         cin = cout
     width = cin * side * side
-    for hidden in (*config.dense, 4):
+    for hidden in (*config.dense, 5 if config.gated_centroid else 4):
         macs += width * hidden
         width = hidden
     return int(macs) * config.symmetries

@@ -1128,6 +1128,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
                     help="test-time symmetry views of the saved model (1, 2, 4 or 8)")
     ap.add_argument("--noise-channel", action="store_true",
                     help="second input plane: patch noise relative to its range")
+    ap.add_argument("--gated-centroid", action="store_true",
+                    help="add a learned gate times the patch centroid to the network's centre")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     config = None if args.init else BraggNNConfig(
@@ -1135,6 +1137,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
         dense=tuple(int(v) for v in args.dense.split(",")) if args.dense else (),
         nonlocal_block=args.nonlocal_block,
         noise_channel=args.noise_channel,
+        gated_centroid=args.gated_centroid,
     )
     kinds = tuple(args.kinds.split(",")) if args.kinds else None
     result = train_model(
