@@ -308,8 +308,15 @@ def test_missing_and_corrupt_files(tmp_path):
     info["config"]["channels"] = [4, 4]
     info.pop("sha256")
     path.with_suffix(".json").write_text(json.dumps(info))
-    with pytest.raises(ModelError, match="do not fit"):
+    with pytest.raises(ModelError, match="weights refused: Error.s. in loading state_dict"):
         load_model(path)
+    # A setting this version does not know could change the network: refused, named.
+    info["config"]["channels"] = [8, 8]
+    info["config"]["centroid_window"] = 5
+    path.with_suffix(".json").write_text(json.dumps(info))
+    with pytest.raises(ModelError, match="unknown model setting.*centroid_window") as exc:
+        load_model(path)
+    assert "\n" not in str(exc.value)
 
 
 @needs_shipped

@@ -148,7 +148,13 @@ class BraggNNConfig:
     @classmethod
     def from_dict(cls, d: dict) -> BraggNNConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            # A setting this version does not know may change what the network computes
+            # (as gated_centroid does): refuse rather than build a different network.
+            raise OptionError(f"unknown model setting(s) {', '.join(unknown)} (a model from "
+                              "another braggtrack version?)")
+        kw = dict(d)
         for k in ("channels", "dense"):
             if k in kw:
                 kw[k] = tuple(int(v) for v in kw[k])
@@ -485,7 +491,7 @@ def load_model(path: str | os.PathLike | None = None, device: str = "cpu") -> Br
         model.load_state_dict(state)
     except (OptionError, RuntimeError, TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ModelError(f"{path}: weights do not fit the BraggNN config: {first}") from None
+        raise ModelError(f"{path}: model config or weights refused: {first}") from None
     return model.to(dev).eval()
 
 
