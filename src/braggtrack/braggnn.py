@@ -328,7 +328,7 @@ class BraggNN(nn.Module):
 def count_macs(config: BraggNNConfig) -> int:
     """Multiply-adds per patch of a :class:`BraggNN` with ``config`` (convolutions + dense,
     times the number of test-time symmetry views; the gated centroid's few hundred additions
-    and one sort of the patch are not counted).
+    and its top-k for the patch median are not counted).
 
     Examples
     --------
