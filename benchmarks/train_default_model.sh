@@ -24,7 +24,7 @@
 #            thresholds recalibrated on its validation set.
 # Deterministic on CPU (one torch thread, fixed seeds, fixed epoch counts): a second full run
 # gave exactly the shipped weights and config. Wall time on the 2-core development machine,
-# 2026-12-01: ~21 minutes idle (stages 1-7: 1.1 + 0.3 + 0.6 + 0.9 + 0.5 + 11.5 + 5.8), ~28 with
+# 2026-12-01: ~21 minutes idle (stages 1-7: 1.1 + 0.3 + 0.6 + 0.9 + 0.5 + 11.5 + 5.8), ~31 with
 # other work beside it (the simulator draws the next chunk on a second thread while torch trains
 # on one). The sha256 of the weights file is written to the .json.
 #     bash benchmarks/train_default_model.sh [OUT.safetensors]
