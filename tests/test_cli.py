@@ -210,7 +210,8 @@ def test_patch_size_must_fit_the_network_and_train_makes_one_that_does(tmp_path)
     model = tmp_path / "m9.safetensors"
     cli("train", series, "--peaks", fits, "-o", model, "--epochs", 1, "--patch", 9, "-q",
         check=True)
-    assert json.loads(model.with_suffix(".json").read_text())["config"]["patch"] == 9
+    config = json.loads(model.with_suffix(".json").read_text())["config"]
+    assert config["patch"] == 9 and config["gated_centroid"]  # the shipped architecture
     res = cli("find", series, "-o", tmp_path / "p9.parquet", "-q", "--patch", 9,
               "--model", model, check=True)
     assert "peaks (" in res.stdout

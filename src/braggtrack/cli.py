@@ -423,11 +423,13 @@ def train(
     from .train import train_model
 
     config = None
-    if patch is not None:
-        if init is not None:
-            raise OptionError("--patch cannot change the patch size of an --init model; "
-                              "fine-tuning keeps the model's own")
-        config = BraggNNConfig(patch=patch)
+    if init is None:
+        # From scratch: the shipped model's architecture (gated centroid included), at the
+        # patch size asked for.
+        config = BraggNNConfig(patch=11 if patch is None else patch, gated_centroid=True)
+    elif patch is not None:
+        raise OptionError("--patch cannot change the patch size of an --init model; "
+                          "fine-tuning keeps the model's own")
     source = _training_source(data, peaks, dataset)
     result = train_model(source, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          device=device, resume=resume, progress=not quiet, init=init,
