@@ -329,6 +329,26 @@ def test_patches_truth_and_kinds():
                                rtol=0.1)
 
 
+def test_extra_kinds_only_when_named_and_in_their_ranges():
+    patches, truth = sim.simulate_patches(300, patch=11, kinds=sim.EXTRA_KINDS, seed=4)
+    assert set(truth.kind) == set(sim.EXTRA_KINDS) and np.isfinite(patches).all()
+    by = {k: truth[truth.kind == k] for k in sim.EXTRA_KINDS}
+    small = by["undersampled"][["sigma_x", "sigma_y"]].to_numpy()
+    assert small.min() >= 0.25 and small.max() <= 0.6
+    assert by["wide"].sigma_x.between(3.0, 4.5).all()
+    assert (by["wide"].sigma_y <= by["wide"].sigma_x).all()
+    assert by["lorentzian"].eta.between(0.8, 1.0).all()
+    # A set without them draws exactly what it did before they existed: the same random stream,
+    # so patches named by seed (training sets, test seeds) are unchanged.
+    # Golden draws made by the simulator before EXTRA_KINDS were added.
+    _, old = sim.simulate_patches(50, kinds=("sharp", "streak"), seed=9)
+    np.testing.assert_allclose(old.x[:3], [4.991744951026, 5.823308265142, 5.427784974798],
+                               atol=1e-11)
+    np.testing.assert_allclose(old.sigma_x[:3], [1.14768603107, 3.586664048305, 3.29546213775],
+                               atol=1e-11)
+    assert not set(sim.simulate_patches(200, seed=1)[1].kind) & set(sim.EXTRA_KINDS)
+
+
 def test_bad_options_raise_clear_errors(tmp_path):
     with pytest.raises(OptionError, match="messy"):
         sim.simulate_series(frames=1, shape=(64, 64), peaks=2, messy=1.5)

@@ -51,6 +51,12 @@ What is simulated
   the other; in series oriented tangentially, as mosaic spread smears spots along the ring),
   ``weak`` (height 4-8x the local background noise), ``overlapping`` (a second peak 3-6 px away,
   each with its own truth).
+* **Shapes beyond the six kinds** (``EXTRA_KINDS``, drawn by :func:`simulate_patches` only when
+  named, so that the default mix and every seeded set made without them stay as they were):
+  ``undersampled`` (sigma 0.25-0.6 px: most counts in a few pixels, as sharp spots on large
+  pixels), ``wide`` (sigma 3-4.5 px, filling an 11 px patch) and ``lorentzian`` (sigma 0.6-2 px,
+  eta 0.8-1: long tails).  They train and test a localizer on shapes a user's detector may give
+  outside the kinds above.
 * **Motion.**  A peak moves radially from the beam centre as its d-spacing changes.  The exact
   Bragg relation is used, ``r = L tan(2 asin(lambda / 2d)) / pixel``; for small angles it is
   ``r ~ r0 / (1 + strain) ~ r0 (1 - strain)`` (d up -> 2 theta down -> r down), with
@@ -79,6 +85,7 @@ from .errors import InputFileError, OptionError
 __all__ = [
     "KINDS",
     "MESSY_KINDS",
+    "EXTRA_KINDS",
     "TRUTH_COLUMNS",
     "Background",
     "Noise",
@@ -98,6 +105,8 @@ __all__ = [
 
 KINDS = ("sharp", "broad", "split", "streak", "weak", "overlapping")
 MESSY_KINDS = KINDS[1:]
+#: Shapes outside the six kinds, drawn only when asked for (see the module notes).
+EXTRA_KINDS = ("undersampled", "wide", "lorentzian")
 
 #: Lorentzian half width per Gaussian sigma, so that both components have the same FWHM.
 HWHM_PER_SIGMA = math.sqrt(2.0 * math.log(2.0))
@@ -652,6 +661,23 @@ def _draw_shapes(rng: np.random.Generator, kinds: np.ndarray) -> pd.DataFrame:
 
     m = kinds == "overlapping"
     eta[m] = u(0.0, 0.4)[m]
+
+    # Drawn only when present: a set without these kinds takes the random stream it always did.
+    m = kinds == "undersampled"
+    if m.any():
+        k = int(m.sum())
+        sx[m], sy[m], eta[m] = rng.uniform(0.25, 0.6, k), rng.uniform(0.25, 0.6, k), \
+            rng.uniform(0.0, 0.3, k)
+    m = kinds == "wide"
+    if m.any():
+        k = int(m.sum())
+        major = rng.uniform(3.0, 4.5, k)
+        sx[m], sy[m], eta[m] = major, major / rng.uniform(1.0, 1.5, k), rng.uniform(0.0, 0.8, k)
+    m = kinds == "lorentzian"
+    if m.any():
+        k = int(m.sum())
+        major = rng.uniform(0.6, 2.0, k)
+        sx[m], sy[m], eta[m] = major, major / rng.uniform(1.0, 1.5, k), rng.uniform(0.8, 1.0, k)
     return pd.DataFrame({
         "kind": kinds.astype(object), "sigma_x": sx, "sigma_y": sy, "eta": eta, "angle": angle,
         "split_dx": split_dx, "split_dy": split_dy, "split_ratio": split_ratio,
@@ -1166,7 +1192,8 @@ def simulate_patches(
     patch : int
         Odd patch size in pixels (>= 3).
     kinds : str, sequence of str or None
-        Peak kinds to draw, uniformly; ``None``: every kind.
+        Peak kinds to draw, uniformly (a kind named twice is drawn twice as often); ``None``:
+        the six of ``KINDS``.  ``EXTRA_KINDS`` may be named as well.
     seed : int
         Random seed.
 
@@ -1194,9 +1221,10 @@ def simulate_patches(
         kinds = KINDS
     elif isinstance(kinds, str):
         kinds = (kinds,)
-    bad = [k for k in kinds if k not in KINDS]
+    bad = [k for k in kinds if k not in KINDS + EXTRA_KINDS]
     if bad or not kinds:
-        raise OptionError(f"unknown peak kind(s) {bad}; choose from {', '.join(KINDS)}")
+        raise OptionError(f"unknown peak kind(s) {bad}; choose from "
+                          f"{', '.join(KINDS + EXTRA_KINDS)}")
     n = int(n)
     rng = np.random.default_rng(seed)
     kind = np.asarray(kinds, dtype=object)[rng.integers(0, len(kinds), n)]
