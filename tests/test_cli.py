@@ -196,6 +196,18 @@ def test_summary_line_says_why_peaks_were_rejected(tmp_path):
     assert "2 accepted; rejected: edge 2" in res.stdout, res.stdout
 
 
+def test_a_run_that_finds_nothing_says_what_to_try(tmp_path):
+    # Every pixel saturated (masked as such): nothing can be found, and the console says why.
+    path = tmp_path / "sat.h5"
+    with h5py.File(path, "w") as f:
+        f["/entry/data/data"] = np.full((2, 40, 40), 65535, np.uint16)
+    res = cli("find", path, "-o", tmp_path / "p.parquet", "-q", check=True)
+    assert "0 peaks" in res.stdout and "no peak found" in res.stdout, res.stdout
+    assert "Warning" not in res.stderr, res.stderr
+    res = cli("run", path, "-o", tmp_path / "run", "-q", "--workers", "1", check=True)
+    assert "no peak found" in res.stdout and "UserWarning" not in res.stderr, res.stderr
+
+
 def test_patch_size_must_fit_the_network_and_train_makes_one_that_does(tmp_path):
     series = tmp_path / "s.h5"
     cli("simulate", series, "--frames", 4, "--shape", 128, 128, "--peaks", 25, "--seed", 3,

@@ -178,6 +178,7 @@ def find(
     skipped = 0 if frames is None or not len(frames) else int((frames["status"] != "ok").sum())
     typer.echo(f"wrote {out}: {len(peaks)} peaks ({n_ok} accepted{_rejections(peaks)})"
                + (f"; {skipped} frame(s) skipped" if skipped else ""))
+    _hint_if_empty(len(peaks))
     if skipped:
         raise typer.Exit(EXIT_SKIPPED)
 
@@ -247,9 +248,11 @@ def run(
     distance: Annotated[float | None, typer.Option(
         "--distance", help="Sample-detector distance (simple geometry, no tilt), mm.")] = None,
     beam_x: Annotated[float | None, typer.Option(
-        "--beam-x", help="Beam centre column, pixels [default: frame centre].")] = None,
+        "--beam-x", help="Beam centre column, pixels: required with --distance; without a "
+        "geometry, where radial_shift is measured from [default: frame centre].")] = None,
     beam_y: Annotated[float | None, typer.Option(
-        "--beam-y", help="Beam centre row, pixels [default: frame centre].")] = None,
+        "--beam-y", help="Beam centre row, pixels: required with --distance; without a "
+        "geometry, where radial_shift is measured from [default: frame centre].")] = None,
     pixel: Annotated[float | None, typer.Option("--pixel", help="Pixel size, micrometres.")] = None,
     wavelength: Annotated[float | None, typer.Option(
         "--wavelength", help="X-ray wavelength, angstrom.")] = None,
@@ -335,6 +338,13 @@ def _rejections(peaks) -> str:
     return "; rejected: " + ", ".join(f"{r} {n}" for r, n in counts.head(3).items())
 
 
+def _hint_if_empty(n_peaks: int) -> None:
+    if n_peaks == 0:
+        typer.echo("no peak found: no pixel rose above --threshold (median + 5 robust sigmas "
+                   "by default) by --min-snr, or every candidate was masked (saturated values "
+                   "count as masked); try a lower --threshold / --min-snr, or check --mask")
+
+
 def _print_run_summary(result) -> None:
     c = result.info.get("counts", {})
     typer.echo(
@@ -343,6 +353,7 @@ def _print_run_summary(result) -> None:
         f"{_rejections(result.peaks)}), "
         f"{c.get('particles', 0)} particles"
     )
+    _hint_if_empty(c.get("peaks", 0) if c.get("frames", 0) > c.get("frames_skipped", 0) else 1)
     typer.echo(f"results in {result.run_dir}/")
     for name, path in result.paths.items():
         typer.echo(f"  {name:10s} {path}")

@@ -573,7 +573,8 @@ def plot_counts(run: RunData):
     bins = np.linspace(0, top if top > 0 else 1, 41)
     a2.hist(score[ok], bins=bins, color="#1f77b4", alpha=0.75, label="accepted")
     a2.hist(score[~ok], bins=bins, color="#d62728", alpha=0.6, label="rejected")
-    a2.set_yscale("log")
+    if score.size:  # a log axis of empty histograms only draws a matplotlib warning
+        a2.set_yscale("log")
     unit = " (0-255 of the frame's range)" if sname == "score" else ""
     a2.set_xlabel(f"{sname}{unit}")
     a2.set_ylabel("peaks")

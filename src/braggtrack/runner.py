@@ -935,6 +935,8 @@ def make_geometry(track: TrackConfig):
             raise OptionError(
                 "a simple geometry needs --distance, --beam-x, --beam-y and --pixel; missing "
                 + ", ".join("--" + m.replace("_um", "").replace("_", "-") for m in missing)
+                + " (the frame centre is not assumed: a beam centre off by a few pixels shifts "
+                "two_theta)"
             )
         return Geometry.simple(
             distance_mm=track.distance_mm, beam_x_px=track.beam_x, beam_y_px=track.beam_y,
