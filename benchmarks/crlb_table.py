@@ -49,7 +49,8 @@ def crlb_table(n_per_kind: int = 1000, seed: int = SEED, *, patch: int = 11,
     if localizers is None:
         localizers = default_localizers()
     rows = []
-    for k, kind in enumerate(S.KINDS):
+    # Seed seed + k for the k-th of KINDS + EXTRA_KINDS, as in accuracy_table with those kinds.
+    for k, kind in enumerate(S.KINDS + S.EXTRA_KINDS):
         if kind not in kinds:
             continue
         t0 = time.perf_counter()
@@ -136,6 +137,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--out", default=None, help="also write the Markdown here")
     parser.add_argument("--csv", default=None, help="write the full table as CSV here")
+    parser.add_argument("--extra-kinds", action="store_true",
+                        help="also the wide and lorentzian shapes of simulate.EXTRA_KINDS "
+                        "(not undersampled: its sigma reaches the renderer's 0.25 px floor, "
+                        "below which the bound's numerical derivative cannot step)")
     args = parser.parse_args()
     try:
         import torch
@@ -143,7 +148,8 @@ def main() -> None:
         torch.set_num_threads(1)
     except ImportError:
         pass
-    table = crlb_table(args.n_per_kind, args.seed)
+    kinds = S.KINDS + (("wide", "lorentzian") if args.extra_kinds else ())
+    table = crlb_table(args.n_per_kind, args.seed, kinds=kinds)
     text = (f"Centre error against the Cramer-Rao bound, {args.n_per_kind} patches per kind, "
             f"seed {args.seed} (px):\n\n" + to_markdown(table))
     print(text)

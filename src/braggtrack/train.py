@@ -1103,7 +1103,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--n-train", type=int, default=32768, help="simulated patches per epoch")
     ap.add_argument("--n-val", type=int, default=4096)
-    ap.add_argument("--kinds", default=None, help="comma-separated peak kinds (default: all)")
+    ap.add_argument("--kinds", default=None, help="comma-separated peak kinds, repeats weighting "
+                    "them (default: the six of simulate.KINDS; simulate.EXTRA_KINDS may be named)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
