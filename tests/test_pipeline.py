@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from braggtrack.errors import FrameReadError
+from braggtrack.errors import FrameReadError, OptionError
 from braggtrack.pipeline import PEAK_COLUMNS, find, find_peaks
 
 from conftest import render_frame
@@ -124,3 +124,53 @@ def test_detecting_on_threads_gives_the_serial_result(drifting_series, three_pea
     chunk = detect_chunk(broken, range(3), config, threads=2)
     assert [s[1] for s in chunk.status] == ["ok", "skipped", "ok"]
     assert [d.columns["frame"][0] for d in chunk.frames] == [0, 2]
+
+
+def test_negative_pixels_of_signed_integer_frames_are_flags_not_counts():
+    peaks = [(20.3, 15.7, 1.0, 5000.0), (45.6, 40.2, 1.2, 8000.0), (30.4, 48.6, 1.0, 6000.0)]
+    clean = np.rint(render_frame((64, 64), peaks)).astype(np.int32)
+    saturated = clean.astype(np.uint16)
+    saturated[16, 21] = 65535  # beside the maximum of the first peak
+    flagged = clean.copy()
+    flagged[16, 21] = -2  # Pilatus bad pixel, same place
+    flagged[58, :] = -1  # an isolated module-gap row, far from every peak
+    want = find_peaks(saturated, localizer="gauss")
+    table = find_peaks(flagged, localizer="gauss")
+    first = table[np.hypot(table.x - 20.3, table.y - 15.7) < 1.5]
+    assert len(first) == 1 and not first.ok.iloc[0]
+    assert first.reason.iloc[0] == want[np.hypot(want.x - 20.3, want.y - 15.7) < 1.5].reason.iloc[0]
+    assert first.reason.iloc[0] == "mask"
+    assert table.ok.sum() == 2 and _match(table[table.ok], peaks[1:]).max() < 0.02
+    # float frames keep negative values (dark-subtracted data): no pixel is masked for them
+    negative = render_frame((64, 64), peaks, background=0.0).astype(np.float32)
+    negative[58, :] = -1.0
+    negative[16, 21] -= 0.5
+    table = find_peaks(negative, localizer="gauss", threshold=50)
+    assert table.ok.sum() == 3 and _match(table, peaks).max() < 0.02
+
+
+def test_binned_edge_is_decided_at_full_resolution():
+    # 515 x 517 with --bin 4: the last 3 rows and 1 column do not fill a bin and are cropped
+    # from the binned frame; whether a peak is at the edge must not depend on that.
+    peaks = [(200.3, 509.1, 1.0, 6000.0), (100.4, 100.7, 1.0, 6000.0),
+             (300.6, 513.2, 1.0, 6000.0), (515.2, 250.3, 1.0, 6000.0)]
+    frame = np.rint(render_frame((515, 517), peaks, background=20.0)).astype(np.uint16)
+    for b in (1, 4):
+        table = find_peaks(frame, localizer="gauss", bin=b, patch=11)
+        assert len(table) == 4, (b, table)
+        reasons = []
+        for x, y, _, _ in peaks:
+            d = np.hypot(table.x - x, table.y - y)
+            assert d.min() < 2, (b, x, y, table)
+            reasons.append(table.reason.iloc[int(np.argmin(d))])
+        # y = 509: its 11 x 11 patch (rows 504..514) fits the frame; y = 513 and x = 515 do not
+        assert reasons == ["", "", "edge", "edge"], (b, table)
+        ok = table[table.ok]
+        assert _match(ok, peaks[:2]).max() < 0.02
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, 2.5, True])
+def test_find_refuses_a_chunk_size_below_one(three_peak_frame, chunk_size):
+    frame, _ = three_peak_frame
+    with pytest.raises(OptionError, match="--chunk-size must be >= 1 frames"):
+        find(np.stack([frame] * 2), localizer="centroid", progress=False, chunk_size=chunk_size)

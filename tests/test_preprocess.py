@@ -121,6 +121,31 @@ def test_auto_mask_hot_saturated_nonfinite_but_not_sharp_peaks():
     assert bad[3, 3] and bad[4, 4] and bad[50, 50] and not bad[20, 20]
 
 
+def test_negative_flags_of_signed_integer_frames_are_masked():
+    # Pilatus convention: -1 marks module gaps, -2 bad pixels; neither is a count.
+    rng = np.random.default_rng(2)
+    frame = (rng.poisson(20, (40, 50)) + gaussian((40, 50), 30.3, 10.6, 1.0, 4000)).astype(
+        np.int32)
+    frame[25, :] = -1  # an isolated gap row
+    frame[10, 31] = -2  # a bad pixel beside the peak's maximum
+    for bad in (auto_mask(frame), Preprocessor()(frame).mask):
+        assert bad[25].all() and bad[10, 31]
+        assert bad.sum() == frame.shape[1] + 1
+    prep = Preprocessor()(frame)
+    assert not prep.full[25].any() and prep.full[10, 31] == 0
+    # the same with an explicit saturation level, and none without the automatic mask
+    assert auto_mask(frame, saturation=1e6)[25].all()
+    assert not Preprocessor(auto_mask=False)(frame).mask.any()
+    # float frames (e.g. dark-subtracted) keep their negative values as they are
+    f = frame.astype(np.float32)
+    f[25, :] = -3.5
+    f[10, 31] = -2.0
+    assert not auto_mask(f)[25].any() and not auto_mask(f)[10, 31]
+    out = Preprocessor(threshold=100)(f)
+    assert not out.mask.any()
+    np.testing.assert_array_equal(out.full, f)
+
+
 def test_auto_mask_sparse_thresholded_frame():
     # a frame thresholded upstream at 6: a real peak whose wings were zeroed is kept,
     # an isolated single bright pixel (far above anything its zeroed neighbours held) is hot
@@ -338,6 +363,9 @@ def test_fused_pass_equals_the_dense_chain(seed, dtype, large, sparse, dark, fla
         base = np.clip(base, info.min, info.max)
         if rng.random() < 0.5:
             base[rng.integers(h), rng.integers(w)] = info.max  # saturated
+        if info.min < 0 and rng.random() < 0.5:
+            base[rng.integers(h), :] = -1  # detector flags (Pilatus module gap, bad pixel)
+            base[rng.integers(h), rng.integers(w)] = -2
     elif rng.random() < 0.5:
         base[rng.integers(h), rng.integers(w)] = rng.choice([np.nan, np.inf])
     frame = base.astype(dtype)

@@ -644,15 +644,20 @@ def _select_rows(pers, all_y, all_x, shape, span, bad, *, min_persistence, min_s
                                     pairs[:, 1].astype(np.int64))
             rows = rows[kept]
     rows = rows[:max_peaks]
+    ok, reason = _flag_rows(all_y[rows], all_x[rows], shape, bad, edge)
+    return rows, score[rows], ok, reason
 
-    y, x = all_y[rows], all_x[rows]
+
+def _flag_rows(y, x, shape, bad, edge):
+    """Rule 5 of :func:`select_peaks` for maxima at pixels ``(y, x)`` of a frame of
+    ``shape`` with mask ``bad`` (or None): their ok flag and reason."""
     height, width = shape
     e = edge
     at_edge = (x < e) | (y < e) | (x > width - 1 - e) | (y > height - 1 - e)
-    near_mask = np.zeros(rows.size, bool)
+    near_mask = np.zeros(y.size, bool)
     if bad is not None and bad.any():
         near_mask = _near_bad(y, x, bad, e) & ~at_edge
-    reason = np.full(rows.size, "", dtype=object)
+    reason = np.full(y.size, "", dtype=object)
     reason[at_edge] = "edge"
     reason[near_mask] = "mask"
-    return rows, score[rows], ~(at_edge | near_mask), reason
+    return ~(at_edge | near_mask), reason

@@ -113,7 +113,7 @@ def as_frame(image) -> np.ndarray:
 
 
 def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _Detected:
-    from .detect import _as_image, _intensity_range, _persistence_columns, _select_rows
+    from .detect import _as_image, _flag_rows, _intensity_range, _persistence_columns, _select_rows
     from .patches import extract_patches, quality, recentre
 
     prepared = prep(as_frame(image))
@@ -127,17 +127,16 @@ def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _D
         image = _as_image(prepared.image)
         span = None
     raw = _persistence_columns(image, prepared.threshold, 8, prepared.above)
-    binned_mask = None
-    if prepared.mask is not None and prepared.mask.any():
-        binned_mask = _bin_mask(prepared.mask, b, image.shape)
     if span is None and len(raw["y"]):
         span = _intensity_range(image)
-    keep, score, _, sel_reason = _select_rows(
-        raw["persistence"], raw["y"], raw["x"], image.shape, span or 0.0, binned_mask,
+    # Edge and mask flags are set below at full resolution: in binned coordinates the
+    # bins cropped off a frame that b does not divide would count as outside the frame.
+    keep, score, _, _ = _select_rows(
+        raw["persistence"], raw["y"], raw["x"], image.shape, span or 0.0, None,
         # Binning sums b*b pixels, so the noise of a binned pixel is b times larger.
         min_persistence=max(config.min_persistence, config.min_snr * prepared.noise * b),
         min_score=config.min_score,
-        edge=max(int(np.ceil(config.edge / b)), 0),
+        edge=0,
         min_distance=config.min_distance / b,
         max_peaks=config.max_peaks,
     )
@@ -151,8 +150,10 @@ def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _D
     if n == 0:
         return _Detected(columns=_empty_detected(),
                          patches=np.zeros((0, config.patch, config.patch), np.float32))
+    mask = prepared.mask if prepared.mask is not None and prepared.mask.any() else None
+    _, sel_reason = _flag_rows(rows, cols, prepared.full.shape, mask, config.edge)
     ps = extract_patches(prepared.full, rows, cols, size=config.patch, mask=prepared.mask)
-    # Detection's own reasons (edge, mask of the binned frame) come first, then the patch's.
+    # Detection's own reasons (edge, mask within --edge) come first, then the patch's.
     patch_reason = quality(ps, config.centre_tolerance)["reason"].to_numpy(dtype=object)
     reason = np.where(sel_reason == "", patch_reason, sel_reason)
     columns = {
@@ -173,13 +174,6 @@ def _empty_detected() -> dict[str, np.ndarray]:
     columns.update({c: np.zeros(0) for c in ("birth", "death", "persistence", "score")})
     columns["reason"] = np.zeros(0, object)
     return columns
-
-
-def _bin_mask(mask: np.ndarray, b: int, shape: tuple[int, int]) -> np.ndarray:
-    if b == 1:
-        return mask
-    h, w = shape
-    return mask[: h * b, : w * b].reshape(h, b, w, b).any(axis=(1, 3))
 
 
 def _localize_detected(
@@ -419,7 +413,7 @@ def find(
     frames : sequence of int or slice, optional
         Which frames to process (default all).
     chunk_size : int
-        Frames localized together in one batch.
+        Frames localized together in one batch, >= 1.
     strict : bool
         Stop at the first unreadable frame instead of skipping it.
 
@@ -437,6 +431,10 @@ def find(
     3
     """
     config = _config_from(config, options)
+    # Same check and wording as `run` (runner._RunState.open), before any file is opened.
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
+            or chunk_size < 1:
+        raise OptionError(f"--chunk-size must be >= 1 frames, got {chunk_size}")
     series = as_series(source, dataset=dataset)
     n = len(series)
     if frames is None:

@@ -3,9 +3,9 @@
 Plain functions on 2-D numpy arrays, and :class:`Preprocessor`, a frozen dataclass that
 chains them for every frame of a series:
 
-``frame -> mask (file | saturated | hot | non-finite) -> dark subtraction -> flat field
--> masked pixels set to 0 -> full`` (float32, full resolution, what patches are cut
-from) and ``full -> threshold (counts below -> 0) -> N x N binning (sum) -> image``
+``frame -> mask (file | saturated | flagged | hot | non-finite) -> dark subtraction ->
+flat field -> masked pixels set to 0 -> full`` (float32, full resolution, what patches
+are cut from) and ``full -> threshold (counts below -> 0) -> N x N binning (sum) -> image``
 (what detection runs on).
 
 Conventions:
@@ -375,11 +375,16 @@ def _neighbour_range(frame, cand):  # pragma: no cover - compiled
 
 
 def saturated_mask(frame: np.ndarray, saturation: float | None = None) -> np.ndarray:
-    """Saturated (``>= saturation``, or the integer dtype's maximum) and non-finite pixels."""
+    """Saturated (``>= saturation``, or the integer dtype's maximum), flagged (negative
+    values of a signed integer frame) and non-finite pixels (see :func:`auto_mask`)."""
     frame = _as_2d(frame)
     bad = np.zeros(frame.shape, bool)
     if frame.dtype.kind == "f":
         bad |= ~np.isfinite(frame)
+    elif frame.dtype.kind == "i":
+        # Detectors that store signed integers (Pilatus: -1 module gap, -2 bad pixel) use
+        # negative values as flags; a count is never negative.
+        bad |= frame < 0
     if saturation is not None:
         t, above = _dtype_threshold(frame, float(saturation))
         if not above:
@@ -462,11 +467,16 @@ def auto_mask(
     hot_sigma: float = 10.0,
     hot_ratio: float = _HOT_RATIO,
 ) -> np.ndarray:
-    """Mask of saturated, hot and non-finite pixels (True = bad).
+    """Mask of saturated, flagged, hot and non-finite pixels (True = bad).
 
     - saturated: ``frame >= saturation``, or, when ``saturation`` is None and the frame
       is an integer type, pixels at the dtype maximum (e.g. 65535 for uint16; detectors
       also use it as a bad-pixel flag);
+    - flagged: negative pixels of a signed integer frame (int16, int32, int64), whatever
+      ``saturation`` says: detectors that store signed integers mark pixels that hold no
+      count with negative values (Pilatus: -1 in module gaps, -2 for bad pixels), so they
+      are never counts.  Floating-point frames keep their negative values (after an
+      upstream dark subtraction they are noise, not flags);
     - non-finite: NaN and inf;
     - hot (a single pixel far above *all* its 8 neighbours): with ``bg`` the lowest of
       the 8 neighbours and ``sigma`` the frame's robust noise (at least 1 count for
@@ -504,6 +514,9 @@ def auto_mask(
     >>> frame[0, 6] = 65535                                 # saturated
     >>> np.argwhere(auto_mask(frame)).tolist()
     [[0, 6], [1, 1]]
+    >>> pilatus = np.full((3, 4), 20, np.int32); pilatus[1, :] = -1     # module gap
+    >>> auto_mask(pilatus).any(axis=1).tolist()
+    [False, True, False]
     """
     frame = _as_2d(frame)
     bad = saturated_mask(frame, saturation)
@@ -522,13 +535,14 @@ def auto_mask(
 
 
 @_jit
-def _corrected_frame(frame, dark, gain, gain_bad, file_mask, sat, use_sat, level, below,
-                     full, bad, hit):  # pragma: no cover - compiled
+def _corrected_frame(frame, dark, gain, gain_bad, file_mask, sat, use_sat, use_neg, level,
+                     below, full, bad, hit):  # pragma: no cover - compiled
     """Fill ``full``, ``bad`` and ``hit`` (``full > level``), all flat; return the numbers of
     pixels above ``level`` and below ``below``.
 
-    Empty ``dark``, ``gain`` or ``file_mask`` mean "not used". Written with bitwise logic
-    and no calls or early exits so that the loop vectorizes.
+    Empty ``dark``, ``gain`` or ``file_mask`` mean "not used"; ``use_neg``: negative raw
+    values are flags (signed integer frames). Written with bitwise logic and no calls or
+    early exits so that the loop vectorizes.
     """
     inf = np.float32(np.inf)
     zero = np.float32(0.0)
@@ -536,7 +550,7 @@ def _corrected_frame(frame, dark, gain, gain_bad, file_mask, sat, use_sat, level
     n_below = 0
     for p in range(frame.size):
         raw = frame[p]
-        b = use_sat & (raw >= sat)
+        b = (use_sat & (raw >= sat)) | (use_neg & (raw < 0))
         if file_mask.size > 0:
             b = b | file_mask[p]
         v = np.float32(raw)
@@ -723,8 +737,9 @@ class Preprocessor:
     mask : ndarray or path, optional
         Bad-pixel mask, nonzero = bad.
     auto_mask : bool
-        Also mask saturated and hot pixels of each frame (:func:`auto_mask`).
-        Non-finite pixels are masked whatever this says.
+        Also mask saturated and hot pixels, and the negative (flag) values of signed
+        integer frames, of each frame (:func:`auto_mask`). Non-finite pixels are masked
+        whatever this says.
     bin : int
         Binning factor for ``image``.
     threshold : float, optional
@@ -808,6 +823,8 @@ class Preprocessor:
                 use_sat = not above_all
             elif raw.dtype.kind in "iu":
                 use_sat, sat = True, raw.dtype.type(np.iinfo(raw.dtype).max)
+        # Negative values of signed integer frames are detector flags (see auto_mask).
+        use_neg = self.auto_mask and raw.dtype.kind == "i"
         per_pixel = (self.dark, self._flat_gain, self._flat_gain_bad, self.mask)
 
         def corr(step: int) -> tuple:
@@ -815,7 +832,7 @@ class Preprocessor:
             arrays = tuple(np.empty(0, np.bool_ if k > 1 else np.float32) if a is None
                            else (a if step == 1 else a[::step, ::step].copy()).reshape(-1)
                            for k, a in enumerate(per_pixel))
-            return (*arrays, sat, use_sat)
+            return (*arrays, sat, use_sat, use_neg)
 
         t_given = self.threshold is not None
 
