@@ -50,7 +50,9 @@ Patch = Annotated[int, typer.Option("--patch", help="Odd patch size for localiza
 Localizer = Annotated[str, typer.Option(
     "--localizer", help="Sub-pixel localizer: braggnn, pvoigt, gauss or centroid.")]
 Edge = Annotated[int, typer.Option(
-    "--edge", help="Minimum distance of a peak from the frame edge or a masked pixel, pixels.")]
+    "--edge", help="A peak is rejected 'edge' when its maximum is closer than max(--edge, "
+    "--patch // 2) pixels to the frame's border (its patch must fit inside the frame), and "
+    "'mask' when a masked pixel lies in its patch or within --edge pixels of the maximum.")]
 MinDistance = Annotated[float, typer.Option(
     "--min-distance", help="Of two peaks closer than this, keep the more persistent, pixels.")]
 CentreTol = Annotated[float, typer.Option(

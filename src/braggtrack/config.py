@@ -41,7 +41,9 @@ class FindConfig:
         One of ``braggnn``, ``pvoigt``, ``gauss``, ``centroid``.
     edge : int
         Minimum distance in pixels from a peak maximum to the frame edge or a masked pixel;
-        closer peaks are flagged (``ok=False``, reason ``edge``), not dropped silently.
+        closer peaks are flagged (``ok=False``, reason ``edge`` or ``mask``), not dropped
+        silently.  The patch must also fit: the distance to the frame's border is at least
+        ``patch // 2`` whatever ``edge`` is, and a masked pixel anywhere in the patch flags it.
     min_distance : float
         Of two peaks closer than this (pixels), only the more persistent one is kept.
     centre_tolerance : float
