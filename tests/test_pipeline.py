@@ -174,3 +174,36 @@ def test_find_refuses_a_chunk_size_below_one(three_peak_frame, chunk_size):
     frame, _ = three_peak_frame
     with pytest.raises(OptionError, match="--chunk-size must be >= 1 frames"):
         find(np.stack([frame] * 2), localizer="centroid", progress=False, chunk_size=chunk_size)
+
+
+def _pair_frame(separation: float, seed: int = 3) -> tuple[np.ndarray, float, float]:
+    """Two round Gaussian peaks (4000 and 3000 counts high, sigma 1 px) on a 20-count
+    background, ``separation`` px apart along x."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:128, :128]
+    x1, y1 = 60.3, 64.4
+    mean = 20 + 4000 * np.exp(-((xx - x1) ** 2 + (yy - y1) ** 2) / 2) \
+        + 3000 * np.exp(-((xx - x1 - separation) ** 2 + (yy - y1) ** 2) / 2)
+    return rng.poisson(mean).astype(np.uint16), x1, y1
+
+
+@pytest.mark.parametrize("separation", [4.0, 5.0, 6.0])
+def test_one_peak_localizers_do_not_accept_a_position_pulled_by_a_neighbour(separation):
+    frame, x1, y1 = _pair_frame(separation)
+    for localizer in ("centroid", "gauss", "pvoigt", "braggnn"):
+        table = find_peaks(frame, localizer=localizer)
+        ok = table[table.ok]
+        # Whatever is accepted is where a true peak is (0.1 px), never between the two.
+        d = np.minimum(np.hypot(ok.x - x1, ok.y - y1), np.hypot(ok.x - x1 - separation, ok.y - y1))
+        assert (d < 0.1).all(), (localizer, ok[["x", "y", "x_err"]])
+        if localizer == "centroid":
+            assert "crowded" in set(table.reason)
+        if localizer == "braggnn":
+            assert len(ok) >= 1  # trained on pairs: the brighter one is kept
+
+
+def test_far_apart_peaks_are_not_crowded():
+    frame, _, _ = _pair_frame(12.0)
+    for localizer in ("centroid", "pvoigt"):
+        table = find_peaks(frame, localizer=localizer)
+        assert table.ok.sum() == 2 and "crowded" not in set(table.reason)

@@ -165,14 +165,48 @@ def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _D
         "persistence": raw["persistence"][keep],
         "score": score,
         "reason": reason.astype(object),
+        # A neighbour up to 2 px outside the patch still spills its core into it.
+        "neighbour": neighbour_in_patch(rows, cols, raw["birth"][keep], config.patch // 2 + 2),
     }
     return _Detected(columns=columns, patches=ps.patches)
+
+
+#: A neighbour at least this fraction of a peak's height (birth) can bias a one-peak localizer.
+NEIGHBOUR_HEIGHT = 0.1
+
+
+def neighbour_in_patch(rows: np.ndarray, cols: np.ndarray, birth: np.ndarray,
+                       half: int) -> np.ndarray:
+    """True where another detected maximum, at least ``NEIGHBOUR_HEIGHT`` times as high, lies
+    within ``half`` pixels of the peak along both axes (inside a ``(2 half + 1)``-pixel
+    window): the patch holds light of two peaks, and a localizer that models one (centroid,
+    gauss, pvoigt) may place the centre between them.
+
+    Examples
+    --------
+    >>> neighbour_in_patch(np.array([10, 10, 40]), np.array([10, 14, 40]),
+    ...                    np.array([100.0, 50.0, 80.0]), 5).tolist()
+    [True, True, False]
+    """
+    out = np.zeros(len(rows), bool)
+    if len(rows) < 2:
+        return out
+    from scipy.spatial import cKDTree
+
+    pts = np.column_stack([rows, cols]).astype(np.float64)
+    pairs = cKDTree(pts).query_pairs(half, p=np.inf, output_type="ndarray")
+    if len(pairs):
+        i, j = pairs[:, 0], pairs[:, 1]
+        np.logical_or.at(out, i, birth[j] >= NEIGHBOUR_HEIGHT * birth[i])
+        np.logical_or.at(out, j, birth[i] >= NEIGHBOUR_HEIGHT * birth[j])
+    return out
 
 
 def _empty_detected() -> dict[str, np.ndarray]:
     columns = {c: np.zeros(0, np.int64) for c in ("frame", "x_det", "y_det")}
     columns.update({c: np.zeros(0) for c in ("birth", "death", "persistence", "score")})
     columns["reason"] = np.zeros(0, object)
+    columns["neighbour"] = np.zeros(0, bool)
     return columns
 
 
@@ -202,12 +236,27 @@ def _localize_detected(
     reason = cols["reason"].astype(str)
     reason = np.where(reason == "", np.where(converged, "", loc_reason), reason)
     reason = np.where((reason == "") & ~converged, "not_converged", reason)
+    reason = np.where((reason == "") & _crowded(config.localizer, cols["neighbour"], loc), "crowded",
+                      reason)
     uncertain = np.maximum(cols["x_err"], cols["y_err"]) > config.max_error
     reason = np.where((reason == "") & uncertain, "uncertain", reason)
     cols["reason"] = reason
     cols["ok"] = reason == ""
     table = pd.DataFrame({c: cols[c] for c in PEAK_COLUMNS})
     return _no_nan(table)
+
+
+def _crowded(localizer: str, neighbour: np.ndarray, loc: pd.DataFrame) -> np.ndarray:
+    """Peaks a one-peak localizer cannot be trusted on: with a second maximum in the patch,
+    the centroid is pulled towards it (by up to ~1.5 px at 4-6 px apart, with an error
+    estimate that knows nothing of it), and a fit that moved more than 1 px from its own
+    detected maximum has merged the two.  BraggNN was trained on such pairs."""
+    if localizer == "braggnn":
+        return np.zeros(len(neighbour), bool)
+    if localizer == "centroid":
+        return neighbour
+    moved = np.hypot(loc["dx"].to_numpy(np.float64), loc["dy"].to_numpy(np.float64)) > 1.0
+    return neighbour & moved
 
 
 def _no_nan(table: pd.DataFrame) -> pd.DataFrame:

@@ -910,7 +910,9 @@ def _gallery_sections(run: RunData, showcase: int, image: np.ndarray, gallery_si
             "Examples of rejected peaks, a few of each reason, labelled with the reason: "
             "<i>edge</i> = too close to the frame edge or a masked pixel; <i>off_centre</i> = the "
             "brightest pixel is not near the patch centre; <i>flat</i> = no contrast; "
-            "<i>not_converged</i> = the localizer failed; <i>min_score</i>/<i>low_score</i> = too "
+            "<i>not_converged</i> = the localizer failed; <i>crowded</i> = a second peak in the "
+            "patch pulled a one-peak localizer (centroid, gauss, pvoigt) off; "
+            "<i>min_score</i>/<i>low_score</i> = too "
             "weak; <i>too_close</i> = a stronger peak nearby. The diamond is the position the "
             "run recorded.", "rejected patches"))
     return "".join(parts) or "<p>No peaks to show.</p>"
