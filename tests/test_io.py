@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from braggtrack.errors import BraggTrackError, FrameReadError, InputFileError, OptionError
-from braggtrack.io import as_series, file_checksum, load_image, open_frames
+from braggtrack.io import as_series, file_checksum, load_image, load_mask_file, open_frames
 
 h5py = pytest.importorskip("h5py")
 hdf5plugin = pytest.importorskip("hdf5plugin")
@@ -680,3 +681,230 @@ def test_truncated_cbf_does_not_hang(tmp_path):
     with pytest.raises(InputFileError, match="CBF") as exc:
         open_frames(cut)
     _assert_names_file(exc, cut)
+
+
+# ------------------------------------------------------------------ truncated EDF frames
+
+
+def test_truncated_edf_frame_is_a_frame_read_error(tmp_path, stack):
+    # fabio pads a short EDF data block with zeros: the frame must be unreadable, not zeros
+    path = tmp_path / "multi.edf"
+    img = fabio.edfimage.EdfImage(data=stack[0])
+    for fr in stack[1:3]:
+        img.append_frame(fabio.edfimage.EdfImage(data=fr))
+    img.write(str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - stack[2].nbytes // 2])  # half of frame 2's data
+    series = open_frames(path)
+    assert len(series) == 3
+    np.testing.assert_array_equal(series[0], stack[0])
+    np.testing.assert_array_equal(series[1], stack[1])
+    with pytest.raises(FrameReadError, match="incomplete") as exc:
+        series[2]
+    assert exc.value.index == 2
+    _assert_names_file(exc, path)
+
+
+def test_truncated_edf_in_folder_is_skipped_like_tiff(tmp_path, stack):
+    for i in range(3):
+        fabio.edfimage.EdfImage(data=stack[i]).write(str(tmp_path / f"f{i}.edf"))
+    bad = tmp_path / "f1.edf"
+    bad.write_bytes(bad.read_bytes()[:-100])
+    series = open_frames(tmp_path)
+    with pytest.raises(FrameReadError, match="incomplete") as exc:
+        series[1]
+    assert exc.value.index == 1
+    _assert_names_file(exc, bad)
+    np.testing.assert_array_equal(series[2], stack[2])
+
+
+def test_edf_header_declaring_a_short_data_block_is_refused(tmp_path, stack):
+    # A Size smaller than Dim_1 x Dim_2 x itemsize: fabio would read it and zero-pad
+    path = tmp_path / "short.edf"
+    fabio.edfimage.EdfImage(data=stack[0]).write(str(path))
+    raw = path.read_bytes()
+    size = stack[0].nbytes
+    head_end = raw.index(b"}\n") + 2
+    head = raw[:head_end].replace(f"Size = {size} ;".encode(), f"Size = {size // 2:<{len(str(size))}} ;".encode())
+    assert head != raw[:head_end] and len(head) == head_end
+    path.write_bytes(head + raw[head_end: head_end + size // 2])
+    with pytest.raises(FrameReadError, match="incomplete") as exc:
+        open_frames(path)[0]
+    _assert_names_file(exc, path)
+
+
+def test_truncated_first_file_in_folder_is_one_bad_frame(tmp_path, stack):
+    for i in range(3):
+        tifffile.imwrite(tmp_path / f"f{i}.tif", stack[i])
+    bad = tmp_path / "f0.tif"
+    bad.write_bytes(bad.read_bytes()[:300])
+    series = open_frames(tmp_path)
+    assert len(series) == 3 and series.shape == stack.shape[1:]
+    with pytest.raises(FrameReadError) as exc:
+        series[0]
+    assert exc.value.index == 0
+    _assert_names_file(exc, bad)
+    np.testing.assert_array_equal(series[1], stack[1])
+    for f in tmp_path.glob("*.tif"):  # nothing readable: the series itself is refused
+        f.write_bytes(f.read_bytes()[:300])
+    with pytest.raises(InputFileError) as exc:
+        open_frames(tmp_path)
+    _assert_names_file(exc, bad)
+
+
+# ------------------------------------------------------------------ Eiger master + data files
+
+
+def _eiger(tmp_path, parts, names=None, missing=(), pixel_mask=None):
+    """An Eiger-style master linking data files data_000001.h5, ... (one per part)."""
+    names = names or [f"data_{k + 1:06d}" for k in range(len(parts))]
+    master = tmp_path / "series_master.h5"
+    with h5py.File(master, "w") as f:
+        # links written in reverse: the reader must order them by number, not by creation
+        for name, part in reversed(list(zip(names, parts, strict=True))):
+            target = f"series_{name}.h5"
+            if name not in missing:
+                with h5py.File(tmp_path / target, "w") as d:
+                    d.create_dataset("/entry/data/data", data=part, chunks=(1, *part.shape[1:]))
+            f[f"/entry/data/{name}"] = h5py.ExternalLink(target, "/entry/data/data")
+        if pixel_mask is not None:
+            f["/entry/instrument/detector/pixel_mask"] = pixel_mask
+    return master
+
+
+def test_eiger_master_reads_every_data_file_in_order(tmp_path, stack):
+    second = (stack[:2] + 7).astype(stack.dtype)
+    master = _eiger(tmp_path, [stack[:3], second])
+    expected = np.concatenate([stack[:3], second])
+    for series in (open_frames(master), open_frames(master, dataset="/entry/data")):
+        assert len(series) == 5
+        assert "Eiger series of 2 data stacks" in series.source
+        np.testing.assert_array_equal(series[2], stack[2])  # last frame of data_000001
+        np.testing.assert_array_equal(series[3], second[0])  # first frame of data_000002
+        np.testing.assert_array_equal(series[4], second[1])
+        _assert_series(series, expected)
+        np.testing.assert_array_equal(series[1:5], expected[1:5])  # a block across both files
+        assert [p.name for p in series.files] == [
+            "series_master.h5", "series_data_000001.h5", "series_data_000002.h5"
+        ]
+        clone = pickle.loads(pickle.dumps(series))
+        np.testing.assert_array_equal(clone[3], second[0])
+        series.close()
+    one = open_frames(master, dataset="/entry/data/data_000002")
+    assert len(one) == 2
+    np.testing.assert_array_equal(one[0], second[0])
+
+
+def test_eiger_numbering_is_numeric(tmp_path, stack):
+    names = [f"data_{k:06d}" for k in (9, 10, 11)]
+    master = _eiger(tmp_path, [stack[:1], stack[1:2], stack[2:4]], names=names)
+    series = open_frames(master)
+    _assert_series(series, stack)
+
+
+def test_eiger_missing_data_file_is_named(tmp_path, stack):
+    master = _eiger(tmp_path, [stack[:2]], missing=("data_000001",))
+    with pytest.raises(InputFileError, match="linked file missing") as exc:
+        open_frames(master)
+    _assert_names_file(exc, master)
+    assert "/entry/data/data_000001 -> series_data_000001.h5" in str(exc.value)
+
+
+def test_eiger_series_with_one_missing_data_file_is_refused(tmp_path, stack):
+    master = _eiger(tmp_path, [stack[:2], stack[2:]], missing=("data_000002",))
+    for dataset in (None, "/entry/data"):
+        with pytest.raises(InputFileError, match="linked file missing") as exc:
+            open_frames(master, dataset=dataset)
+        _assert_names_file(exc, master)
+        assert "/entry/data/data_000002 -> series_data_000002.h5" in str(exc.value)
+
+
+def test_eiger_gap_or_mismatched_parts_are_refused(tmp_path, stack):
+    master = _eiger(tmp_path, [stack[:2], stack[2:]], names=["data_000001", "data_000003"])
+    with pytest.raises(InputFileError, match="data_000002 is missing") as exc:
+        open_frames(master)
+    _assert_names_file(exc, master)
+    master = _eiger(tmp_path, [stack[:2], stack[2:, :10]])
+    with pytest.raises(InputFileError, match="differs in frame shape") as exc:
+        open_frames(master)
+    _assert_names_file(exc, master)
+
+
+def test_dangling_link_named_when_searching(tmp_path, stack):
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f["/scan/frames"] = h5py.ExternalLink("gone.h5", "/data")
+    with pytest.raises(InputFileError, match="gone.h5: linked file missing") as exc:
+        open_frames(path)
+    _assert_names_file(exc, path)
+    with h5py.File(path, "w") as f:
+        f["/entry/data/data"] = h5py.ExternalLink("gone.h5", "/data")
+    with pytest.raises(InputFileError, match="/entry/data/data -> gone.h5: linked file missing"):
+        open_frames(path)
+
+
+# ------------------------------------------------------------------ masks
+
+
+def test_mask_from_eiger_master_is_its_pixel_mask(tmp_path, stack):
+    pixel_mask = np.zeros(stack.shape[1:], np.uint32)
+    pixel_mask[3, 4] = 1
+    pixel_mask[0, :] = 8
+    master = _eiger(tmp_path, [stack[:2], stack[2:]], pixel_mask=pixel_mask)
+    np.testing.assert_array_equal(load_mask_file(master), pixel_mask != 0)
+    np.testing.assert_array_equal(load_mask_file(master, invert=True), pixel_mask == 0)
+    # a dataset named like a mask is preferred to frame stacks anywhere in the file
+    other = tmp_path / "masks.h5"
+    with h5py.File(other, "w") as f:
+        f["/entry/data/data"] = stack
+        f["/calib/bad_pixel_mask"] = pixel_mask.astype(bool)
+    np.testing.assert_array_equal(load_mask_file(other), pixel_mask != 0)
+
+
+def test_mask_file_with_only_a_frame_stack_is_refused(tmp_path, stack):
+    path = tmp_path / "frames.h5"
+    with h5py.File(path, "w") as f:
+        f["/entry/data/data"] = stack
+    with pytest.raises(InputFileError, match="no mask dataset") as exc:
+        load_mask_file(path)
+    _assert_names_file(exc, path)
+    np.testing.assert_array_equal(load_mask_file(path, dataset="/entry/data/data"), stack[0] != 0)
+    single = tmp_path / "plain.h5"  # one 2-D image, whatever its name: that is the mask
+    with h5py.File(single, "w") as f:
+        f["/image"] = (stack[0] > 30000).astype(np.uint8)
+    np.testing.assert_array_equal(load_mask_file(single), stack[0] > 30000)
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_mask_marking_most_pixels_warns(tmp_path):
+    handler = _Collect()
+    logger = logging.getLogger("braggtrack")
+    level = logger.level
+    # the CLI sets this level; other tests' libraries (findpeaks) raise the root logger's
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        path = tmp_path / "mask.tif"
+        tifffile.imwrite(path, np.ones((8, 10), np.uint8))  # 1 = good, as some tools write
+        assert load_mask_file(path).all()
+        assert len(handler.messages) == 1
+        msg = handler.messages[0]
+        assert str(path) in msg and "100.0 %" in msg and "nonzero pixels (1 = bad)" in msg
+        assert "\n" not in msg
+        assert not load_mask_file(path, invert=True).any()  # inverted: no warning
+        few = np.zeros((8, 10), np.uint8)
+        few[:2] = 1
+        tifffile.imwrite(path, few)
+        load_mask_file(path)
+        assert len(handler.messages) == 1
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

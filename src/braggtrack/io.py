@@ -8,7 +8,8 @@ processed with a few frames in memory.
 
 The format libraries do the decoding: h5py (+ hdf5plugin for bitshuffle, LZ4, Blosc,
 ... filters), tifffile, fabio and numpy.  What is hand-written here is only what they
-do not provide: locating the frame stack in an HDF5 file, the HEXRD frame-cache
+do not provide: locating the frame stack in an HDF5 file (and joining an Eiger master's
+``data_NNNNNN`` files into one series), the HEXRD frame-cache
 layout (a documented sparse ``.npz`` that has no reader outside HEXRD), the safety
 checks on HDF5 links, and the translation of every library's exceptions into
 one-line :class:`~braggtrack.errors.InputFileError` messages that name the file.
@@ -27,8 +28,10 @@ lies inside the directory of the file the user named (or below it); otherwise
 
 from __future__ import annotations
 
+import bisect
 import glob as _glob
 import hashlib
+import logging
 import mmap
 import os
 import re
@@ -45,6 +48,7 @@ __all__ = [
     "open_frames",
     "as_series",
     "load_image",
+    "load_mask_file",
     "file_checksum",
     "HDF5_SUFFIXES",
     "TIFF_SUFFIXES",
@@ -72,6 +76,11 @@ _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK"
 _NEXUS_PATHS = ("/entry/data/data", "/entry/instrument/detector/data")
 _GLOB_CHARS = set("*?[")
+#: More than this fraction of bad pixels in a mask file is most likely an inverted mask.
+_MASK_WARN_FRACTION = 0.5
+# Warnings reach command-line users as one "warning: ..." line through this logger
+# (as skipped frames do, see braggtrack.pipeline); API users see them on stderr.
+_log = logging.getLogger("braggtrack")
 
 
 # --------------------------------------------------------------------------------------
@@ -491,6 +500,41 @@ def _fabio_open(path: Path):
     return img
 
 
+def _edf_incomplete(img, i: int, path: Path) -> str | None:
+    """Why frame ``i`` of an EDF file lacks data bytes (truncated file), or None.
+
+    fabio (2026.6) pads a short EDF data block with zeros and only logs "Data stream is
+    incomplete", so a truncated frame would be processed as a frame of zeros.  Its
+    header parser flags a data block that runs past the end of the file; a block that
+    its header declares shorter than the frame needs is caught by comparing sizes.
+    """
+    from fabio.edfimage import EdfImage
+
+    if not isinstance(img, EdfImage):
+        return None
+    frames = getattr(img, "_frames", None) or []
+    if i >= len(frames):
+        return None
+    frame = frames[i]
+    start, size, blob = frame.start, frame.size, frame.blobsize
+    # Sizes in bytes are only comparable for a raw block inside this (uncompressed) file.
+    raw = (
+        frame._data_compression is None and frame.bfname is None
+        and path.suffix.lower() not in (".gz", ".bz2", ".z")
+        and all(isinstance(v, int) for v in (start, size, blob))
+    )
+    if raw:
+        try:
+            available = min(blob, max(path.stat().st_size - start, 0))
+        except OSError:
+            available = size
+        if available < size:
+            return f"EDF data block incomplete: {available} of {size} bytes (truncated file?)"
+    if getattr(frame, "incomplete_data", False):
+        return "EDF data block incomplete (truncated file?)"
+    return None
+
+
 class _FabioBackend(_Backend):
     """GE, EDF, CBF, MarCCD, ... through fabio; multi-frame files via fabio's getframe."""
 
@@ -527,10 +571,13 @@ class _FabioBackend(_Backend):
                 arr = np.asarray(img.data)
             else:
                 arr = np.asarray(img.getframe(i).data)
+            incomplete = _edf_incomplete(img, i, self.path)
         except InputFileError as exc:
             raise FrameReadError(self.path, i, exc.problem) from None
         except Exception as exc:
             raise FrameReadError(self.path, i, _first_line(exc)) from None
+        if incomplete:
+            raise FrameReadError(self.path, i, incomplete)
         if arr.shape != self.shape:
             raise FrameReadError(self.path, i, f"frame shape {arr.shape} differs from {self.shape}")
         return arr.copy()
@@ -567,9 +614,24 @@ class _FilesBackend(_Backend):
             raise InputFileError(where, "no frame files found")
         self.files = list(files)
         self.n = len(files)
-        first = _read_single(files[0])
-        _output_dtype(first.dtype, files[0])
-        self.shape = _check_frame_shape(first.shape, files[0])
+        # The series' frame shape and dtype come from the first file that reads; an
+        # unreadable file before it is then skipped as one bad frame, like a later one.
+        # Only when no file reads is the series itself unreadable (the first file's error).
+        first_error: InputFileError | None = None
+        for k, f in enumerate(files):
+            try:
+                first = _read_single(f)
+            except InputFileError as exc:
+                first_error = first_error or exc
+                continue
+            self._ref = k
+            break
+        else:
+            assert first_error is not None
+            raise first_error
+        k = self._ref
+        _output_dtype(first.dtype, files[k])
+        self.shape = _check_frame_shape(first.shape, files[k])
         self.stored_dtype = first.dtype
         self.meta = {}
         try:
@@ -586,8 +648,8 @@ class _FilesBackend(_Backend):
         frame: TIFF headers are cheap to read, so check them all before any work starts."""
         import tifffile
 
-        for f in self.files[1:]:
-            if f.suffix.lower() not in (".tif", ".tiff"):
+        for k, f in enumerate(self.files):
+            if k == self._ref or f.suffix.lower() not in (".tif", ".tiff"):
                 continue
             try:
                 with tifffile.TiffFile(f) as tif:
@@ -597,9 +659,14 @@ class _FilesBackend(_Backend):
             if shape[:2] != self.shape and len(shape) == 2:
                 raise InputFileError(
                     f, f"frame shape {shape[0]} x {shape[1]} differs from the series' "
-                    f"{self.shape[0]} x {self.shape[1]} (first file {self.files[0].name}); "
+                    f"{self.shape[0]} x {self.shape[1]} ({self._ref_described()}); "
                     "frames of one series must have one shape"
                 )
+
+    def _ref_described(self) -> str:
+        """The file the series' shape was taken from, for error messages."""
+        name = self.files[self._ref].name
+        return f"first file {name}" if self._ref == 0 else f"first readable file {name}"
 
     def read(self, i: int) -> np.ndarray:
         path = self.files[i]
@@ -612,7 +679,7 @@ class _FilesBackend(_Backend):
         if arr.shape != self.shape:
             raise FrameReadError(
                 path, i, f"shape {arr.shape[0]} x {arr.shape[1]} differs from the series' "
-                f"{self.shape[0]} x {self.shape[1]} (first file {self.files[0].name})"
+                f"{self.shape[0]} x {self.shape[1]} ({self._ref_described()})"
                 if arr.ndim == 2 else f"shape {arr.shape} differs from {self.shape}",
             )
         return arr
@@ -627,16 +694,24 @@ def _h5_describe(item) -> str:
 
 
 class _H5Backend(_Backend):
+    """One HDF5 dataset, or an Eiger series: the ``data_NNNNNN`` stacks of a master file.
+
+    The frames are those of ``self._parts`` (dataset paths) one after the other;
+    ``self._starts[k]`` is the series index of the first frame of part ``k``.
+    """
+
     def __init__(self, path: Path, dataset: str | None) -> None:
         import h5py
 
         self.path = path
         self._root = path.resolve().parent
         self._handle = None
+        self._ds = None
         self.meta = {}
         self.files = [path]
         f = self._open()
         try:
+            parts: list[tuple[str, Any]] | None = None
             if dataset is not None:
                 name = dataset if dataset.startswith("/") else "/" + dataset
                 ds = self._get_dataset(f, name)
@@ -646,6 +721,10 @@ class _H5Backend(_Backend):
                         path, f"no dataset {name!r}; datasets here: {listing or 'none'}"
                     )
                 what = f"dataset {name}"
+                if isinstance(ds, h5py.Group):
+                    parts = self._eiger_parts(ds, name)
+                    if parts is None:
+                        raise InputFileError(path, f"{what} is a group, not a dataset")
             else:
                 ds = None
                 for name in _NEXUS_PATHS:
@@ -654,6 +733,12 @@ class _H5Backend(_Backend):
                         break
                     ds = None
                 if ds is None:
+                    # An Eiger master: /entry/data holds links data_000001, data_000002, ...
+                    group = self._get_dataset(f, "/entry/data")
+                    if isinstance(group, h5py.Group):
+                        name = "/entry/data"
+                        parts = self._eiger_parts(group, name)
+                if ds is None and parts is None:
                     found, refused = self._walk(f)
                     cube = [(n, d) for n, d in found if d.ndim == 3 and min(d.shape) > 0]
                     if not cube:
@@ -666,15 +751,35 @@ class _H5Backend(_Backend):
                         )
                     name, ds = max(cube, key=lambda item: int(np.prod(item[1].shape, dtype=np.int64)))
                 what = f"dataset {name}"
-            if not isinstance(ds, h5py.Dataset):
-                raise InputFileError(path, f"{what} is a group, not a dataset")
-            self._check_storage(ds, name)
-            self._check_filters(ds, name)
-            _output_dtype(ds.dtype, path)
-            self.n, h, w = _stack_shape(ds.shape, path, what)
+            if parts is None:
+                if not isinstance(ds, h5py.Dataset):
+                    raise InputFileError(path, f"{what} is a group, not a dataset")
+                self._check_storage(ds, name)
+                self._check_filters(ds, name)
+                _output_dtype(ds.dtype, path)
+                self.n, h, w = _stack_shape(ds.shape, path, what)
+                parts = [(name, ds)]
+                self._starts = [0]
+                described = ""
+            else:
+                ds = parts[0][1]
+                h, w = (int(v) for v in ds.shape[1:])
+                self._starts = [0]
+                for _, d in parts:
+                    self._starts.append(self._starts[-1] + int(d.shape[0]))
+                self.n = self._starts.pop()
+                if self.n == 0:
+                    raise InputFileError(path, f"the Eiger data stacks of {name} hold no frames")
+                described = f", Eiger series of {len(parts)} data stacks"
+            self._parts = [n for n, _ in parts]
+            for _, d in parts:
+                # Every file a frame is read from, for the run record's checksums.
+                target = Path(d.file.filename).absolute()
+                if target not in self.files and target != path.absolute():
+                    self.files.append(target)
             self.shape, self.stored_dtype = (h, w), np.dtype(ds.dtype)
             self.name = name
-            self.ndim = ds.ndim
+            self.ndim = 3 if len(parts) > 1 else ds.ndim
             comp = ds.compression if ds.compression in ("gzip", "lzf", "szip") else ""
             if not comp:
                 try:
@@ -686,7 +791,7 @@ class _H5Backend(_Backend):
                 except Exception:
                     comp = ""
             comp = f", {comp}" if comp else ""
-            self.source = f"HDF5 {path}:{name} ({self.n} x {h} x {w} {ds.dtype}{comp})"
+            self.source = f"HDF5 {path}:{name} ({self.n} x {h} x {w} {ds.dtype}{comp}{described})"
         except InputFileError:
             self.close()
             raise
@@ -694,6 +799,62 @@ class _H5Backend(_Backend):
             self.close()
             raise InputFileError(path, f"HDF5 file unreadable (truncated or corrupt?) ({_first_line(exc)})") from None
         self._ds = None
+
+    def _eiger_parts(self, group, gname: str) -> list[tuple[str, Any]] | None:
+        """The data stacks of an Eiger master's ``data_NNNNNN`` links, in numeric order.
+
+        None when ``group`` holds no such link.  Eiger detectors split one series into
+        files of a fixed number of frames; reading only one of them would silently drop
+        the rest, so a missing or mismatched part refuses the whole series.
+        """
+        numbered = []
+        for key in group.keys():
+            m = re.fullmatch(r"data_(\d+)", key)
+            if m:
+                numbered.append((int(m.group(1)), key))
+        if not numbered:
+            return None
+        numbered.sort()
+        gname = gname.rstrip("/")
+        numbers = [k for k, _ in numbered]
+        if len(set(numbers)) < len(numbers):
+            dup = next(k for k in numbers if numbers.count(k) > 1)
+            names = ", ".join(key for k, key in numbered if k == dup)
+            raise InputFileError(self.path, f"Eiger data links {names} in {gname} share a number")
+        gaps = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+        if gaps:
+            width = len(numbered[0][1]) - len("data_")
+            raise InputFileError(
+                self.path,
+                f"{gname}/data_{gaps[0]:0{width}d} is missing between the Eiger data links "
+                f"{numbered[0][1]} .. {numbered[-1][1]}; the series would have a gap",
+            )
+        parts: list[tuple[str, Any]] = []
+        for _, key in numbered:
+            full = f"{gname}/{key}"
+            ds = self._get_dataset(self._open(), full)
+            if ds is None or not hasattr(ds, "shape"):
+                raise InputFileError(self.path, f"{full}: not a dataset (Eiger data link)")
+            if ds.ndim != 3:
+                raise InputFileError(
+                    self.path, f"{full} is {ds.ndim}-D ({_h5_describe((full, ds))}); "
+                    "Eiger data links must be 3-D frame stacks"
+                )
+            self._check_storage(ds, full)
+            self._check_filters(ds, full)
+            _output_dtype(ds.dtype, self.path)
+            if parts:
+                first_name, first = parts[0]
+                if ds.shape[1:] != first.shape[1:] or ds.dtype != first.dtype:
+                    raise InputFileError(
+                        self.path,
+                        f"Eiger data stack {_h5_describe((full, ds))} differs in frame shape or "
+                        f"dtype from {_h5_describe((first_name, first))}",
+                    )
+            else:
+                _check_frame_shape(tuple(ds.shape[1:]), self.path)
+            parts.append((full, ds))
+        return parts
 
     # -- opening and safety
 
@@ -723,6 +884,21 @@ class _H5Backend(_Backend):
         ok = _inside(target, self._root)
         return ok, f"{link.filename}:{link.path}"
 
+    def _broken_link(self, link) -> str | None:
+        """Why an external link's target file cannot be used, or None.
+
+        Checked before HDF5 follows the link: HDF5's own error for a missing file is a
+        generic "unable to open object", and a search that skips it finds no stack at all.
+        """
+        target = Path(link.filename)
+        if not target.is_absolute():
+            target = self._root / target
+        if not target.exists():
+            return "linked file missing"
+        if not target.is_file():
+            return "linked path is not a file"
+        return None
+
     def _get_dataset(self, f, name: str):
         """Follow ``name`` link by link, refusing external links that leave the folder."""
         import h5py
@@ -745,12 +921,19 @@ class _H5Backend(_Backend):
                         f"external link {obj.name.rstrip('/')}/{part} -> {desc} points outside "
                         f"{self._root}; refused",
                     )
+                broken = self._broken_link(link)
+                if broken:
+                    raise InputFileError(
+                        self.path, f"{obj.name.rstrip('/')}/{part} -> {link.filename}: {broken}"
+                    )
             try:
                 nxt = self._open_child(obj, part)
             except Exception as exc:
                 if isinstance(link, h5py.ExternalLink):
                     raise InputFileError(
-                        self.path, f"external link {part} cannot be followed ({_first_line(exc)})"
+                        self.path,
+                        f"{obj.name.rstrip('/')}/{part} -> {link.filename}:{link.path}: external "
+                        f"link cannot be followed ({_first_line(exc)})",
                     ) from None
                 return None
             if nxt is None:
@@ -794,6 +977,10 @@ class _H5Backend(_Backend):
                     ok, desc = self._link_target_ok(link)
                     if not ok:
                         refused.append(f"{prefix}/{name} -> {desc}")
+                        continue
+                    broken = self._broken_link(link)
+                    if broken:
+                        refused.append(f"{prefix}/{name} -> {link.filename}: {broken}")
                         continue
                 try:
                     obj = self._open_child(group, name)
@@ -873,31 +1060,44 @@ class _H5Backend(_Backend):
         Relative external-storage and virtual-source file names must resolve against the
         named file's folder (not the working directory), matching the safety checks.
         HDF5 refuses to reopen a dataset with a different prefix, so every dataset this
-        module opens gets the same one.
+        module opens gets the same one.  The dataset is opened before its class is asked
+        for: asking (``getclass``) opens a dataset behind an external link with the default
+        prefix, which HDF5 refuses while another series of this process holds it open.
         """
         import h5py
 
-        cls = group.get(name, getclass=True)
-        if cls is not h5py.Dataset:
-            return group.get(name)
         dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
         prefix = (str(self._root) + os.sep).encode()
         dapl.set_efile_prefix(prefix)
         dapl.set_virtual_prefix(prefix)
-        return h5py.Dataset(h5py.h5d.open(group.id, name.encode(), dapl=dapl))
+        try:
+            return h5py.Dataset(h5py.h5d.open(group.id, name.encode(), dapl=dapl))
+        except Exception as exc:
+            if group.get(name, getclass=True) is h5py.Dataset:
+                raise exc from None  # a dataset that cannot be opened, not a group
+        return group.get(name)
 
-    def _dataset(self):
+    def _dataset(self, k: int = 0):
         if self._ds is None:
-            ds = self._get_dataset(self._open(), self.name)
+            self._ds = [None] * len(self._parts)
+        if self._ds[k] is None:
+            name = self._parts[k]
+            ds = self._get_dataset(self._open(), name)
             if ds is None:
-                raise InputFileError(self.path, f"dataset {self.name} disappeared")
-            self._ds = ds
-        return self._ds
+                raise InputFileError(self.path, f"dataset {name} disappeared")
+            self._ds[k] = ds
+        return self._ds[k]
+
+    def _part(self, i: int) -> tuple[int, int]:
+        """(part, index within it) of series frame ``i``."""
+        k = bisect.bisect_right(self._starts, i) - 1
+        return k, i - self._starts[k]
 
     def read(self, i: int) -> np.ndarray:
         try:
-            ds = self._dataset()
-            arr = ds[()] if self.ndim == 2 else ds[i]
+            k, j = self._part(i)
+            ds = self._dataset(k)
+            arr = ds[()] if self.ndim == 2 else ds[j]
         except InputFileError as exc:
             raise FrameReadError(self.path, i, exc.problem) from None
         except Exception as exc:
@@ -908,7 +1108,15 @@ class _H5Backend(_Backend):
         if self.ndim == 2:
             return None
         try:
-            return np.asarray(self._dataset()[start:stop])
+            blocks = []
+            i = start
+            while i < stop:
+                k, j = self._part(i)
+                end = self._starts[k + 1] if k + 1 < len(self._starts) else self.n
+                take = min(stop, end) - i
+                blocks.append(np.asarray(self._dataset(k)[j:j + take]))
+                i += take
+            return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
         except Exception:
             return None  # fall back to frame by frame, which names the bad frame
 
@@ -958,7 +1166,8 @@ class FrameSeries(Sequence):
     frame_names : list of str or None
         For folder/glob series, the file of each frame (relative to their common folder).
     files : list of pathlib.Path
-        Files the series reads (for checksums in run records).
+        Files the series reads (for checksums in run records), HDF5 data files reached
+        through external links included.
     meta : dict
         Per-series metadata found in the file (e.g. ``omega`` of a frame cache).
 
@@ -1171,9 +1380,13 @@ def open_frames(
     path : str, path-like, ndarray, FrameSeries or list of paths
         - HDF5/NeXus file (``.h5``, ``.hdf5``, ``.nxs``, ...): the frame stack is
           ``dataset`` if given, else ``/entry/data/data``, else
-          ``/entry/instrument/detector/data``, else the largest 3-D dataset.  A 2-D
-          dataset is a one-frame series.  Compressed data (gzip, bitshuffle, LZ4, Blosc,
-          ... via hdf5plugin) is decompressed per frame.
+          ``/entry/instrument/detector/data``, else an Eiger master's
+          ``/entry/data/data_NNNNNN`` stacks, else the largest 3-D dataset.  The Eiger
+          stacks (usually external links to one data file each) are one series, in
+          numeric order of ``NNNNNN``; a missing data file, a gap in the numbering or a
+          stack of another frame shape or dtype refuses the series.  A 2-D dataset is a
+          one-frame series.  Compressed data (gzip, bitshuffle, LZ4, Blosc, ... via
+          hdf5plugin) is decompressed per frame.
         - TIFF file, single- or multi-page (each page a frame).
         - A file fabio reads: GE ``.ge2``/``.ge3``/``.ge5`` (all frames), EDF, CBF,
           MarCCD, ...
@@ -1183,7 +1396,8 @@ def open_frames(
           ``img10``), or a list of such files, one frame per file.
         - A 2-D or 3-D ndarray, or a FrameSeries (returned as is).
     dataset : str, optional
-        HDF5 dataset path (or ``.npz`` key) of the frame stack.
+        HDF5 dataset path (or ``.npz`` key) of the frame stack; a group holding Eiger
+        ``data_NNNNNN`` stacks (``/entry/data``) means all of them.
 
     Returns
     -------
@@ -1193,7 +1407,7 @@ def open_frames(
     ------
     InputFileError
         One line naming the file: missing, not the format its suffix claims, truncated,
-        no frame stack, unsafe HDF5 link, non-numeric or empty data.
+        no frame stack, unsafe or dangling HDF5 link, non-numeric or empty data.
 
     Examples
     --------
@@ -1311,9 +1525,115 @@ def load_image(
         )
 
 
+def load_mask_file(
+    path: str | os.PathLike | np.ndarray,
+    *,
+    dataset: str | None = None,
+    invert: bool = False,
+) -> np.ndarray:
+    """Bad-pixel mask from a file: nonzero (or NaN) = bad pixel.
+
+    Like :func:`load_image`, except for HDF5 files without ``dataset``: a dataset named
+    ``pixel_mask`` (an Eiger master's ``/entry/instrument/detector/pixel_mask``), or
+    else one whose name contains ``mask``, is taken before any frame stack, and a file
+    that holds no such dataset but a stack of several frames is refused (its first
+    frame is data, not a mask).  A mask that marks more than half of the pixels bad is
+    most likely inverted: it is used, with a warning naming the file and the fraction.
+
+    Parameters
+    ----------
+    path : path or ndarray
+        Any file :func:`load_image` reads (multi-frame files other than HDF5: the first
+        frame), or a 2-D array.
+    dataset : str, optional
+        HDF5 dataset path (or ``.npz`` key) of the mask.
+    invert : bool
+        For masks where nonzero means *good* pixel.
+
+    Returns
+    -------
+    ndarray
+        2-D bool, True = bad.
+
+    Raises
+    ------
+    InputFileError
+        One line naming the file: unreadable, or an HDF5 file with frames but no mask.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> load_mask_file(np.array([[0, 1], [2, 0]])).tolist()
+    [[False, True], [True, False]]
+    """
+    if isinstance(path, np.ndarray):
+        img, where = path, "mask array"
+        if img.ndim != 2:
+            raise OptionError(f"mask must be a 2-D array, got shape {img.shape}")
+    else:
+        p = Path(os.fspath(path)).expanduser()
+        where = str(p)
+        if dataset is None and p.is_file() and _sniff(p) == "hdf5":
+            dataset = _h5_mask_dataset(p)
+        img = load_image(p, dataset=dataset)
+    bad = img != 0
+    if img.dtype.kind == "f":
+        bad |= np.isnan(img)
+    if invert:
+        bad = ~bad
+    fraction = float(bad.mean()) if bad.size else 0.0
+    if fraction > _MASK_WARN_FRACTION:
+        rule = "zero pixels (inverted mask)" if invert else "nonzero pixels (1 = bad)"
+        _log.warning(
+            "%s: the mask marks %.1f %% of the pixels as bad; braggtrack masks %s",
+            where, 100 * fraction, rule,
+        )
+    return bad
+
+
+def _h5_mask_dataset(path: Path) -> str | None:
+    """The mask dataset of an HDF5 file, or None to read it as :func:`load_image` does.
+
+    Raises when the file holds no dataset named like a mask but a stack of several
+    frames: an Eiger master's first data frame taken as a mask masks almost every pixel.
+    """
+    backend = _H5Backend.__new__(_H5Backend)
+    backend.path, backend._root, backend._handle, backend._ds = path, path.resolve().parent, None, None
+    f = backend._open()
+    try:
+        found, _ = backend._walk(f)
+        masks = []
+        for name, ds in found:
+            leaf = name.rsplit("/", 1)[-1].lower()
+            shape = tuple(ds.shape)
+            if "mask" in leaf and (len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)):
+                # pixel_mask first, the NeXus detector's own before detectorSpecific's
+                masks.append(((leaf != "pixel_mask", len(name), name), name))
+        if masks:
+            return min(masks)[1]
+    finally:
+        backend.close()
+    try:
+        series = open_frames(path)
+    except InputFileError as exc:
+        if "no 3-D dataset" in exc.problem:
+            return None  # only 2-D images: load_image takes the largest
+        raise
+    with series:
+        if len(series) > 1:
+            h, w = series.shape
+            raise InputFileError(
+                path,
+                f"holds no mask dataset (pixel_mask, or a name containing 'mask'), only the "
+                f"frame stack {series._backend.name} ({len(series)} x {h} x {w}); a mask file "
+                "must hold one 2-D image (nonzero = bad pixel)",
+            )
+    return None
+
+
 def _largest_2d_h5(path: Path) -> FrameSeries:
     backend = _H5Backend.__new__(_H5Backend)
-    backend.path, backend._root, backend._handle = path, path.resolve().parent, None
+    backend.path, backend._root, backend._handle, backend._ds = path, path.resolve().parent, None, None
     f = backend._open()
     try:
         found, _ = backend._walk(f)
