@@ -402,3 +402,18 @@ def test_foreign_byte_order_and_odd_dtypes_give_the_native_result():
     # every pixel masked: no crash, nothing above the threshold
     out = Preprocessor(mask=np.ones(frame.shape, bool))(frame)
     assert out.above.size == 0 and not out.full.any()
+
+
+def test_mask_from_an_eiger_master_is_its_pixel_mask(tmp_path):
+    import h5py
+
+    from braggtrack.preprocess import load_mask
+
+    pixel_mask = np.zeros((16, 16), np.uint32)
+    pixel_mask[3, :] = 1  # a gap row
+    path = tmp_path / "master.h5"
+    with h5py.File(path, "w") as f:
+        f["/entry/data/data"] = np.full((4, 16, 16), 7, np.uint32)  # frames, not a mask
+        f["/entry/instrument/detector/pixel_mask"] = pixel_mask
+    bad = load_mask(path)
+    assert bad.sum() == 16 and bad[3].all()

@@ -190,7 +190,8 @@ def load_mask(path: str | os.PathLike | np.ndarray, *, invert: bool = False) -> 
     Parameters
     ----------
     path : path or ndarray
-        TIFF, npy, EDF, HDF5, ... (first frame) or a 2-D array.
+        TIFF, npy, EDF, HDF5, ... (first frame; for HDF5 a ``pixel_mask`` or other
+        mask-named dataset first, see :func:`braggtrack.io.load_mask_file`) or a 2-D array.
     invert : bool
         For masks where nonzero means *good* pixel.
 
@@ -205,10 +206,12 @@ def load_mask(path: str | os.PathLike | np.ndarray, *, invert: bool = False) -> 
     >>> load_mask(np.array([[0, 1], [2, 0]])).tolist()
     [[False, True], [True, False]]
     """
-    from .io import load_image
+    if not isinstance(path, np.ndarray):
+        from .io import load_mask_file
 
-    img = np.asarray(path) if isinstance(path, np.ndarray) else load_image(path)
-    img = _as_2d(img, "mask")
+        # The file reader knows masks: an Eiger master's pixel_mask, not its first frame.
+        return load_mask_file(path, invert=invert)
+    img = _as_2d(np.asarray(path), "mask")
     bad = img != 0
     if img.dtype.kind == "f":
         bad |= np.isnan(img)
