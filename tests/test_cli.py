@@ -137,6 +137,15 @@ def test_unreadable_frame_in_folder_is_logged_and_exit_3(tmp_path):
     res = cli("find", folder, "-o", tmp_path / "q.parquet", "--localizer", "centroid", "-q",
               "--strict")
     assert res.returncode == 2 and "f_1.tif" in res.stderr
+    # A run's frames table names each frame's file, so a skipped one is found by name.
+    res = cli("run", folder, "-o", tmp_path / "run", "--localizer", "centroid", "-q",
+              "--workers", "1", "--no-report")
+    assert res.returncode == 3, res.stderr
+    import pandas as pd
+
+    frames = pd.read_parquet(tmp_path / "run" / "frames.parquet")
+    assert frames.file.tolist() == ["f_0.tif", "f_1.tif", "f_2.tif"]
+    assert frames.set_index("file").status["f_1.tif"] != "ok"
 
 
 @pytest.mark.parametrize("n_darks", [1, 2])

@@ -854,6 +854,13 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
     from concurrent.futures import ThreadPoolExecutor
 
     peaks, frames = _gather(out, info, config, read)
+    names = getattr(series, "frame_names", None)
+    if names and len(frames):
+        # A folder or glob series: which file each frame index is (a stray file in the
+        # folder shifts every index after it, and this is where a user sees that).
+        idx = frames["frame"].to_numpy(np.int64)
+        lookup = np.asarray(names, dtype=object)
+        frames["file"] = np.where(idx < len(lookup), lookup[np.minimum(idx, len(lookup) - 1)], "")
     if track.frame_meta:
         from .metadata import join_frame_meta
 

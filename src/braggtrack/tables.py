@@ -53,6 +53,7 @@ COLUMNS: dict[str, str] = {
     "strain_ref_frame": "frame used as the particle's strain reference (-1 when d_ref was given)",
     "radial_shift_ref_frame": "frame used as the particle's radial_shift reference",
     "status": "frames table: ok, or skipped when the frame could not be read",
+    "file": "frames table: the frame's file, relative to the folder (folder and glob inputs only)",
     "n_peaks": "frames table: peaks detected in the frame",
     "n_ok": "frames table: peaks accepted in the frame",
     "meta_filled": "True when the frame's metadata was filled from neighbouring frames",
