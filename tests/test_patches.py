@@ -171,3 +171,15 @@ def test_patchset_is_frozen():
     assert isinstance(ps, PatchSet)
     with pytest.raises(AttributeError):
         ps.rows = np.array([1])
+
+
+def test_centre_filter_leaves_a_close_neighbours_pixels_to_it():
+    # The patch's brightest pixel (9) belongs to a neighbour 4 px to the right; this patch's
+    # own maximum (5) is at its centre.  Plain: off-centre.  Told of the neighbour: centred.
+    p = np.zeros((1, 11, 11))
+    p[0, 5, 5] = 5.0
+    p[0, 5, 9] = 9.0
+    assert not centre_filter(p, 2.0)[0]
+    assert centre_filter(p, 2.0, others=(np.array([0]), np.array([0]), np.array([4])))[0]
+    # A neighbour elsewhere does not hide the bright pixel.
+    assert not centre_filter(p, 2.0, others=(np.array([0]), np.array([-4]), np.array([0])))[0]

@@ -231,7 +231,7 @@ def _argmax_rc(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return idx // size, idx % size
 
 
-def centre_filter(patches, tolerance: float = 2.0) -> np.ndarray:
+def centre_filter(patches, tolerance: float = 2.0, others=None) -> np.ndarray:
     """True where the brightest pixel lies within ``tolerance`` pixels of the patch centre.
 
     Parameters
@@ -239,6 +239,11 @@ def centre_filter(patches, tolerance: float = 2.0) -> np.ndarray:
     patches : ndarray, shape (n, N, N), or PatchSet
     tolerance : float
         Maximum Euclidean distance in pixels.
+    others : (index, dy, dx) arrays, optional
+        Other detected maxima, as offsets ``dy, dx`` from the centre of patch ``index``.
+        Pixels nearer to one of them than to the centre belong to that peak and are not
+        searched, so the fainter peak of a close pair is not rejected for its brighter
+        neighbour's maximum.
 
     Returns
     -------
@@ -255,16 +260,26 @@ def centre_filter(patches, tolerance: float = 2.0) -> np.ndarray:
         raise OptionError(f"centre tolerance must be >= 0 pixels, got {tolerance}")
     p = as_patch_stack(patches)
     half = p.shape[-1] // 2
+    if others is not None and len(others[0]):
+        index, dy, dx = (np.asarray(a) for a in others)
+        yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
+        # Nearer to the other maximum than to the centre: (y-dy)^2+(x-dx)^2 < y^2+x^2.
+        theirs = (dy[:, None, None] * (2 * yy - dy[:, None, None])
+                  + dx[:, None, None] * (2 * xx - dx[:, None, None])) > 0
+        drop = np.zeros(p.shape, bool)
+        np.logical_or.at(drop, index, theirs)
+        p = np.where(drop, -np.inf, p)
     r, c = _argmax_rc(p)
     return np.hypot(r - half, c - half) <= tolerance
 
 
-def quality(patchset: PatchSet, tolerance: float = 2.0) -> pd.DataFrame:
+def quality(patchset: PatchSet, tolerance: float = 2.0, others=None) -> pd.DataFrame:
     """Per-patch ``ok`` flag and the first failing ``reason``.
 
     Reasons, in order of precedence: ``edge`` (patch reaches beyond the frame), ``mask``
     (touches a masked pixel), ``flat`` (max == min), ``off_centre`` (brightest pixel
-    farther than ``tolerance`` px from the centre). ``reason`` is ``''`` when ``ok``.
+    farther than ``tolerance`` px from the centre, not counting pixels nearer to one of
+    ``others``, see :func:`centre_filter`). ``reason`` is ``''`` when ``ok``.
 
     Examples
     --------
@@ -274,7 +289,7 @@ def quality(patchset: PatchSet, tolerance: float = 2.0) -> pd.DataFrame:
     ['', 'edge', 'flat']
     """
     _, flat = normalize(patchset.patches)
-    centred = centre_filter(patchset.patches, tolerance)
+    centred = centre_filter(patchset.patches, tolerance, others)
     reason = np.full(len(patchset), "", dtype=object)
     for name, bad in (
         ("off_centre", ~centred),

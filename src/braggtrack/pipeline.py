@@ -154,7 +154,8 @@ def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _D
     _, sel_reason = _flag_rows(rows, cols, prepared.full.shape, mask, config.edge)
     ps = extract_patches(prepared.full, rows, cols, size=config.patch, mask=prepared.mask)
     # Detection's own reasons (edge, mask within --edge) come first, then the patch's.
-    patch_reason = quality(ps, config.centre_tolerance)["reason"].to_numpy(dtype=object)
+    others = _other_maxima(rows, cols, raw["birth"][keep], config.patch // 2 + 2)
+    patch_reason = quality(ps, config.centre_tolerance, others)["reason"].to_numpy(dtype=object)
     reason = np.where(sel_reason == "", patch_reason, sel_reason)
     columns = {
         "frame": np.full(n, frame, dtype=np.int64),
@@ -169,6 +170,29 @@ def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _D
         "neighbour": neighbour_in_patch(rows, cols, raw["birth"][keep], config.patch // 2 + 2),
     }
     return _Detected(columns=columns, patches=ps.patches)
+
+
+def _other_maxima(rows: np.ndarray, cols: np.ndarray, birth: np.ndarray, half: int):
+    """``(index, dy, dx)`` of close pairs, for :func:`braggtrack.patches.centre_filter`: a
+    peak whose window (``half`` px along both axes) holds exactly one other detected maximum,
+    a brighter one, gets that maximum's offset from its centre, so that the brighter
+    neighbour's pixels do not reject it as off-centre.  A window with several other maxima
+    is clutter (noise, a textured background), where the plain centre filter's rejection is
+    the point, and a brighter peak needs no exception."""
+    if len(rows) < 2:
+        return None
+    from scipy.spatial import cKDTree
+
+    pts = np.column_stack([rows, cols]).astype(np.float64)
+    pairs = cKDTree(pts).query_pairs(half, p=np.inf, output_type="ndarray")
+    if not len(pairs):
+        return None
+    i = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    j = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    alone = np.bincount(i, minlength=len(rows)) == 1
+    pair = alone[i] & (birth[j] > birth[i])
+    i, j = i[pair], j[pair]
+    return i, rows[j] - rows[i], cols[j] - cols[i]
 
 
 #: A neighbour at least this fraction of a peak's height (birth) can bias a one-peak localizer.
