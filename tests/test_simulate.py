@@ -338,6 +338,9 @@ def test_extra_kinds_only_when_named_and_in_their_ranges():
     assert by["wide"].sigma_x.between(3.0, 4.5).all()
     assert (by["wide"].sigma_y <= by["wide"].sigma_x).all()
     assert by["lorentzian"].eta.between(0.8, 1.0).all()
+    shadow = by["shadowed"]
+    assert (shadow.neighbour_amplitude / shadow.amplitude).between(1.0, 3.0).all()
+    assert np.hypot(shadow.neighbour_dx, shadow.neighbour_dy).between(3.0, 6.0).all()
     # A set without them draws exactly what it did before they existed: the same random stream,
     # so patches named by seed (training sets, test seeds) are unchanged.
     # Golden draws made by the simulator before EXTRA_KINDS were added.

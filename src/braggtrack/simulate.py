@@ -54,8 +54,9 @@ What is simulated
 * **Shapes beyond the six kinds** (``EXTRA_KINDS``, drawn by :func:`simulate_patches` only when
   named, so that the default mix and every seeded set made without them stay as they were):
   ``undersampled`` (sigma 0.25-0.6 px: most counts in a few pixels, as sharp spots on large
-  pixels), ``wide`` (sigma 3-4.5 px, filling an 11 px patch) and ``lorentzian`` (sigma 0.6-2 px,
-  eta 0.8-1: long tails).  They train and test a localizer on shapes a user's detector may give
+  pixels), ``wide`` (sigma 3-4.5 px, filling an 11 px patch), ``lorentzian`` (sigma 0.6-2 px,
+  eta 0.8-1: long tails) and ``shadowed`` (a sharp peak with a neighbour 3-6 px away that is 1-3
+  times *brighter*: the fainter peak of a close pair, which ``overlapping`` never is).  They train and test a localizer on shapes a user's detector may give
   outside the kinds above.
 * **Motion.**  A peak moves radially from the beam centre as its d-spacing changes.  The exact
   Bragg relation is used, ``r = L tan(2 asin(lambda / 2d)) / pixel``; for small angles it is
@@ -106,7 +107,7 @@ __all__ = [
 KINDS = ("sharp", "broad", "split", "streak", "weak", "overlapping")
 MESSY_KINDS = KINDS[1:]
 #: Shapes outside the six kinds, drawn only when asked for (see the module notes).
-EXTRA_KINDS = ("undersampled", "wide", "lorentzian")
+EXTRA_KINDS = ("undersampled", "wide", "lorentzian", "shadowed")
 
 #: Lorentzian half width per Gaussian sigma, so that both components have the same FWHM.
 HWHM_PER_SIGMA = math.sqrt(2.0 * math.log(2.0))
@@ -1242,14 +1243,18 @@ def simulate_patches(
     amp = snr * noise_sigma / per_count
     table = shapes.assign(x=x, y=y, amplitude=amp)
 
-    # Neighbours of the overlapping kind: sharp-like, 3-6 px away, 0.3-1 times as bright.
-    ov = np.flatnonzero(kind == "overlapping")
+    # Neighbours of the overlapping kind: sharp-like, 3-6 px away, 0.3-1 times as bright;
+    # of the shadowed kind the same, 1-3 times as bright (mapped from the same draw, so a set
+    # without shadowed peaks takes the random stream it always did).
+    ov = np.flatnonzero((kind == "overlapping") | (kind == "shadowed"))
     nb = _draw_shapes(rng, np.full(len(ov), "sharp", dtype=object))
     dist, phi = rng.uniform(3.0, 6.0, len(ov)), rng.uniform(0, 2 * np.pi, len(ov))
     nb_dx, nb_dy = np.zeros(n), np.zeros(n)
     nb_amp = np.zeros(n)
     nb_dx[ov], nb_dy[ov] = dist * np.cos(phi), dist * np.sin(phi)
-    nb_amp[ov] = amp[ov] * rng.uniform(0.3, 1.0, len(ov))
+    factor = rng.uniform(0.3, 1.0, len(ov))
+    factor = np.where(kind[ov] == "shadowed", 1.0 + (factor - 0.3) / 0.7 * 2.0, factor)
+    nb_amp[ov] = amp[ov] * factor
     nb = nb.assign(x=x[ov] + nb_dx[ov], y=y[ov] + nb_dy[ov], amplitude=nb_amp[ov])
 
     out = np.zeros((n, patch, patch))
