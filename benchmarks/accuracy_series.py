@@ -23,8 +23,10 @@ from braggtrack.simulate import simulate_series
 LOCALIZERS = ("braggnn", "pvoigt", "gauss", "centroid")
 
 
-def evaluate(frames: np.ndarray, truth: pd.DataFrame, localizer: str, match: float) -> tuple:
-    peaks = bt.find(frames, localizer=localizer, progress=False)
+def evaluate(frames: np.ndarray, truth: pd.DataFrame, localizer: str, match: float,
+             model: str | None = None) -> tuple:
+    extra = {"model": model} if model and localizer == "braggnn" else {}
+    peaks = bt.find(frames, localizer=localizer, progress=False, **extra)
     ok = peaks[peaks.ok]
     rows, false_peaks = [], 0
     for f in range(len(frames)):
@@ -56,12 +58,13 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--messy", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--match", type=float, default=1.5)
+    ap.add_argument("--model", default=None, help="BraggNN model (default: shipped)")
     args = ap.parse_args(argv)
     frames, truth = simulate_series(frames=args.frames, shape=(args.size, args.size),
                                     peaks=args.peaks, messy=args.messy, seed=args.seed)
     tables, false = [], {}
     for loc in LOCALIZERS:
-        t, fp = evaluate(frames, truth, loc, args.match)
+        t, fp = evaluate(frames, truth, loc, args.match, args.model)
         tables.append(t)
         false[loc] = fp
     table = pd.concat(tables, ignore_index=True)
