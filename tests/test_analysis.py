@@ -167,3 +167,19 @@ def test_x_columns_and_plots():
     assert len(analysis.plot_hysteresis(h).axes) == 1
     r = analysis.rank_particles(t)
     assert len(analysis.plot_ranking(r).axes) == 2  # scatter + colour bar
+
+
+def test_numbers_stored_as_text_and_stray_text_in_x():
+    # A cycler column with one "--" cell used to arrive as text and raise TypeError deep in
+    # pandas; numbers as text give the same ranks as numbers, a word is one line naming it.
+    t = operando_table()
+    as_text = t.assign(voltage_V=t["voltage_V"].map(repr))
+    pd.testing.assert_frame_equal(analysis.rank_particles(as_text, "voltage_V"),
+                                  analysis.rank_particles(t, "voltage_V"))
+    pd.testing.assert_frame_equal(analysis.hysteresis(as_text, "voltage_V"),
+                                  analysis.hysteresis(t, "voltage_V"))
+    bad = as_text.copy()
+    bad.loc[5, "voltage_V"] = "--"
+    for f in (analysis.rank_particles, analysis.hysteresis, analysis.population_band):
+        with pytest.raises(OptionError, match="column voltage_V must hold numbers, found '--'"):
+            f(bad, "voltage_V")

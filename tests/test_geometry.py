@@ -236,3 +236,90 @@ def test_lauetools_det_file():
                                                rel=0.02)
     with pytest.raises(InputFileError):
         Geometry.from_lauetools_det(DATA / "README.md")
+
+
+# -------------------------------------------------------------------- review 6 defects
+def _poni(tmp_path, name, wavelength=None):
+    """A PONI file written by pyFAI: 0.25 m, 172 um pixels, beam on pixel (row 100, col 200)."""
+    from pyFAI.detectors import Detector
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+    p = 172e-6
+    ai = AzimuthalIntegrator(dist=0.25, poni1=100.5 * p, poni2=200.5 * p,
+                             detector=Detector(pixel1=p, pixel2=p, max_shape=(512, 512)))
+    if wavelength is not None:
+        ai.wavelength = wavelength
+    path = tmp_path / name
+    ai.save(str(path))
+    return path
+
+
+def test_poni_without_wavelength_and_wavelength_given_beside_it(tmp_path):
+    p = 172e-6
+    path = _poni(tmp_path, "nowl.poni")
+    assert "Wavelength" not in path.read_text()
+    g = Geometry.from_poni(path)
+    assert g.wavelength_m is None
+    theta = math.atan(30 * p / 0.25) / 2  # 30 px right of the beam
+    assert g.two_theta([230.0], [100.0])[0] == pytest.approx(math.degrees(2 * theta), abs=1e-9)
+    t = add_geometry(pd.DataFrame({"x": [230.0], "y": [100.0]}), g)
+    assert "d_spacing" not in t and "q" not in t
+    # a wavelength given separately: d from Bragg's law by hand, lambda / (2 sin theta)
+    g07 = Geometry.from_poni(path, wavelength_A=0.7)
+    assert g07.wavelength_A == pytest.approx(0.7)
+    assert g07.d_spacing([230.0], [100.0])[0] == pytest.approx(0.7 / (2 * math.sin(theta)),
+                                                               rel=1e-9)
+    # a file with a wavelength: the same one given again is fine, another one is refused
+    with_wl = _poni(tmp_path, "wl.poni", wavelength=0.7e-10)
+    assert Geometry.from_poni(with_wl, wavelength_A=0.70001).wavelength_A == pytest.approx(0.7)
+    with pytest.raises(OptionError, match=r"wl.poni: .*0\.7 A.*1\.4 A, disagree"):
+        Geometry.from_poni(with_wl, wavelength_A=1.4)
+    with pytest.raises(OptionError, match="wavelength_A"):
+        Geometry.from_poni(path, wavelength_A=float("nan"))
+
+
+def test_strain_from_two_theta_of_a_geometry_without_wavelength(tmp_path):
+    p = 172e-6
+    g = Geometry.from_poni(_poni(tmp_path, "nowl.poni"))
+    t = pd.DataFrame({"particle": 0, "frame": [0, 1], "x": [250.0, 251.0], "y": [100.0, 100.0]})
+    out = add_strain(add_geometry(t, g))
+    th0, th1 = math.atan(50 * p / 0.25) / 2, math.atan(51 * p / 0.25) / 2
+    assert out["strain"].tolist() == pytest.approx([0.0, math.sin(th0) / math.sin(th1) - 1],
+                                                   rel=1e-7)
+    # and it equals d / d_ref - 1 with any wavelength
+    with_wl = add_strain(add_geometry(t, Geometry.from_poni(_poni(tmp_path, "nowl.poni"),
+                                                            wavelength_A=0.5)))
+    np.testing.assert_allclose(out["strain"], with_wl["strain"], rtol=1e-9, atol=1e-15)
+    with pytest.raises(OptionError, match="d_ref .* needs a wavelength"):
+        add_strain(add_geometry(t, g), d_ref=2.0)
+
+
+@pytest.mark.parametrize("bad", [
+    {"beam_x_px": float("nan")}, {"beam_y_px": float("inf")}, {"distance_mm": float("nan")},
+    {"pixel_size_um": float("nan")}, {"wavelength_A": float("nan")},
+    {"energy_keV": float("inf")}, {"distance_mm": "100"},
+])
+def test_simple_refuses_non_finite_numbers(bad):
+    args = dict(distance_mm=100.0, beam_x_px=50.0, beam_y_px=40.0, pixel_size_um=75.0)
+    args.update(bad)
+    with pytest.raises(OptionError, match=next(iter(bad)).split("_")[0]):
+        Geometry.simple(**args)
+
+
+def test_poni_with_non_finite_values_names_the_file(tmp_path):
+    good = _poni(tmp_path, "ok.poni", wavelength=1e-10).read_text()
+    for key, line in (("Distance", "Distance: nan"), ("Poni1", "Poni1: inf"),
+                      ("Wavelength", "Wavelength: nan")):
+        path = tmp_path / f"bad_{key}.poni"
+        path.write_text("\n".join(line if ln.startswith(key + ":") else ln
+                                  for ln in good.splitlines()) + "\n")
+        with pytest.raises(InputFileError, match=f"bad_{key}.poni"):
+            Geometry.from_poni(path)
+
+
+def test_lattice_parameter_bad_hkl_is_one_line():
+    for hkl in ((1, 1), [(1, 1, 1)] * 2, "abc", (1, 1, float("nan"))):
+        with pytest.raises(OptionError, match="hkl"):
+            lattice_parameter([2.0], hkl)
+    with pytest.raises(OptionError, match="d_err"):
+        lattice_parameter([2.0, 3.0], (1, 1, 1), d_err=[0.1, 0.1, 0.1])

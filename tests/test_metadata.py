@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -177,3 +179,111 @@ def test_branches_against_simulator_if_available():
     b = branches(log)
     assert (b["branch"].to_numpy() == log["branch"].to_numpy()).mean() > 0.99
     assert (b["cycle"].to_numpy() == log["cycle"].to_numpy()).mean() > 0.99
+
+
+# -------------------------------------------------------------------- review 6 defects
+@pytest.fixture
+def logged():
+    """Messages of the braggtrack logger, caught on it directly: the command line turns off
+    its propagation to the root logger (where caplog listens) once main() has run."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("braggtrack")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    yield messages
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def charge_discharge_log(path, blank=None, text=None):
+    """Cycler CSV: 2 mA for t <= 600 s, then -2 mA, every 10 s to 1200 s; voltage 3 + t/4800.
+
+    ``blank``: a time whose current cell is left empty; ``text``: one whose voltage is "--"."""
+    t = np.arange(0, 1201, 10.0)
+    lines = ["time_s,voltage_V,current_mA"]
+    for ti in t:
+        cur = "" if ti == blank else f"{2.0 if ti <= 600 else -2.0}"
+        volt = "--" if ti == text else f"{3 + ti / 4800}"
+        lines.append(f"{ti},{volt},{cur}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def expected_capacity(t):
+    # by hand: 2 mA for 600 s is 1/3 mAh; the trapezoid from 600 to 610 s (2 -> -2 mA) adds 0;
+    # then -2 mA
+    t = np.asarray(t, float)
+    return np.where(t <= 600, 2 * t, 1200 - 2 * (t - 610)) / 3600
+
+
+def test_blank_current_cell_is_interpolated_over(tmp_path, logged):
+    from braggtrack.tables import read_table
+
+    frames = pd.DataFrame({"frame": [0, 1, 2, 3], "time_s": [100.0, 300.0, 640.0, 1000.0]})
+    good = interpolate_cycler(read_table(charge_discharge_log(tmp_path / "good.csv")), frames)
+    np.testing.assert_allclose(good["capacity_mAh"], expected_capacity(frames["time_s"]))
+    path = charge_discharge_log(tmp_path / "log.csv", blank=50.0)
+    out = interpolate_cycler(read_table(path), frames, source=path)
+    # one blank current cell used to make every later capacity NaN, then held
+    np.testing.assert_allclose(out["capacity_mAh"], expected_capacity(frames["time_s"]))
+    np.testing.assert_allclose(out["current_mA"], [2.0, 2.0, -2.0, -2.0])
+    assert not out.isna().any().any()
+    [message] = logged
+    assert str(path) in message and "current_mA: 1 row" in message
+
+
+def test_text_cell_in_voltage_keeps_the_column_numeric(tmp_path, logged):
+    from braggtrack.tables import read_table
+
+    path = charge_discharge_log(tmp_path / "log.csv", text=300.0)
+    frames = pd.DataFrame({"frame": [0, 1, 2], "time_s": [100.0, 300.0, 305.0]})
+    out = interpolate_cycler(read_table(path), frames, source=path)
+    assert out["voltage_V"].dtype == np.float64
+    # the row at 300 s is left out and interpolated over: voltage is linear in time anyway
+    np.testing.assert_allclose(out["voltage_V"], 3 + frames["time_s"] / 4800)
+    [message] = logged
+    assert "voltage_V: 1 row" in message and str(path) in message
+
+
+def test_cycler_labels_with_a_blank_cell_take_the_previous_label():
+    log = pd.DataFrame({"time_s": [0.0, 10.0, 20.0, 30.0],
+                        "step": ["CC", None, "rest", "rest"], "voltage_V": [3.0, 3.1, 3.2, 3.3]})
+    out = interpolate_cycler(log, [5.0, 15.0, 25.0])
+    assert out["step"].tolist() == ["CC", "CC", "rest"]
+
+
+def test_frame_meta_blank_cell_is_filled_and_flagged(tmp_path, logged):
+    path = tmp_path / "fm.csv"
+    path.write_text("frame,time_s,temp_C,note\n0,100,25,a\n1,160,26,\n2,220,,b\n3,280,28,b\n")
+    meta = load_frame_meta(path, n_frames=4)
+    assert meta["temp_C"].tolist() == [25.0, 26.0, 27.0, 28.0]  # (26 + 28) / 2
+    assert meta["note"].tolist() == ["a", "a", "b", "b"]  # nearest frame; ties to the left
+    assert meta["meta_filled"].tolist() == [False, True, True, False]
+    assert not meta.isna().any().any()
+    assert len(logged) == 2  # one line per column
+    assert any("temp_C: 1 row" in m and str(path) in m for m in logged)
+    # the same through join_frame_meta, for a table handed over in Python
+    joined = join_frame_meta(pd.DataFrame({"frame": [0, 2]}),
+                             pd.DataFrame({"frame": [0, 1, 2], "T": [1.0, np.nan, np.nan]}))
+    assert joined["T"].tolist() == [1.0, 1.0] and joined["meta_filled"].tolist() == [False, True]
+
+
+def test_frame_times_finite_and_increasing_name_the_file(tmp_path):
+    path = tmp_path / "fm.csv"
+    pd.DataFrame({"frame": range(4), "time_s": [300.0, 200.0, 100.0, 0.0]}).to_csv(
+        path, index=False)
+    with pytest.raises(InputFileError, match=r"fm.csv: frame times \(time_s\) decrease"):
+        load_frame_meta(path, n_frames=4)
+    pd.DataFrame({"frame": range(4), "time_s": [0.0, 1.0, 2.0, 3.0]}).to_csv(path, index=False)
+    meta = load_frame_meta(path, n_frames=4)
+    meta.loc[2, "time_s"] = np.nan  # e.g. edited after loading
+    log = pd.DataFrame({"time_s": [0.0, 10.0], "voltage_V": [3.0, 4.0]})
+    with pytest.raises(OptionError, match=r"fm.csv: frame times \(time_s\) must be finite"):
+        interpolate_cycler(log, meta[["frame", "time_s"]])
+    with pytest.raises(OptionError, match="decrease"):
+        interpolate_cycler(log, [5.0, 4.0])
+    with pytest.raises(OptionError, match="c.csv: the cycler log has no 'time_s'"):
+        interpolate_cycler(log.rename(columns={"time_s": "Time"}), [1.0], source="c.csv")

@@ -285,3 +285,107 @@ def test_frame_linker_refuses_frames_out_of_order():
     assert FrameLinker().close().size == 0  # nothing fed
     with pytest.raises(OptionError, match="search_range"):
         FrameLinker(search_range=0)
+
+
+# -------------------------------------------------------------------- review 6 defects
+def lone_peak(gap: int) -> pd.DataFrame:
+    """One peak in frames 0-4, nothing at all for ``gap`` frames, then 5 more frames."""
+    frames = list(range(5)) + list(range(5 + gap, 10 + gap))
+    return pd.DataFrame({"frame": frames, "x": 50.0, "y": 50.0, "ok": True})
+
+
+@pytest.mark.parametrize("memory", [0, 1, 3, 5])
+def test_memory_counts_frames_without_any_peak(memory):
+    # trackpy counts the frames it is fed; frames with no peak at all were never fed, so
+    # a 10-frame beam dump was bridged with memory 3.  Expected by definition of memory: a
+    # peak may vanish for `memory` frames and keep its id, not for memory + 1.
+    kept = link(lone_peak(memory), search_range=5.0, memory=memory)
+    assert kept["particle"].tolist() == [0] * 10
+    lost = link(lone_peak(memory + 1), search_range=5.0, memory=memory)
+    assert lost["particle"].tolist() == [0] * 5 + [1] * 5
+    long_gap = link(lone_peak(1000), search_range=5.0, memory=memory)
+    assert long_gap["particle"].tolist() == [0] * 5 + [1] * 5
+
+
+def test_memory_counts_blank_frames_between_pieces_fed_to_the_linker():
+    # a run feeds chunk by chunk; a chunk of blank frames has no rows at all
+    t = lone_peak(4)
+    for memory, expected in ((3, [0] * 5 + [1] * 5), (4, [0] * 10)):
+        linker = FrameLinker(search_range=5.0, memory=memory)
+        linker.add(t.iloc[:5])
+        linker.add(t.iloc[:0])
+        linker.add(t.iloc[5:])
+        assert linked_table(linkable(t), linker.close())["particle"].tolist() == expected
+
+
+def test_link_without_missing_frames_equals_trackpy_itself():
+    # When no frame number is missing nothing is added: the trajectories are trackpy's own.
+    import trackpy as tp
+
+    peaks, _ = drifting_series(n_particles=40, n_frames=30, seed=5)
+    table = linkable(peaks.sort_values("frame", kind="stable").reset_index(drop=True))
+    assert np.array_equal(np.unique(table["frame"]), np.arange(30))
+    tp.quiet()
+    levels = [(f, g[["y", "x"]].to_numpy(float)) for f, g in table.groupby("frame", sort=True)]
+    ids = np.concatenate([np.asarray(i, np.int64) for _, i in tp.link_iter(
+        iter(levels), 3.0, memory=3, adaptive_stop=0.3, adaptive_step=0.95)])
+    expected = linked_table(table, ids)
+    pd.testing.assert_frame_equal(link(peaks, search_range=3.0, memory=3, predict=False),
+                                  expected)
+
+
+def exposure_series(step_all=1.0, step_one=1.0, n=12, frames=20, seed=7):
+    """``n`` peaks, 20 frames; from frame 10 all intensities x ``step_all`` and peak 0's also
+    x ``step_one`` (as /tmp/review6/scen_atten.py: attenuator removed at frame 10)."""
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(20, 236, (n, 2))
+    rows = []
+    for f in range(frames):
+        scale = 1.0 if f < 10 else step_all
+        for k, (x, y) in enumerate(xy):
+            inten = 300.0 * scale * (step_one if (k == 0 and f >= 10) else 1.0)
+            rows.append((f, k, x + 0.05 * f, y, inten * np.exp(rng.normal(0, 0.02)), 1.3, 1.3))
+    return pd.DataFrame(rows, columns=["frame", "particle", "x", "y", "intensity",
+                                       "sigma_x", "sigma_y"])
+
+
+def test_split_ignores_a_change_common_to_every_peak():
+    t = exposure_series(step_all=3.0)
+    out = split_on_shape_change(t)
+    assert out["particle"].nunique() == 12
+    assert len(out) == len(t)
+
+
+@pytest.mark.parametrize("step_all", [1.0, 3.0])
+def test_split_still_cuts_the_one_peak_that_changes_alone(step_all):
+    t = exposure_series(step_all=step_all, step_one=4.0)
+    out = split_on_shape_change(t)
+    assert out["particle"].nunique() == 13
+    moved = out[np.isclose(out["x"] - 0.05 * out["frame"], t["x"].iloc[0])]
+    assert moved[moved["frame"] < 10]["particle"].nunique() == 1
+    assert moved[moved["frame"] >= 10]["particle"].nunique() == 1
+    assert set(moved[moved["frame"] < 10]["particle"]).isdisjoint(
+        moved[moved["frame"] >= 10]["particle"])
+    with pytest.raises(OptionError, match="min_common"):
+        split_on_shape_change(t, min_common=1)
+
+
+def test_link_needs_only_frame_x_y_and_refuses_bad_values():
+    t = pd.DataFrame({"frame": [0, 1, 2], "x": [1.0, 1.1, 1.2], "y": [5.0, 5.0, 5.0],
+                      "ok": [True, True, True]})
+    assert link(t)["particle"].tolist() == [0, 0, 0]
+    # numbers written as text are numbers; words are not
+    assert link(t.astype({"x": str}))["x"].tolist() == [1.0, 1.1, 1.2]
+    with pytest.raises(OptionError, match="peaks.csv: column x must hold numbers, found 'abc'"):
+        linkable(t.assign(x=["1.0", "abc", "1.2"]), what="peaks.csv")
+    with pytest.raises(OptionError, match="column frame must hold whole frame numbers"):
+        link(t.assign(frame=[0.5, 1.0, 2.0]))
+    # ok must be True/False: astype(bool) called "no" True
+    with pytest.raises(OptionError, match="column ok must hold True/False, found 'no'"):
+        link(t.assign(ok=["True", "no", "True"]))
+    assert len(link(t.assign(ok=["True", "false", "TRUE"]))) == 2
+    assert len(link(t.assign(ok=[1, 0, 1]))) == 2
+    for bad in ({"search_range": "5"}, {"memory": 1.5}, {"memory": "3"}, {"min_length": "2"},
+                {"search_range": float("nan")}, {"adaptive_step": 1.0}):
+        with pytest.raises(OptionError, match=next(iter(bad))):
+            link(t, **bad)

@@ -78,6 +78,30 @@ def _check_columns(table: pd.DataFrame, *names: str) -> None:
         raise OptionError(f"table has no column {', '.join(missing)} (columns: {', '.join(map(str, table.columns))})")
 
 
+def _numbers(table: pd.DataFrame, *names: str) -> pd.DataFrame:
+    """``table`` with the columns ``names`` as float64 (a copy when any is converted).
+
+    Numbers stored as text (a CSV column with one stray ``--`` is read as text) are converted;
+    a value that is not a number is an :class:`~braggtrack.errors.OptionError` naming the
+    column, not a ``TypeError`` from deep inside pandas.
+    """
+    out = table
+    for name in dict.fromkeys(names):
+        col = table[name]
+        if col.dtype.kind in "iuf":
+            continue
+        values = pd.to_numeric(col, errors="coerce") if col.dtype.kind != "b" else None
+        bad = col.notna() & values.isna() if values is not None else col.notna()
+        if bad.any():
+            raise OptionError(
+                f"column {name} must hold numbers, found {col[bad].iloc[0]!r} in "
+                f"{int(bad.sum())} row(s); clean the metadata it came from")
+        if out is table:
+            out = table.copy()
+        out[name] = values.astype(float)
+    return out
+
+
 def _fill_sign(sign: np.ndarray) -> np.ndarray:
     """Replace zeros (flat steps, turning points) by the previous non-zero sign."""
     s = pd.Series(np.where(sign == 0, np.nan, sign))
@@ -129,7 +153,8 @@ def assign_branches(
     else:
         current = next((c for c in CURRENTS if c in out.columns), None)
         if current is not None:
-            values = out.groupby("frame")[current].mean().reindex(frames).to_numpy(float)
+            numeric = _numbers(out, current)
+            values = numeric.groupby("frame")[current].mean().reindex(frames).to_numpy(float)
             sign = _fill_sign(np.sign(np.nan_to_num(values)))
         else:
             driver = x if x is not None else next((c for c in DRIVERS if c in out.columns), None)
@@ -139,7 +164,7 @@ def assign_branches(
                     f"{'/'.join(DRIVERS)} column in the table"
                 )
             _check_columns(out, driver)
-            values = out.groupby("frame")[driver].mean().reindex(frames)
+            values = _numbers(out, driver).groupby("frame")[driver].mean().reindex(frames)
             if smooth > 1:
                 values = values.rolling(int(smooth), center=True, min_periods=1).median()
             values = values.to_numpy(float)
@@ -201,8 +226,9 @@ def population_band(
     """
     y = _response(table, y)
     _check_columns(table, x, "particle")
+    table = _numbers(table, x, y)
     t = assign_branches(table, x) if by_branch else table.assign(branch="all")
-    t = t[np.isfinite(pd.to_numeric(t[x], errors="coerce")) & np.isfinite(t[y].astype(float))]
+    t = t[np.isfinite(t[x].to_numpy(float)) & np.isfinite(t[y].to_numpy(float))]
     columns = ["branch", "x", "median", "p16", "p84", "n_particles"]
     if t.empty:
         return pd.DataFrame(columns=columns)
@@ -265,7 +291,7 @@ def hysteresis(
     """
     y = _response(table, y)
     _check_columns(table, x, "particle", "frame")
-    t = assign_branches(table, x)
+    t = assign_branches(_numbers(table, x, y), x)
     rows = []
     for (particle, cycle), g in t.groupby(["particle", "cycle"]):
         g = g[np.isfinite(g[x].astype(float)) & np.isfinite(g[y].astype(float))]
@@ -395,6 +421,7 @@ def rank_particles(
     """
     y = _response(table, y)
     _check_columns(table, x, "particle", "frame")
+    table = _numbers(table, x, y)
     t = table
     if branch is not None:
         t = assign_branches(table, x)
@@ -497,6 +524,7 @@ def plot_response(
 
     y = _response(table, y)
     _check_columns(table, x, "particle")
+    table = _numbers(table, x, y)
     t = assign_branches(table, x) if "frame" in table.columns else table.assign(branch="all")
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.add_subplot()

@@ -35,6 +35,7 @@ ours by up to one pixel, and chi keeps pyFAI's convention, not LaueTools'.
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,19 @@ HC_KEV_ANGSTROM = 12.398419843320026
 # central-difference step (pixels) of the numerical Jacobian: far above float64 rounding of
 # the transforms, far below the curvature scale of any real geometry
 _STEP = 1e-3
+# A wavelength given beside a PONI file that has one must agree to this relative tolerance:
+# what a user types (0.6888 A) matches a calibrated 6.8877e-11 m to about 1e-4.
+_WAVELENGTH_RTOL = 1e-4
+
+
+def _finite(value, name: str, *, positive: bool = False) -> float:
+    """``value`` as a finite float (positive when asked), or a one-line OptionError."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    number = float(value) if ok else float("nan")
+    if not np.isfinite(number) or (positive and number <= 0):
+        kind = "a positive number" if positive else "a finite number"
+        raise OptionError(f"geometry: {name} must be {kind}, got {value!r}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -101,13 +115,11 @@ class Geometry:
 
     def __post_init__(self) -> None:
         for name in ("distance_m", "pixel1_m", "pixel2_m"):
-            value = getattr(self, name)
-            if not np.isfinite(value) or value <= 0:
-                raise OptionError(f"geometry: {name} must be positive, got {value}")
-        if self.wavelength_m is not None and not (
-            np.isfinite(self.wavelength_m) and self.wavelength_m > 0
-        ):
-            raise OptionError(f"geometry: wavelength must be positive, got {self.wavelength_m}")
+            _finite(getattr(self, name), name, positive=True)
+        for name in ("poni1_m", "poni2_m", "rot1", "rot2", "rot3"):
+            _finite(getattr(self, name), name)
+        if self.wavelength_m is not None:
+            _finite(self.wavelength_m, "wavelength_m", positive=True)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -155,12 +167,18 @@ class Geometry:
             raise OptionError("geometry: give pixel_size_um or both pixel_x_um and pixel_y_um")
         if wavelength_A is not None and energy_keV is not None:
             raise OptionError("geometry: give wavelength_A or energy_keV, not both")
+        # Every number is checked here, by the name the caller used: a NaN beam centre would
+        # otherwise give NaN angles in every row of the table.
+        distance_mm = _finite(distance_mm, "distance_mm (sample-detector distance)",
+                              positive=True)
+        beam_x_px = _finite(beam_x_px, "beam_x_px (beam centre x)")
+        beam_y_px = _finite(beam_y_px, "beam_y_px (beam centre y)")
+        px = _finite(px, "pixel size x (um)", positive=True)
+        py = _finite(py, "pixel size y (um)", positive=True)
         if energy_keV is not None:
-            if not energy_keV > 0:
-                raise OptionError(f"geometry: energy_keV must be positive, got {energy_keV}")
-            wavelength_A = HC_KEV_ANGSTROM / energy_keV
-        if not (px > 0 and py > 0):
-            raise OptionError(f"geometry: pixel sizes must be positive, got {px}, {py} um")
+            wavelength_A = HC_KEV_ANGSTROM / _finite(energy_keV, "energy_keV", positive=True)
+        elif wavelength_A is not None:
+            wavelength_A = _finite(wavelength_A, "wavelength_A", positive=True)
         return cls(
             distance_m=distance_mm * 1e-3,
             poni1_m=(beam_y_px + 0.5) * py * 1e-6,
@@ -180,7 +198,11 @@ class Geometry:
         path : path-like
             The ``.poni`` file (pyFAI-calib2 output, any PONI version pyFAI reads).
         wavelength_A : float, optional
-            Overrides (or supplies) the wavelength, angstrom.
+            The wavelength, angstrom, for a PONI file without a ``Wavelength:`` line.  When
+            the file has one, the two must agree (relative 1e-4) or an
+            :class:`~braggtrack.errors.OptionError` says they disagree: a calibration made at
+            another wavelength is not silently reused.  Neither: a geometry without a
+            wavelength (two_theta and chi only; strain from two_theta, see :func:`add_strain`).
 
         Examples
         --------
@@ -190,6 +212,8 @@ class Geometry:
         >>> g2 = Geometry.from_poni(g.to_poni(path))
         >>> round(g2.distance_m, 6), round(g2.beam_centre[0], 6)
         (0.1, 50.0)
+        >>> Geometry.from_poni(path, wavelength_A=1.0).wavelength_A == g2.wavelength_A
+        True
         """
         path = Path(path)
         if not path.is_file():
@@ -201,17 +225,31 @@ class Geometry:
             det = ai.detector
             pixel1, pixel2 = float(det.pixel1), float(det.pixel2)
             shape = det.max_shape
+            values = dict(
+                distance_m=float(ai.dist), poni1_m=float(ai.poni1), poni2_m=float(ai.poni2),
+                pixel1_m=pixel1, pixel2_m=pixel2,
+                rot1=float(ai.rot1), rot2=float(ai.rot2), rot3=float(ai.rot3),
+            )
+            # pyFAI gives None (or 0 in old versions) without a Wavelength line
+            wavelength = float(ai.wavelength) if ai.wavelength else None
         except Exception as exc:  # pyFAI raises many kinds on a malformed file
             raise InputFileError(path, f"not a readable PONI file ({exc.__class__.__name__})") from None
-        wavelength = ai.wavelength if wavelength_A is None else wavelength_A * 1e-10
-        return cls(
-            distance_m=float(ai.dist), poni1_m=float(ai.poni1), poni2_m=float(ai.poni2),
-            pixel1_m=pixel1, pixel2_m=pixel2,
-            rot1=float(ai.rot1), rot2=float(ai.rot2), rot3=float(ai.rot3),
-            wavelength_m=None if not wavelength else float(wavelength),
-            shape=None if shape is None else (int(shape[0]), int(shape[1])),
-            poni_path=str(path.resolve()),
-        )
+        if wavelength_A is not None:
+            given = _finite(wavelength_A, "wavelength_A", positive=True) * 1e-10
+            if wavelength is not None and abs(given - wavelength) > _WAVELENGTH_RTOL * wavelength:
+                raise OptionError(
+                    f"{path}: the PONI file's wavelength {wavelength * 1e10:.6g} A and the "
+                    f"wavelength given, {given * 1e10:.6g} A, disagree; give none to use the "
+                    "file's, or fix the file")
+            wavelength = wavelength if wavelength is not None else given
+        try:
+            return cls(
+                **values, wavelength_m=wavelength,
+                shape=None if shape is None else (int(shape[0]), int(shape[1])),
+                poni_path=str(path.resolve()),
+            )
+        except OptionError as exc:  # a NaN or negative distance in the file: name the file
+            raise InputFileError(path, str(exc)) from None
 
     @classmethod
     def from_lauetools_det(
@@ -248,6 +286,8 @@ class Geometry:
                 "pixelsize, dim1, dim2)"
             ) from None
         dd, xcen, ycen, xbet, xgam, pixel_mm = values[:6]
+        if not np.isfinite(values).all():
+            raise InputFileError(path, "first line holds a value that is not a finite number")
         shape = (int(values[6]), int(values[7])) if len(values) >= 8 else None
         if dd <= 0 or pixel_mm <= 0:
             raise InputFileError(path, f"distance {dd} mm and pixel {pixel_mm} mm must be > 0")
@@ -278,7 +318,8 @@ class Geometry:
 
         if self.poni_path is not None and Path(self.poni_path).is_file():
             ai = pyFAI.load(self.poni_path)
-            ai.wavelength = self.wavelength_m
+            if self.wavelength_m is not None:  # pyFAI refuses None (a PONI without one)
+                ai.wavelength = self.wavelength_m
             return ai
         det = Detector(pixel1=self.pixel1_m, pixel2=self.pixel2_m, max_shape=self.shape)
         return AzimuthalIntegrator(
@@ -497,13 +538,19 @@ def add_strain(
 ) -> pd.DataFrame:
     """Add lattice strain ``d / d_ref - 1`` along each trajectory.
 
+    Strain against a reference frame needs no wavelength: at a fixed wavelength d is
+    proportional to ``1 / sin(theta)`` (Bragg), so ``strain = sin(theta_ref) / sin(theta) - 1``
+    from ``two_theta`` alone, and that is what is computed when the table has no
+    ``d_spacing`` (a geometry without a wavelength).  Only ``d_ref`` (an absolute d-spacing)
+    needs a wavelength.
+
     Parameters
     ----------
     tracks : DataFrame
         Linked table with ``particle``, ``frame`` and ``d_spacing`` (+ ``d_spacing_err``) from
-        :func:`add_geometry`.  Without ``d_spacing`` (wavelength unknown, monochromatic beam)
-        ``two_theta`` is used: ``strain = sin(theta_ref) / sin(theta) - 1``, which needs no
-        wavelength.  Not meaningful for white-beam Laue spots (use :func:`add_radial_shift`).
+        :func:`add_geometry`, or without ``d_spacing`` ``two_theta`` (+ ``two_theta_err``,
+        degrees).  Not meaningful for white-beam Laue spots, whose wavelength differs from
+        spot to spot (use :func:`add_radial_shift`).
     reference_frame : int, optional
         Frame whose d is the reference of each particle; ``None``: each particle's first frame.
         A particle absent from that frame uses its frame nearest to it (column
@@ -525,6 +572,13 @@ def add_strain(
     ...                   "d_spacing_err": [0.0, 0.0]})
     >>> [round(v, 6) for v in add_strain(t)["strain"]]
     [0.0, 0.001]
+
+    Without a wavelength, from two_theta (20 -> 19.98 degrees: d grew by
+    sin(10 deg) / sin(9.99 deg) - 1):
+
+    >>> t = pd.DataFrame({"particle": [0, 0], "frame": [0, 1], "two_theta": [20.0, 19.98]})
+    >>> [round(v, 6) for v in add_strain(t)["strain"]]
+    [0.0, 0.000991]
     """
     for col in ("particle", "frame"):
         if col not in tracks.columns:
@@ -534,15 +588,16 @@ def add_strain(
         value = out["d_spacing"].to_numpy(float)
         err = out["d_spacing_err"].to_numpy(float) if "d_spacing_err" in out.columns else 0 * value
     elif "two_theta" in out.columns:
+        if d_ref is not None:
+            raise OptionError("d_ref (an absolute d-spacing) needs a wavelength; without one, "
+                              "strain is taken against a reference frame (reference_frame)")
         # d is proportional to 1 / sin(theta) at fixed wavelength
         theta = np.radians(out["two_theta"].to_numpy(float)) / 2
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):
             value = 1.0 / np.sin(theta)
-        tt_err = (np.radians(out["two_theta_err"].to_numpy(float)) / 2
-                  if "two_theta_err" in out.columns else 0 * value)
-        err = np.abs(value * np.cos(theta) / np.sin(theta)) * tt_err
-        if d_ref is not None:
-            raise OptionError("d_ref needs d_spacing (a geometry with a wavelength)")
+            tt_err = (np.radians(out["two_theta_err"].to_numpy(float)) / 2
+                      if "two_theta_err" in out.columns else 0 * value)
+            err = np.abs(value * np.cos(theta) / np.sin(theta)) * tt_err
     else:
         raise OptionError("add_strain needs d_spacing or two_theta (run add_geometry first)")
     valid = np.isfinite(value) & (value > 0)
@@ -685,12 +740,20 @@ def lattice_parameter(
         raise OptionError(f"unknown crystal system {system!r}; use one of {', '.join(_SYSTEMS)}")
     if parameter not in ("a", "c"):
         raise OptionError(f"parameter must be 'a' or 'c', got {parameter!r}")
-    d = np.atleast_1d(np.asarray(d_spacing, dtype=float))
-    hkl = np.asarray(hkl, dtype=float)
-    if hkl.ndim == 1:
+    try:
+        d = np.atleast_1d(np.asarray(d_spacing, dtype=float))
+        hkl = np.asarray(hkl, dtype=float)
+    except (TypeError, ValueError):
+        raise OptionError("d_spacing and hkl must be numbers") from None
+    if d.ndim != 1:
+        raise OptionError(f"d_spacing must be one value or a 1-D array, got shape {d.shape}")
+    if hkl.shape == (3,):
         hkl = np.broadcast_to(hkl, (len(d), 3))
     if hkl.shape != (len(d), 3):
-        raise OptionError(f"hkl must be (h, k, l) or of shape ({len(d)}, 3), got {hkl.shape}")
+        raise OptionError(f"hkl must be three integers (h, k, l) or of shape ({len(d)}, 3), "
+                          f"got shape {hkl.shape}")
+    if not np.isfinite(hkl).all():
+        raise OptionError("hkl must hold finite numbers")
     if np.any(np.all(hkl == 0, axis=1)):
         raise OptionError("hkl (0, 0, 0) is not a reflection")
     if c_over_a is not None and not c_over_a > 0:
@@ -720,7 +783,10 @@ def lattice_parameter(
             if parameter == "c":
                 factor = factor * c_over_a
     value = d * factor
-    err = np.zeros_like(value) if d_err is None else np.abs(
-        np.broadcast_to(np.asarray(d_err, dtype=float), d.shape) * factor
-    )
-    return value, err
+    if d_err is None:
+        return value, np.zeros_like(value)
+    try:
+        d_err = np.broadcast_to(np.asarray(d_err, dtype=float), d.shape)
+    except (TypeError, ValueError):
+        raise OptionError(f"d_err must be one number or one per d-spacing ({len(d)})") from None
+    return value, np.abs(d_err * factor)

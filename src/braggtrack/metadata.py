@@ -18,6 +18,17 @@ Policy for frames without metadata (never NaN in a table)
 * :func:`interpolate_cycler` clips frame times outside the log to its first/last value, warns,
   and flags those frames ``cycler_outside=True`` (``outside="error"`` raises instead).
 
+Policy for cells without a value (blank, or text such as ``--`` in a column of numbers)
+---------------------------------------------------------------------------------------
+A column counts as numeric when at least half of its non-blank cells are numbers (``time_s``,
+``voltage_V``, ``current_mA`` and ``capacity_mAh`` always do), and is read as numbers; the other
+cells are missing.  In a frame table they are filled from neighbouring frames like missing frames
+(numbers interpolated in frame, others from the nearest frame) and flagged ``meta_filled``; in a
+cycler log those rows are left out of that column and interpolated over (the capacity integrated
+from the current with them).  Either way one warning line, through the ``braggtrack`` logger,
+names the file, the column and the number of rows.  Frame times must not decrease (an
+:class:`~braggtrack.errors.InputFileError` naming the file).
+
 Plain numpy/pandas (``np.interp``, a cumulative trapezoid) is enough here; no library adds
 anything for this.
 """
@@ -25,6 +36,7 @@ anything for this.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -47,8 +59,109 @@ _HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs", ".nx5", ".hdf")
 _SKIP_GROUPS = ("truth", "cycler_log", "data", "instrument")
 
 
+# Command-line users see these warnings as one "warning: ..." line (see braggtrack.cli.main),
+# as io.py and pipeline.py warn.
+_log = logging.getLogger("braggtrack")
+#: Columns read as numbers whatever their cells hold.
+_NUMERIC = ("time_s", "voltage_V", "current_mA", "capacity_mAh")
+
+
 class FrameMetaWarning(UserWarning):
     """Per-frame metadata that had to be filled, dropped or clipped."""
+
+
+def _as_numbers(table: pd.DataFrame, always: tuple[str, ...] = _NUMERIC) -> pd.DataFrame:
+    """``table`` with its columns of numbers as float64, stray text cells (``--``) as NaN.
+
+    A column is one of numbers when at least half of its non-blank cells parse (or it is
+    named in ``always``): a column of labels (``charge``, ``CC-CV``) stays text.  pandas reads
+    a column with one text cell as text, which would otherwise reach a table as text and fail
+    later (``rank_particles``), far from the file at fault.
+    """
+    out = table.copy()
+    for col in out.columns:
+        values = out[col]
+        if values.dtype.kind in "biufcmM":
+            continue
+        given_values = values.dropna()
+        if len(given_values) and all(isinstance(v, (bool, np.bool_)) for v in given_values):
+            continue  # flags with a blank cell: filled from the nearest row, not interpolated
+        parsed = pd.to_numeric(values, errors="coerce")
+        given = len(given_values)
+        numbers = int(parsed.notna().sum())
+        if col in always or (numbers > 0 and 2 * numbers >= given):
+            out[col] = parsed.astype(float)
+    return out
+
+
+def _missing_cells(table: pd.DataFrame, col: str) -> np.ndarray:
+    values = table[col]
+    if values.dtype.kind in "fc":
+        return ~np.isfinite(values.to_numpy())
+    return values.isna().to_numpy()
+
+
+def _fill_blanks(meta: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Cells of a frame table without a value, filled from neighbouring frames.
+
+    Numbers are interpolated linearly in frame (held beyond the ends), other values taken from
+    the nearest frame that has one, as :func:`_fill_frames` fills missing frames; those rows are
+    flagged ``meta_filled``.  A column without any value is left out.  One warning per column.
+    """
+    frame = meta["frame"].to_numpy(np.int64)
+    filled = (meta["meta_filled"].to_numpy(bool) if "meta_filled" in meta.columns
+              else np.zeros(len(meta), bool))
+    out = meta.copy()
+    for col in meta.columns:
+        if col in ("frame", "meta_filled"):
+            continue
+        missing = _missing_cells(meta, col)
+        if not missing.any():
+            continue
+        if missing.all():
+            _log.warning("%s: column %s holds no value; left out", where, col)
+            out = out.drop(columns=col)
+            continue
+        have = ~missing
+        values = meta[col].to_numpy()
+        if values.dtype.kind in "fc":
+            out[col] = np.interp(frame, frame[have], values[have].astype(float))
+        else:
+            known = np.flatnonzero(have)
+            pos = np.clip(np.searchsorted(frame[known], frame), 0, len(known) - 1)
+            left = np.clip(pos - 1, 0, len(known) - 1)
+            closer_left = np.abs(frame[known][left] - frame) <= np.abs(frame[known][pos] - frame)
+            nearest = known[np.where(closer_left, left, pos)]
+            out[col] = values[nearest]
+        filled |= missing
+        _log.warning("%s: column %s: %d row(s) without a value (blank, or not a number) filled "
+                     "from neighbouring frames (meta_filled=True)", where, col,
+                     int(missing.sum()))
+    if filled.any() or "meta_filled" in meta.columns:
+        out["meta_filled"] = filled
+    return out
+
+
+def _check_times(frame: np.ndarray, t: np.ndarray, where: str, time_col: str,
+                 error: type = OptionError) -> None:
+    """Frame times (in frame order) must be finite and must not decrease."""
+    order = np.argsort(frame, kind="stable")
+    frame, t = frame[order], t[order]
+    bad = ~np.isfinite(t)
+    if bad.any():
+        raise _error(error, where, f"frame times ({time_col}) must be finite; "
+                                   f"{int(bad.sum())} are not, the first at frame {frame[bad][0]}")
+    back = np.flatnonzero(np.diff(t) < 0)
+    if len(back):
+        i = int(back[0])
+        raise _error(error, where, f"frame times ({time_col}) decrease, from {t[i]:g} s at "
+                                   f"frame {frame[i]} to {t[i + 1]:g} s at frame {frame[i + 1]}; "
+                                   "they must follow the frames in time order")
+
+
+def _error(kind: type, where: str, problem: str) -> Exception:
+    return InputFileError(where, problem) if kind is InputFileError else kind(
+        f"{where}: {problem}")
 
 
 def _read_hdf5_meta(path: Path, n_frames: int | None, group: str | None) -> pd.DataFrame:
@@ -125,7 +238,11 @@ def load_frame_meta(
     -------
     DataFrame
         One row per frame, sorted, with an int64 ``frame`` column (added as 0..n-1 when the
-        file has none) and, when ``n_frames`` is given, ``meta_filled`` (bool).
+        file has none) and, when ``n_frames`` is given or a cell was filled, ``meta_filled``
+        (bool).  Blank cells and stray text in columns of numbers are filled (see the module
+        notes); a ``time_s`` column that decreases is an
+        :class:`~braggtrack.errors.InputFileError`.  ``attrs["source"]`` is the path, for
+        messages of :func:`interpolate_cycler`.
 
     Examples
     --------
@@ -176,11 +293,18 @@ def load_frame_meta(
         if extra.any():
             warnings.warn(f"{path}: {int(extra.sum())} metadata rows for frames >= {n_frames} "
                           "dropped", FrameMetaWarning, stacklevel=2)
-            meta = meta[~extra]
+            meta = meta[~extra].reset_index(drop=True)
         if len(meta) == 0:
             raise InputFileError(path, f"no metadata for frames 0..{n_frames - 1}")
+    meta = _fill_blanks(_as_numbers(meta), str(path))
+    if "time_s" in meta.columns:
+        _check_times(meta["frame"].to_numpy(np.int64), meta["time_s"].to_numpy(float),
+                     str(path), "time_s", InputFileError)
+    if n_frames is not None:
         meta = _fill_frames(meta, np.arange(n_frames), str(path))
-    return meta.reset_index(drop=True)
+    meta = meta.reset_index(drop=True)
+    meta.attrs["source"] = str(path)
+    return meta
 
 
 def _fill_frames(meta: pd.DataFrame, frames: np.ndarray, where: str) -> pd.DataFrame:
@@ -226,8 +350,14 @@ def interpolate_cycler(
     current_col: str = "current_mA",
     capacity_col: str = "capacity_mAh",
     outside: str = "clip",
+    source: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Put a cycler log on the frames' time base.
+
+    Cells without a number (blank, or text such as ``--``) in a numeric column leave that
+    row out of that column, which is interpolated over (with one warning line naming the
+    file, the column and the number of rows); the capacity integrated from the current skips
+    them the same way.
 
     Parameters
     ----------
@@ -243,6 +373,11 @@ def interpolate_cycler(
         Frame times outside the log: hold the first/last logged values and flag
         ``cycler_outside=True`` with a :class:`FrameMetaWarning` ("clip"), or raise
         :class:`~braggtrack.errors.OptionError` ("error").
+    source : path-like, optional
+        The log's file, named in warnings and errors (default: ``log.attrs["source"]``, else
+        "cycler log").  Frame times are named by ``frame_times.attrs["source"]`` (set by
+        :func:`load_frame_meta`).  Frame times that are not finite, or decrease, are an
+        :class:`~braggtrack.errors.OptionError`.
 
     Returns
     -------
@@ -263,33 +398,61 @@ def interpolate_cycler(
     """
     if outside not in ("clip", "error"):
         raise OptionError(f"outside must be 'clip' or 'error', got {outside!r}")
-    if not isinstance(log, pd.DataFrame) or time_col not in log.columns:
-        raise OptionError(f"cycler log must be a table with a {time_col!r} column")
+    if not isinstance(log, pd.DataFrame):
+        raise OptionError(f"cycler log must be a table, not {type(log).__name__}")
+    where = str(source) if source is not None else str(log.attrs.get("source", "cycler log"))
+    if time_col not in log.columns:
+        raise OptionError(f"{where}: the cycler log has no {time_col!r} column (columns: "
+                          f"{', '.join(map(str, log.columns))})")
     if isinstance(frame_times, pd.DataFrame):
+        frame_where = str(frame_times.attrs.get("source", "frame table"))
         if time_col not in frame_times.columns:
-            raise OptionError(f"frame table lacks {time_col!r}")
+            raise OptionError(f"{frame_where}: no {time_col!r} column")
         frames = (frame_times["frame"].to_numpy(np.int64) if "frame" in frame_times.columns
                   else np.arange(len(frame_times)))
-        t = frame_times[time_col].to_numpy(float)
+        t = pd.to_numeric(frame_times[time_col], errors="coerce").to_numpy(float)
     else:
-        t = np.atleast_1d(np.asarray(frame_times, dtype=float))
+        frame_where = "frame times"
+        try:
+            t = np.atleast_1d(np.asarray(frame_times, dtype=float))
+        except (TypeError, ValueError):
+            raise OptionError("frame times must be numbers (seconds)") from None
         frames = np.arange(len(t))
-    if not np.isfinite(t).all():
-        raise OptionError("frame times must be finite")
-    log = log.copy()
-    log[time_col] = pd.to_numeric(log[time_col], errors="coerce")
-    log = log[np.isfinite(log[time_col].to_numpy(float))]
+    _check_times(frames, t, frame_where, time_col)
+    log = _as_numbers(log, (time_col, voltage_col, current_col, capacity_col))
+    no_time = _missing_cells(log, time_col)
+    if no_time.any():
+        _log.warning("%s: column %s: %d row(s) without a number (blank, or text) dropped",
+                     where, time_col, int(no_time.sum()))
+    log = log[~no_time]
     log = log.sort_values(time_col, kind="stable").drop_duplicates(time_col)
     if len(log) < 2:
-        raise OptionError("cycler log needs at least two time points")
+        raise OptionError(f"{where}: the cycler log needs at least two time points")
     lt = log[time_col].to_numpy(float)
-    if capacity_col not in log.columns and current_col in log.columns:
-        current = log[current_col].to_numpy(float)
-        cap = np.concatenate([[0.0], np.cumsum(0.5 * (current[1:] + current[:-1]) * np.diff(lt))])
-        log[capacity_col] = cap / 3600.0
+    numeric = [c for c in log.columns if c != time_col and log[c].dtype.kind in "iuf"]
+    usable = {}
+    for col in numeric:
+        ok = np.isfinite(log[col].to_numpy(float))
+        if not ok.any():
+            _log.warning("%s: column %s holds no number; left out", where, col)
+        elif not ok.all():
+            _log.warning("%s: column %s: %d row(s) without a number (blank, or text) left "
+                         "out and interpolated over", where, col, int((~ok).sum()))
+        if ok.any():
+            usable[col] = ok
+    if capacity_col not in usable and current_col in usable:
+        # Net charge since the start of the log; rows without a current are skipped, i.e. the
+        # current is interpolated over them (held at the ends), as it is in the output.
+        ok = usable[current_col]
+        current = log[current_col].to_numpy(float)[ok]
+        tt = np.r_[lt[0], lt[ok], lt[-1]]
+        cc = np.r_[current[0], current, current[-1]]
+        cap = np.concatenate([[0.0], np.cumsum(0.5 * (cc[1:] + cc[:-1]) * np.diff(tt))])
+        log[capacity_col] = np.interp(lt, tt, cap) / 3600.0
+        usable[capacity_col] = np.ones(len(lt), bool)
     out_of_range = (t < lt[0]) | (t > lt[-1])
     if out_of_range.any():
-        msg = (f"{int(out_of_range.sum())} of {len(t)} frame times outside the cycler log "
+        msg = (f"{where}: {int(out_of_range.sum())} of {len(t)} frame times outside the log "
                f"({lt[0]:g}..{lt[-1]:g} s)")
         if outside == "error":
             raise OptionError(msg)
@@ -300,15 +463,14 @@ def interpolate_cycler(
     for col in log.columns:
         if col == time_col:
             continue
-        values = log[col].to_numpy()
-        if values.dtype.kind in "fiu":
-            v = values.astype(float)
-            ok = np.isfinite(v)
-            if ok.sum() == 0:
-                continue
-            out[col] = np.interp(t, lt[ok], v[ok])
-        else:
-            out[col] = values[step]
+        if col in usable:
+            ok = usable[col]
+            out[col] = np.interp(t, lt[ok], log[col].to_numpy(float)[ok])
+        elif col not in numeric:
+            # labels (branch, step name): a blank cell takes the label logged before it
+            labels = log[col].ffill().bfill()
+            if labels.notna().all():
+                out[col] = labels.to_numpy()[step]
     out["cycler_outside"] = out_of_range
     return out
 
@@ -349,7 +511,7 @@ def join_frame_meta(table: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
         raise OptionError("metadata table is empty")
     meta = meta.copy()
     meta["frame"] = meta["frame"].astype(np.int64)
-    meta = meta.sort_values("frame")
+    meta = _fill_blanks(meta.sort_values("frame").reset_index(drop=True), "join_frame_meta")
     clash = [c for c in meta.columns if c != "frame" and c in out.columns]
     meta = meta.rename(columns={c: f"{c}_meta" for c in clash})
     if len(out):

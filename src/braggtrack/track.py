@@ -31,12 +31,18 @@ not worth its maintenance.
 
 Notes
 -----
-Frames with no accepted peak at all still count against ``memory``.  Only ``ok`` peaks are linked by default (rejected peaks
-have unreliable positions); the returned table holds the linked peaks only.
+``memory`` counts frame numbers, not the frames that hold peaks: frames with no accepted peak
+at all (a beam dump, a shutter closed) count against it, so a frame table must number the
+frames of the series (a table of every 10th frame would need renumbering 0, 1, 2, ... first).
+trackpy counts only the frames it is fed, so :class:`FrameLinker` feeds it an empty frame for
+each missing frame number (at most ``memory + 1`` in a row: by then every trajectory has ended
+anyway).  Only ``ok`` peaks are linked by default (rejected peaks have unreliable positions);
+the returned table holds the linked peaks only.
 """
 
 from __future__ import annotations
 
+import numbers
 import queue
 import threading
 import warnings
@@ -63,6 +69,68 @@ def _check_columns(table: pd.DataFrame, columns: list[str], what: str) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise OptionError(f"{what} lacks column(s) {', '.join(missing)}")
+
+
+def _number(value, name: str, *, integer: bool = False, minimum: float | None = None,
+            above: float | None = None, below: float | None = None) -> float:
+    """``value`` as a float (an int when ``integer``), or a one-line OptionError.
+
+    Strings are refused rather than parsed: ``search_range="5"`` is a mistake in the
+    caller's code, and parsing it would hide the next one ("5px")."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    number = float(value) if ok else float("nan")
+    kind = "an integer" if integer else "a number"
+    if not np.isfinite(number) or (integer and number != round(number)):
+        raise OptionError(f"{name} must be {kind}, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise OptionError(f"{name} must be {kind} >= {minimum:g}, got {value!r}")
+    if above is not None and not number > above:
+        raise OptionError(f"{name} must be {kind} > {above:g}, got {value!r}")
+    if below is not None and not number < below:
+        raise OptionError(f"{name} must be {kind} < {below:g}, got {value!r}")
+    return int(round(number)) if integer else number
+
+
+def _shown(value) -> str:
+    """A cell value for a message: ``0.5``, ``'abc'``, not ``np.float64(0.5)``."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _numeric_column(table: pd.DataFrame, column: str, what: str) -> np.ndarray:
+    """A column as float64; a text value in it is an OptionError naming it (missing values,
+    NaN, stay NaN for the caller to handle)."""
+    col = table[column]
+    if col.dtype.kind in "biuf":
+        return col.to_numpy(float)
+    values = pd.to_numeric(col, errors="coerce")
+    bad = values.isna() & col.notna()
+    if bad.any():
+        example = col[bad].iloc[0]
+        raise OptionError(f"{what}: column {column} must hold numbers, found {_shown(example)} "
+                          f"in {int(bad.sum())} row(s)")
+    return values.to_numpy(float)
+
+
+def _bool_column(table: pd.DataFrame, column: str, what: str) -> np.ndarray:
+    """A True/False column (bool, 0/1, or the words true/false) as a bool array; anything else
+    ("no", blank) is an OptionError: ``astype(bool)`` would call every non-empty string True."""
+    col = table[column]
+    if col.dtype.kind == "b":
+        return col.to_numpy(bool)
+    values = col.to_numpy(object)
+    out = np.zeros(len(values), dtype=bool)
+    for i, v in enumerate(values):
+        if isinstance(v, (bool, np.bool_)):
+            out[i] = bool(v)
+        elif isinstance(v, numbers.Integral) and v in (0, 1):
+            out[i] = bool(v)
+        elif isinstance(v, numbers.Real) and np.isfinite(v) and v in (0.0, 1.0):
+            out[i] = bool(v)
+        elif isinstance(v, str) and v.strip().lower() in ("true", "false"):
+            out[i] = v.strip().lower() == "true"
+        else:
+            raise OptionError(f"{what}: column {column} must hold True/False, found {_shown(v)}")
+    return out
 
 
 def _relabel(particle: np.ndarray, frame: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -148,6 +216,7 @@ def link(
         Largest displacement (pixels) between two frames, after prediction.
     memory : int
         Number of frames a peak may vanish and still keep its identity when it comes back.
+        Frame numbers count, including frames without any peak (see the module notes).
     predict : bool
         Predict each peak's next position from its trajectory's last two points (a trajectory
         with one point yet: the median velocity of the others).
@@ -179,8 +248,7 @@ def link(
     _check_columns(peaks, ["frame", "x", "y"], "peak table")
     linker = FrameLinker(search_range=search_range, memory=memory, predict=predict,
                          adaptive_stop=adaptive_stop, adaptive_step=adaptive_step)
-    if int(min_length) != min_length or min_length < 1:
-        raise OptionError(f"min_length must be a positive integer, got {min_length}")
+    min_length = _number(min_length, "min_length", integer=True, minimum=1)
     table = linkable(peaks, only_ok=only_ok)
     # trackpy takes the frames in order; a stable sort keeps each frame's row order.
     order = np.argsort(table["frame"].to_numpy(), kind="stable")
@@ -190,14 +258,41 @@ def link(
     return linked_table(table, labels, min_length=min_length)
 
 
-def linkable(peaks: pd.DataFrame, *, only_ok: bool = True) -> pd.DataFrame:
-    """The rows :func:`link` links: accepted (``ok``, when ``only_ok``) with finite x, y."""
+def linkable(peaks: pd.DataFrame, *, only_ok: bool = True,
+             what: str = "peak table") -> pd.DataFrame:
+    """The rows :func:`link` links: accepted (``ok``, when ``only_ok``) with finite x, y.
+
+    Only ``frame``, ``x`` and ``y`` are needed; ``ok`` is honoured when present and must hold
+    True/False.  A frame that is not a whole number, a text value in ``x``/``y`` or a ``ok``
+    value such as ``"no"`` is an :class:`~braggtrack.errors.OptionError` naming ``what`` (the
+    file, for a command line) and the column; a NaN position is not an error (a peak that
+    could not be localized) and its row is left out.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"frame": [0, 0, 1], "x": [1.0, float("nan"), 1.2], "y": 2.0,
+    ...                   "ok": [True, True, False]})
+    >>> len(linkable(t))
+    1
+    """
+    _check_columns(peaks, ["frame", "x", "y"], what)
     table = peaks.drop(columns=["particle"], errors="ignore")
+    frame = _numeric_column(table, "frame", what)
+    whole = np.isfinite(frame) & (frame == np.round(frame))
+    if not whole.all():
+        raise OptionError(f"{what}: column frame must hold whole frame numbers, found "
+                          f"{_shown(table['frame'].to_numpy()[~whole][0])}")
+    x = _numeric_column(table, "x", what)
+    y = _numeric_column(table, "y", what)
+    keep = np.isfinite(x) & np.isfinite(y)
     if only_ok and "ok" in table.columns:
-        table = table[table["ok"].astype(bool)]
-    finite = np.isfinite(table["x"].to_numpy(float)) & np.isfinite(table["y"].to_numpy(float))
-    table = table[finite].reset_index(drop=True)
-    table["frame"] = table["frame"].astype(np.int64)
+        keep &= _bool_column(table, "ok", what)
+    table = table[keep].reset_index(drop=True)
+    table["frame"] = frame[keep].astype(np.int64)
+    for name, values in (("x", x), ("y", y)):
+        if table[name].dtype.kind not in "iuf":  # numbers written as text
+            table[name] = values[keep]
     return table
 
 
@@ -237,19 +332,17 @@ class FrameLinker:
 
     def __init__(self, *, search_range: float = 3.0, memory: int = 3, predict: bool = True,
                  adaptive_stop: float | None = None, adaptive_step: float = 0.95) -> None:
-        if not np.isfinite(search_range) or search_range <= 0:
-            raise OptionError(
-                f"search_range must be a positive number of pixels, got {search_range}")
-        if int(memory) != memory or memory < 0:
-            raise OptionError(
-                f"memory must be a non-negative integer number of frames, got {memory}")
-        if not 0 < adaptive_step < 1:
-            raise OptionError(f"adaptive_step must lie between 0 and 1, got {adaptive_step}")
-        self.search_range = float(search_range)
+        search_range = _number(search_range, "search_range (pixels)", above=0)
+        memory = _number(memory, "memory (frames)", integer=True, minimum=0)
+        adaptive_step = _number(adaptive_step, "adaptive_step", above=0, below=1)
+        adaptive_stop = (0.1 * search_range if adaptive_stop is None
+                         else _number(adaptive_stop, "adaptive_stop (pixels)", above=0))
+        self.search_range = search_range
+        self.memory = memory
         self.options = dict(
-            memory=int(memory),
-            adaptive_stop=float(0.1 * search_range if adaptive_stop is None else adaptive_stop),
-            adaptive_step=float(adaptive_step),
+            memory=memory,
+            adaptive_stop=adaptive_stop,
+            adaptive_step=adaptive_step,
             predictor=_VelocityPredictor() if predict else None,
         )
         self._queue: queue.Queue = queue.Queue()
@@ -274,9 +367,19 @@ class FrameLinker:
             self._thread = threading.Thread(target=self._link, name="braggtrack-link",
                                             daemon=True)
             self._thread.start()
+        empty = np.zeros((0, 2))
+        last = self._last_frame
         for frame, block in zip(frames[np.r_[0, cuts]], np.split(coords, cuts), strict=True):
-            self._queue.put((int(frame), block))
-        self._last_frame = int(frames[-1])
+            frame = int(frame)
+            if last is not None:
+                # trackpy's memory counts the frames it is fed: feed the missing ones empty,
+                # so that a gap of frames without peaks counts as frames.  memory + 1 of them
+                # end every trajectory; more would change nothing.
+                for missing in range(last + 1, min(frame, last + 2 + self.memory)):
+                    self._queue.put((missing, empty))
+            self._queue.put((frame, block))
+            last = frame
+        self._last_frame = last
 
     def close(self) -> np.ndarray:
         """Wait for the linking to finish; the label of every row fed, in order."""
@@ -397,6 +500,7 @@ def split_on_shape_change(
     width_ratio: float = 1.5,
     nsigma: float = 6.0,
     window: int = 3,
+    min_common: int = 3,
 ) -> pd.DataFrame:
     """Split trajectories where the peak shape changes abruptly.
 
@@ -410,6 +514,15 @@ def split_on_shape_change(
     over all single steps of the table.  Requiring the median step too ignores one-frame
     outliers.
 
+    A change shared by the peaks of a frame is not a change of one particle (an attenuator
+    or exposure time changed, the beam current dropped, the detector refocused), so each
+    signal is taken relative to the frame-wide change first: between two consecutive frames
+    of the table, the median step of all trajectories present in both (when there are at
+    least ``min_common`` of them; with fewer, nothing is removed) is subtracted from every
+    point after it.  All peaks x3 from one frame on thus splits nothing, while one peak x3
+    among unchanged ones is split.  A change shared by most of the trajectories of a frame
+    counts as frame-wide.
+
     Parameters
     ----------
     tracks : DataFrame
@@ -422,6 +535,10 @@ def split_on_shape_change(
         Threshold in robust standard deviations of the frame-to-frame changes.
     window : int
         Number of points on each side used for the median step.
+    min_common : int
+        Fewest trajectories seen in both of two consecutive frames for their median step to
+        be taken as the frame-wide change (>= 2; the median of fewer than 3 is pulled by the
+        peak that did change).
 
     Returns
     -------
@@ -438,28 +555,32 @@ def split_on_shape_change(
     [0, 0, 0, 0, 1, 1, 1, 1]
     """
     _check_columns(tracks, ["frame", "particle", "x", "y"], "track table")
-    if intensity_ratio <= 1 or width_ratio <= 1:
-        raise OptionError("intensity_ratio and width_ratio must be greater than 1")
-    if nsigma <= 0 or int(window) != window or window < 1:
-        raise OptionError("nsigma must be positive and window a positive integer")
+    intensity_ratio = _number(intensity_ratio, "intensity_ratio", above=1)
+    width_ratio = _number(width_ratio, "width_ratio", above=1)
+    nsigma = _number(nsigma, "nsigma", above=0)
+    window = _number(window, "window", integer=True, minimum=1)
+    min_common = _number(min_common, "min_common", integer=True, minimum=2)
     out = tracks.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
     if len(out) == 0:
         return out
     signals: list[tuple[np.ndarray, float]] = []
     if "intensity" in out.columns:
-        inten = out["intensity"].to_numpy(float)
+        inten = _numeric_column(out, "intensity", "track table")
         with np.errstate(divide="ignore", invalid="ignore"):
             signals.append((np.where(inten > 0, np.log(inten), np.nan), np.log(intensity_ratio)))
     if "sigma_x" in out.columns and "sigma_y" in out.columns:
-        w = out["sigma_x"].to_numpy(float) * out["sigma_y"].to_numpy(float)
+        w = (_numeric_column(out, "sigma_x", "track table")
+             * _numeric_column(out, "sigma_y", "track table"))
         with np.errstate(divide="ignore", invalid="ignore"):
             signals.append((np.where(w > 0, 0.5 * np.log(w), np.nan), np.log(width_ratio)))
 
     part = out["particle"].to_numpy()
+    frame = out["frame"].to_numpy()
     same = np.r_[False, part[1:] == part[:-1]]  # row i continues the trajectory of row i-1
     cut = np.zeros(len(out), dtype=bool)
     groups = out["particle"]
-    for values, floor in signals:
+    for raw, floor in signals:
+        values = raw - _frame_wide_change(raw, frame, same, min_common)
         step = np.full(len(out), np.nan)
         step[1:] = values[1:] - values[:-1]
         step[~same] = np.nan
@@ -477,6 +598,29 @@ def split_on_shape_change(
         segment, out["frame"].to_numpy(), out["y"].to_numpy(float), out["x"].to_numpy(float)
     )
     return out.sort_values(["frame", "particle"], kind="stable").reset_index(drop=True)
+
+
+def _frame_wide_change(values: np.ndarray, frame: np.ndarray, same: np.ndarray,
+                       min_common: int) -> np.ndarray:
+    """Per row, the change of ``values`` common to all trajectories since the first frame.
+
+    Rows are sorted by trajectory then frame (``same[i]``: row i continues row i-1).  Between
+    two consecutive frames of the table, the common change is the median step of the
+    trajectories present in both (0 with fewer than ``min_common`` of them); summed over the
+    frames, it is a per-frame offset.  Trajectories that skip frames need no pairing of
+    their own: the offsets of the frames they skip are summed in.
+    """
+    frames = np.unique(frame)
+    index = np.searchsorted(frames, frame)
+    step = values[1:] - values[:-1]
+    paired = same[1:] & (index[1:] == index[:-1] + 1) & np.isfinite(step)
+    offset = np.zeros(len(frames))
+    if paired.any():
+        steps = pd.Series(step[paired]).groupby(index[1:][paired])
+        median, count = steps.median(), steps.size()
+        common = median[count >= min_common]
+        offset[common.index.to_numpy()] = common.to_numpy()
+    return np.cumsum(offset)[index]
 
 
 def _smooth_fit_rms(
