@@ -442,3 +442,49 @@ def test_threads_are_restored():
     predict(BraggNN(), gaussian_patches(5.0, 5.0), threads=1)
     assert torch.get_num_threads() == before
     assert os.cpu_count() >= 1
+
+
+def test_exports_are_refused_as_models_without_a_torch_warning(tmp_path, recwarn):
+    """TorchScript and ONNX files from export_model are named as exports, by name or content."""
+    model = BraggNN(BraggNNConfig(channels=(8, 8), dense=(16,)))
+    ts = export_model(model, tmp_path / "ex.pt", format="torchscript")
+    files = {ts: "TorchScript"}
+    renamed_ts = tmp_path / "ex_ts.bin"
+    shutil.copy(ts, renamed_ts)
+    files[renamed_ts] = "TorchScript"
+    try:
+        onnx = export_model(model, tmp_path / "ex.onnx", format="onnx")
+    except (ImportError, ModuleNotFoundError):  # pragma: no cover - torch.onnx needs onnx
+        onnx = None
+    if onnx is not None:
+        files[onnx] = "ONNX"
+        renamed_onnx = tmp_path / "ex_onnx.safetensors"
+        shutil.copy(onnx, renamed_onnx)
+        files[renamed_onnx] = "ONNX"
+    recwarn.clear()
+    for path, kind in files.items():
+        with pytest.raises(ModelError) as info:
+            load_model(path)
+        message = str(info.value)
+        assert message.startswith(f"{path} is a") and f"{kind} export for other tools" in message
+        assert "--model needs the .safetensors file (with its .json)" in message
+        assert "\n" not in message and "weights_only" not in message
+    assert not [w for w in recwarn if "torch" in str(w.message).lower()], [str(w.message) for w in recwarn]
+    # Weights saved by save_model under .pt (a torch.save zip, like TorchScript) still load.
+    assert load_model(save_model(model, tmp_path / "w.pt")).config == model.config
+
+
+def test_safetensors_under_another_suffix_loads(tmp_path):
+    """A model written as model.txt (before train checked the name) is read by its content."""
+    model = BraggNN(BraggNNConfig(channels=(8, 8), dense=(16,)))
+    path = save_model(model, tmp_path / "model.txt")
+    assert load_model(path).config == model.config
+
+
+def test_unsafe_pickle_message_does_not_advise_weights_only_false(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": _Payload(str(tmp_path / "pwned")), "config": "{}"}, evil)
+    with pytest.raises(ModelError, match="refused") as info:
+        load_model(evil)
+    message = str(info.value)
+    assert "unsafe pickle" in message and "weights_only" not in message and "\n" not in message

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -379,3 +381,82 @@ def test_simulated_stream_chunks_equal_a_plain_loop_over_seeds():
         np.testing.assert_array_equal(xy[:, 1], truth["y"].to_numpy().astype(np.float32))
     first = next(iter(stream))  # pair by pair, as a torch IterableDataset
     np.testing.assert_array_equal(first[0], got[0][0][0])
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda h: h.create_dataset("frames", data=np.zeros((64, 64), np.float32)), "shape (64, 64)"),
+        (lambda h: h.create_group("frames"), "is a group"),
+        (lambda h: h.create_dataset("frames", data=np.array([[[b"a"]]])), "not numbers"),
+    ],
+)
+def test_braggnn_layout_frames_that_are_not_a_stack(tmp_path, make, needle):
+    """A frames dataset that is not N x H x W numbers is one error naming file and dataset.
+
+    The 2-D case once raised h5py's RuntimeError: the message read the shape of a dataset
+    whose file had just been closed.
+    """
+    _, ppath = _write_braggnn_layout(tmp_path, n_frames=2, per_frame=1)
+    bad = tmp_path / "bad_frames.h5"
+    with h5py.File(bad, "w") as h:
+        make(h)
+    with pytest.raises(InputFileError, match="frames") as info:
+        train_model(BraggNNLayoutSource(bad, ppath), tmp_path / "m.safetensors", epochs=1,
+                    progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{bad}: ") and needle in message and "\n" not in message
+
+
+def _never_fit(*args, **kwargs):
+    raise AssertionError("training started although the output path is unusable")
+
+
+def test_output_path_is_checked_before_training(tmp_path, monkeypatch):
+    from braggtrack import train as train_mod
+
+    monkeypatch.setattr(train_mod, "_fit", _never_fit)
+    source = SimulatorSource(n_train=64, n_val=16, chunk=64, simulate=gaussian_patches)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "adir.safetensors").mkdir()
+    (tmp_path / "old.safetensors").write_bytes(b"keep me")
+    (tmp_path / "side.json").write_text("{}")
+    (tmp_path / "ckfile").write_text("")
+    cases = [
+        (tmp_path / "adir", {}, "is a directory"),
+        (tmp_path / "adir.safetensors", {"force": True}, "is a directory"),
+        (tmp_path / "model.txt", {}, "must end in .safetensors"),
+        (tmp_path / "model.pt", {}, "must end in .safetensors"),
+        (tmp_path / "missing" / "m.safetensors", {}, "does not exist"),
+        (tmp_path / "old.safetensors", {}, "exists; use --force"),
+        (tmp_path / "side.safetensors", {}, "exists; use --force"),
+        (tmp_path / "new.safetensors", {"checkpoint_dir": tmp_path / "ckfile"}, "not a folder"),
+    ]
+    for out, kw, needle in cases:
+        with pytest.raises(OptionError, match=needle) as info:
+            train_model(source, out, epochs=1, progress=False, **kw)
+        assert "\n" not in str(info.value)
+    assert (tmp_path / "old.safetensors").read_bytes() == b"keep me"
+    assert not (tmp_path / "missing").exists()
+    assert not (tmp_path / "new.safetensors").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into read-only folders")
+def test_output_in_a_read_only_folder_is_refused(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(OptionError, match="not writable"):
+            train_model("simulate", folder / "m.safetensors", epochs=1, progress=False)
+    finally:
+        folder.chmod(0o755)
+
+
+def test_force_overwrites_an_existing_model(tmp_path):
+    first = _tiny(tmp_path, "m.safetensors", epochs=1)
+    with pytest.raises(OptionError, match="exists"):
+        _tiny(tmp_path, "m.safetensors", epochs=1, seed=4)
+    again = _tiny(tmp_path, "m.safetensors", epochs=1, seed=4, force=True)
+    assert again.model_path == first.model_path
+    assert load_model(again.model_path).config.patch == 11

@@ -418,6 +418,78 @@ def save_model(model: BraggNN, path: str | os.PathLike, *, extra: dict | None = 
     return path
 
 
+#: Protobuf tags that may follow ONNX's leading ``ir_version`` field (fields 2-8 of ModelProto).
+_ONNX_NEXT_TAGS = frozenset({0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42})
+
+
+def _export_kind(path: Path) -> str | None:
+    """``'a TorchScript'`` or ``'an ONNX'`` when ``path`` is an export, else None.
+
+    Recognised by content as well as by name, since ``braggtrack export`` writes
+    TorchScript as ``.pt`` (the suffix :func:`save_model` also uses for plain weights)
+    and a renamed file keeps its content.  A TorchScript archive is a zip holding
+    ``code/`` and ``constants.pkl``; a ``torch.save`` zip holds neither.  ONNX is a
+    protobuf opening with its ``ir_version`` varint (tag 0x08) and a further field tag;
+    a pickle opens with 0x80, and a safetensors file is told apart by the ``{`` of its
+    JSON header at byte 8.
+    """
+    import zipfile
+
+    if path.suffix.lower() == ".onnx":
+        return "an ONNX"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return None
+        if any("/code/" in n or n.endswith("constants.pkl") for n in names):
+            return "a TorchScript"
+        return None
+    looks_safetensors = len(head) > 8 and head[8:9] == b"{"
+    if (
+        not looks_safetensors and len(head) >= 3 and head[0] == 0x08
+        and 1 <= head[1] <= 0x7F and head[2] in _ONNX_NEXT_TAGS
+    ):
+        return "an ONNX"
+    return None
+
+
+def _looks_safetensors(path: Path) -> bool:
+    """True when ``path`` opens like a safetensors file (u64 header length, then ``{``).
+
+    Lets a model saved under another suffix (``model.txt`` from before ``train`` checked
+    the name) be read as what it is instead of as a torch pickle.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < size
+
+
+def _torch_load_problem(exc: Exception) -> str:
+    """One line from a ``torch.load`` error, without torch's advice to drop weights_only."""
+    import re
+
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it would import {found.group(1)} (unsafe pickle)"
+    if text.startswith("Weights only load failed"):
+        return "not a plain dict of tensors and strings"
+    return text.splitlines()[0]
+
+
 def load_model(path: str | os.PathLike | None = None, device: str = "cpu") -> BraggNN:
     """Load a BraggNN safely: the shipped model by default, or a user's file.
 
@@ -429,7 +501,8 @@ def load_model(path: str | os.PathLike | None = None, device: str = "cpu") -> Br
     Raises
     ------
     ModelError
-        Missing or unreadable file, unsafe pickle, checksum mismatch or wrong tensors.
+        Missing or unreadable file, unsafe pickle, checksum mismatch or wrong tensors, or a
+        TorchScript / ONNX file from :func:`export_model` (those are for other tools).
 
     Examples
     --------
@@ -442,6 +515,13 @@ def load_model(path: str | os.PathLike | None = None, device: str = "cpu") -> Br
     dev = resolve_device(device)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
+    kind = _export_kind(path)
+    if kind is not None:
+        # Refused before torch.load, which would warn and suggest weights_only=False.
+        raise ModelError(
+            f"{path} is {kind} export for other tools; --model needs the .safetensors file "
+            "(with its .json) that braggtrack train or the shipped model provides"
+        )
     sidecar = _config_path(path)
     info: dict = {}
     if sidecar.is_file() and sidecar != path:
@@ -455,7 +535,7 @@ def load_model(path: str | os.PathLike | None = None, device: str = "cpu") -> Br
         raise ModelError(f"{path}: sha256 does not match {sidecar.name} (corrupted or replaced)")
 
     cfg_json = None
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors" or _looks_safetensors(path):
         from safetensors import safe_open
 
         try:
@@ -469,7 +549,7 @@ def load_model(path: str | os.PathLike | None = None, device: str = "cpu") -> Br
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # UnpicklingError for unsafe globals, RuntimeError, ...
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = _torch_load_problem(exc)
             raise ModelError(
                 f"{path}: refused or unreadable torch file (only weights are loaded): {first}"
             ) from None

@@ -162,11 +162,22 @@ class _H5Frames:
         if dataset not in self._file:
             self._file.close()
             raise InputFileError(path, f"no dataset {dataset!r} (BraggNN layout needs N x H x W frames)")
-        self._data = self._file[dataset]
-        if self._data.ndim != 3:
+        data = self._file[dataset]
+        if not isinstance(data, h5py.Dataset):
             self._file.close()
-            raise InputFileError(path, f"dataset {dataset!r} has shape {self._data.shape}, expected N x H x W")
-        self.n_frames, self.height, self.width = (int(v) for v in self._data.shape)
+            raise InputFileError(path, f"{dataset!r} is a group, not an N x H x W frames dataset")
+        # Shape and dtype are read before any close: a closed file's dataset cannot report them.
+        shape, kind = tuple(int(v) for v in data.shape), data.dtype.kind
+        if len(shape) != 3:
+            self._file.close()
+            raise InputFileError(
+                path, f"dataset {dataset!r} has shape {shape} ({len(shape)}-D), expected N x H x W frames"
+            )
+        if kind not in "biuf":
+            self._file.close()
+            raise InputFileError(path, f"dataset {dataset!r} holds {data.dtype} values, not numbers")
+        self._data = data
+        self.n_frames, self.height, self.width = shape
 
     def read(self, start: int, stop: int) -> np.ndarray:
         try:
@@ -684,6 +695,60 @@ def _checkpoint_path(checkpoint_dir: Path) -> Path:
     return checkpoint_dir / "checkpoint.pt"
 
 
+def _check_output(
+    out: str | os.PathLike, force: bool, checkpoint_dir: str | os.PathLike | None
+) -> Path:
+    """Refuse an output path that :func:`~braggtrack.braggnn.save_model` would fail on.
+
+    The weights are written only after the last epoch, so every problem that can be seen
+    now (wrong suffix, a directory, a missing or read-only folder, a file in the way) is
+    raised before training starts rather than after minutes of it.
+
+    Parameters
+    ----------
+    out : path
+        The weights file asked for.
+    force : bool
+        Overwrite an existing weights file and its ``.json`` sidecar.
+    checkpoint_dir : path, optional
+        Checkpoint folder; must not be an existing file.
+
+    Returns
+    -------
+    Path
+        ``out`` as a path.
+
+    Raises
+    ------
+    OptionError
+        One line naming the path and the problem.
+    """
+    path = Path(out)
+    if path.is_dir():
+        raise OptionError(f"{path}: is a directory; give a .safetensors file name")
+    if path.suffix.lower() != ".safetensors":
+        # Under other names save_model writes files that --model cannot load (.txt is
+        # read as a torch pickle) or that share .pt with TorchScript exports.
+        raise OptionError(f"{path}: the model file must end in .safetensors")
+    parent = path.parent
+    if not parent.is_dir():
+        raise OptionError(f"{path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OptionError(f"{path}: folder {parent} is not writable")
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_dir():
+        raise OptionError(f"{sidecar}: is a directory, but the model's .json config goes there")
+    existing = [p for p in (path, sidecar) if p.exists()]
+    if existing and not force:
+        raise OptionError(f"{existing[0]}: exists; use --force (force=True) to overwrite")
+    for p in existing:
+        if not os.access(p, os.W_OK):
+            raise OptionError(f"{p}: exists and is not writable")
+    if checkpoint_dir is not None and Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
+        raise OptionError(f"{checkpoint_dir}: exists and is not a folder (checkpoints go there)")
+    return path
+
+
 def train_model(
     source,
     out: str | os.PathLike,
@@ -713,6 +778,7 @@ def train_model(
     garbage: float = 0.0,
     noise_channel: bool | None = None,
     symmetries: int | None = None,
+    force: bool = False,
 ) -> TrainResult:
     """Train a BraggNN and save the best epoch's weights to ``out``.
 
@@ -721,8 +787,9 @@ def train_model(
     source : SimulatorSource, PeakTableSource, BraggNNLayoutSource or "simulate"
         Training data (see the module docstring).
     out : path
-        Weights file (``.safetensors``, or ``.pt``); a ``.json`` config with the sha256
-        of the weights and the training summary is written beside it.
+        Weights file, ``.safetensors``; a ``.json`` config with the sha256 of the weights
+        and the training summary is written beside it.  Checked before training starts:
+        its folder must exist and be writable, and neither file may exist unless ``force``.
     epochs, batch_size, lr, seed : int, int, float, int
         Optimisation settings (Adam).
     val_fraction : float
@@ -772,6 +839,8 @@ def train_model(
     symmetries : int, optional
         Test-time symmetry views of the saved model (``BraggNNConfig.symmetries``);
         validation and the flag calibration use them, training uses one view.
+    force : bool
+        Overwrite an existing ``out`` and its ``.json`` (``braggtrack train --force``).
 
     Returns
     -------
@@ -793,6 +862,7 @@ def train_model(
         raise OptionError("epochs and batch_size must be >= 1 and lr > 0")
     if not 0 <= val_fraction < 1:
         raise OptionError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    out = _check_output(out, force, checkpoint_dir)
     init_state = None
     if init is not None:
         from .braggnn import load_model
@@ -1095,11 +1165,13 @@ def main(argv: list[str] | None = None) -> TrainResult:
 
     The ``braggtrack train`` command of the CLI is the user-facing entry point; this one
     exists so that ``benchmarks/train_default_model.sh`` needs nothing but the package.
+    Unlike ``braggtrack train`` it overwrites ``out``: the recipe rewrites its stage files
+    and the shipped model whenever it is rerun or resumed.
     """
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m braggtrack.train", description=main.__doc__.splitlines()[0])
-    ap.add_argument("out", help="weights file (.safetensors or .pt)")
+    ap.add_argument("out", help="weights file (.safetensors); overwritten if it exists")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--n-train", type=int, default=32768, help="simulated patches per epoch")
     ap.add_argument("--n-val", type=int, default=4096)
@@ -1150,6 +1222,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
         noise=args.noise, init=args.init, sparse=args.sparse, beta=args.beta,
         garbage=args.garbage, symmetries=args.symmetries,
         noise_channel=True if (args.init and args.noise_channel) else None,
+        # The recipe rewrites its stage files and the shipped model on every (resumed) run.
+        force=True,
     )
     print(result.history.to_string(index=False))
     print(f"best epoch {result.best_epoch}: validation median {result.val_median_px:.4f} px, "
