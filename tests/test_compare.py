@@ -134,7 +134,8 @@ def fake_run(root: Path, n_frames=3, shape=(64, 64)) -> Path:
     pd.DataFrame(rows).to_parquet(root / "peaks.parquet")
     (root / "run.json").write_text(json.dumps({
         "parameters": {"patch": 11, "dataset": None},
-        "inputs": [{"path": str(root / "frames.npy"), "size": 1, "sha256": "0"}]}))
+        "inputs": [{"path": str(root / "frames.npy"), "size": (root / "frames.npy").stat().st_size,
+                    "mtime_ns": (root / "frames.npy").stat().st_mtime_ns}]}))
     return root
 
 
@@ -171,3 +172,30 @@ def test_compare_table_without_frames_raises(tmp_path):
     res = compare.compare_localizers(run / "peaks.parquet", frames=frames,
                                      localizers={"a": shifted_by(0, 0), "b": shifted_by(0.1, 0)})
     assert res.summary["median"].iloc[0] == pytest.approx(0.1)
+
+
+def test_compare_refuses_a_replaced_or_missing_input(tmp_path):
+    # Patches cut from another file at the recorded path compared nonsense, silently.
+    import os
+    import subprocess
+    import sys
+
+    run = fake_run(tmp_path / "run")
+    frames = np.load(run / "frames.npy")
+    np.save(run / "frames.npy", frames[:, ::-1].copy())  # same size, other frames
+    st = (run / "frames.npy").stat()
+    os.utime(run / "frames.npy", ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    with pytest.raises(OptionError, match=r"frames\.npy changed since the run "
+                       r"\(size/modification time differ\)"):
+        compare.compare_localizers(run, localizers=("centroid",))
+    res = subprocess.run([sys.executable, "-m", "braggtrack.cli", "compare", str(run)],
+                         capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "changed since the run" in lines[0], \
+        res.stderr
+    (run / "frames.npy").unlink()
+    with pytest.raises(OptionError, match="is no longer there"):
+        compare.compare_localizers(run, localizers=("centroid",))
+    # the frames given explicitly are the caller's choice: no check
+    res = compare.compare_localizers(run, frames=frames, localizers=("centroid",))
+    assert len(res.peaks) == 15

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -76,7 +77,9 @@ def make_fake_run(root: Path, *, n_frames=N_FRAMES, shape=SHAPE, metadata=True, 
         "braggtrack_version": "0.1.0", "command": "braggtrack run frames.npy -o run",
         "parameters": {"threshold": None, "min_score": 10.0, "bin": 1, "patch": 11,
                        "localizer": "centroid", "dataset": None},
-        "inputs": [{"path": str((root / "frames.npy").resolve()), "size": 123,
+        "inputs": [{"path": str((root / "frames.npy").resolve()),
+                    "size": (root / "frames.npy").stat().st_size,
+                    "mtime_ns": (root / "frames.npy").stat().st_mtime_ns,
                     "sha256": "ab" * 32}],
         "model": None, "n_frames": n_frames, "frame_shape": list(shape),
         "started": "2024-01-01T00:00:00", "finished": "2024-01-01T00:00:05", "elapsed_s": 5.0,
@@ -186,6 +189,49 @@ def test_report_without_frames_says_why(plain_run, tmp_path):
     (run / "run.json").write_text(json.dumps(info))
     page = report.make_report(run, localizers=("centroid",), compare_peaks=0).read_text()
     assert "is no longer there" in page and 'id="movie"' not in page
+
+
+@pytest.mark.parametrize("change", ["same_size", "other_size", "old_record_same_size"])
+def test_report_of_a_replaced_input_draws_no_frames_and_says_why(plain_run, tmp_path, change,
+                                                                 caplog):
+    # Peaks drawn on (or patches cut from) frames they were not found in would be nonsense,
+    # and a shorter replacement raised IndexError.
+    run = tmp_path / "replaced"
+    shutil.copytree(plain_run, run, ignore=shutil.ignore_patterns("report"))
+    frames_path = run / "frames.npy"
+    info = json.loads((run / "run.json").read_text())
+    info["inputs"] = [{"path": str(frames_path), "size": frames_path.stat().st_size,
+                       "mtime_ns": frames_path.stat().st_mtime_ns}]
+    frames = np.load(frames_path)
+    if change == "other_size":
+        frames = frames[:2]
+    if change == "old_record_same_size":
+        del info["inputs"][0]["mtime_ns"]  # recorded before the mtime was: size only
+        frames = frames[:2]
+    (run / "run.json").write_text(json.dumps(info))
+    np.save(frames_path, np.random.default_rng(5).poisson(3, frames.shape).astype(np.float32))
+    st = frames_path.stat()
+    os.utime(frames_path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    with caplog.at_level("WARNING", logger="braggtrack"):
+        page = report.make_report(run, localizers=("centroid",), compare_peaks=0).read_text()
+    assert f"the input {frames_path} changed since the run (size/modification time differ)" \
+        in page
+    assert 'id="movie"' not in page and 'id="frame"' not in page
+    assert any("the report has no frame images" in r.getMessage() for r in caplog.records)
+    assert report.load_run(run).series is None
+
+
+def test_report_of_an_input_with_other_frame_count_draws_no_frames(plain_run, tmp_path):
+    run = tmp_path / "fewer"
+    shutil.copytree(plain_run, run, ignore=shutil.ignore_patterns("report"))
+    info = json.loads((run / "run.json").read_text())
+    # Nothing recorded to compare (a run killed early, an old run): the path alone.
+    info["inputs"] = None
+    info["source"] = str(run / "frames.npy")
+    info["n_frames"] = 7
+    (run / "run.json").write_text(json.dumps(info))
+    loaded = report.load_run(run)
+    assert loaded.series is None and "now has 6 frames, the run had 7" in loaded.frames_note
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path):

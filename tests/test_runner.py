@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from braggtrack.config import FindConfig
-from braggtrack.errors import OptionError
+from braggtrack.errors import InputFileError, OptionError
 from braggtrack.runner import TrackConfig, run
 
 FAST = FindConfig(localizer="gauss")
@@ -143,3 +143,401 @@ def test_float_frames_with_dead_rows_run_through_to_the_report(drifting_series, 
     assert (res.run_dir / "report" / "index.html").exists()
     assert res.particles.shape[0] == 6
     assert np.isfinite(res.peaks.loc[res.peaks.ok, ["x", "y"]].to_numpy()).all()
+
+
+# ----------------------------------------------------------------------------- input identity
+
+
+def _interrupt_after(monkeypatch, n_chunks):
+    """Make the run stop (as on Ctrl-C) while localizing chunk ``n_chunks`` + 1."""
+    import braggtrack.runner as runner
+
+    real = runner._localize_task
+    calls = {"n": 0}
+
+    def localize(task, detected):
+        calls["n"] += 1
+        if calls["n"] > n_chunks:
+            raise KeyboardInterrupt
+        return real(task, detected)
+
+    monkeypatch.setattr(runner, "_localize_task", localize)
+
+
+def _replace_input(path, seed=11):
+    """Another series of the same shape (and file size) at the same path, with a later
+    mtime (set explicitly: a file rewritten within the clock's resolution keeps its mtime).
+    Written beside it and renamed over it, as copying tools do (and HDF5 refuses to open a
+    file for writing that this process still reads)."""
+    import shutil
+
+    import h5py
+
+    before = path.stat()
+    tmp = path.with_name("replacement.h5")
+    shutil.copyfile(path, tmp)
+    rng = np.random.default_rng(seed)
+    with h5py.File(tmp, "r+") as h:
+        data = h["/entry/data/data"]
+        data[...] = rng.poisson(30.0, data.shape).astype(data.dtype)
+    os.replace(tmp, path)
+    assert path.stat().st_size == before.st_size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 2_000_000_000))
+    return before
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_tables(drifting_series, tmp_path,
+                                                            monkeypatch):
+    path, _ = drifting_series
+    ref = run(path, tmp_path / "ref", config=FAST, track=NOREPORT, chunk_size=2, progress=False)
+    out = tmp_path / "r"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            run(path, out, config=FAST, track=NOREPORT, chunk_size=2, progress=False)
+    info = json.loads((out / "run.json").read_text())
+    assert 1 <= len(info["chunks"]) <= 3 and info["finished"] is None
+    # size and mtime are in run.json from the start, before the checksum is done
+    st = path.stat()
+    assert info["inputs"] == [{"path": str(path.resolve()), "size": st.st_size,
+                               "mtime_ns": st.st_mtime_ns}]
+    res = run(path, out, config=FAST, track=NOREPORT, chunk_size=2, progress=False)
+    assert res.info["resumed"] and res.info["inputs"][0]["xxh3_128"]
+    assert res.info["inputs"][0]["mtime_ns"] == st.st_mtime_ns
+    for name in ("peaks", "tracks", "particles", "frames"):
+        pd.testing.assert_frame_equal(getattr(ref, name), getattr(res, name))
+
+
+def test_resume_refuses_an_input_replaced_after_some_chunks(drifting_series, tmp_path,
+                                                            monkeypatch):
+    path, _ = drifting_series
+    out = tmp_path / "r"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            run(path, out, config=FAST, track=NOREPORT, chunk_size=2, progress=False)
+    kept = sorted((out / "chunks").iterdir())
+    _replace_input(path)
+    with pytest.raises(OptionError, match=r"series\.h5 changed since this run started "
+                       r"\(size/modification time differ\); use --force to start again"):
+        run(path, out, config=FAST, track=NOREPORT, chunk_size=2, progress=False)
+    assert sorted((out / "chunks").iterdir()) == kept  # refused: nothing touched
+    res = run(path, out, config=FAST, track=NOREPORT, chunk_size=2, progress=False, force=True)
+    assert not res.info["resumed"]
+
+
+def test_rerun_of_a_finished_run_refuses_a_replaced_input(drifting_series, tmp_path):
+    path, _ = drifting_series
+    out = tmp_path / "r"
+    run(path, out, config=FAST, track=NOREPORT, chunk_size=4, progress=False)
+    # unchanged: the rerun is accepted and keeps the recorded checksum
+    again = run(path, out, config=FAST, track=NOREPORT, chunk_size=4, progress=False)
+    assert again.info["resumed"]
+    _replace_input(path)
+    with pytest.raises(OptionError, match="changed since this run started"):
+        run(path, out, config=FAST, track=NOREPORT, chunk_size=4, progress=False)
+
+
+def test_run_recorded_without_mtime_compares_the_checksum(drifting_series, tmp_path):
+    # A run.json written before size and mtime were recorded at the start has the size and
+    # checksum only: a same-size replacement is caught by the checksum at the end.
+    path, _ = drifting_series
+    out = tmp_path / "r"
+    run(path, out, config=FAST, track=NOREPORT, chunk_size=4, progress=False)
+    info = json.loads((out / "run.json").read_text())
+    for rec in info["inputs"]:
+        del rec["mtime_ns"]
+    (out / "run.json").write_text(json.dumps(info))
+    _replace_input(path)
+    with pytest.raises(OptionError, match="changed since this run started .checksum differs"):
+        run(path, out, config=FAST, track=NOREPORT, chunk_size=4, progress=False)
+
+
+def test_input_changed_during_the_run_is_refused_at_the_end(drifting_series, tmp_path,
+                                                           monkeypatch):
+    from braggtrack.runner import _RunState
+
+    path, _ = drifting_series
+    real = _RunState.record
+
+    def record(self, result, bar=None):
+        # Between two chunks, on the thread that reads the frames: a replacement by another
+        # program, seen by the chunks after it.
+        if result["start"] == 0:
+            _replace_input(path)
+        return real(self, result, bar)
+
+    monkeypatch.setattr(_RunState, "record", record)
+    with pytest.raises(OptionError, match="changed since this run started"):
+        run(path, tmp_path / "r", config=FAST, track=NOREPORT, chunk_size=4, progress=False)
+
+
+# ----------------------------------------------------------------------------- options up front
+
+
+def _no_frame_work(monkeypatch):
+    import braggtrack.runner as runner
+
+    monkeypatch.setattr(runner, "_detect_task",
+                        lambda *a, **k: pytest.fail("frames were processed"))
+
+
+@pytest.mark.parametrize("options, needle", [
+    (dict(search_range=float("nan")), "--search-range"),
+    (dict(distance_mm=100.0, beam_x=30.0, beam_y=30.0, pixel_um=-75.0), "--pixel must be"),
+    (dict(distance_mm=0.0, beam_x=30.0, beam_y=30.0, pixel_um=75.0), "--distance must be"),
+    (dict(distance_mm=100.0, beam_x=30.0, beam_y=30.0, pixel_um=75.0,
+          wavelength_A=float("inf")), "--wavelength must be"),
+    (dict(beam_x=float("nan")), "--beam-x must be"),
+    (dict(distance_mm=100.0, beam_x=30.0, beam_y=30.0, pixel_um=75.0, wavelength_A=1.0,
+          d_ref=-1.0), "--d-ref must be"),
+    (dict(distance_mm=100.0, beam_x=30.0, beam_y=30.0, pixel_um=75.0, wavelength_A=1.0,
+          hkl=(0, 0, 0)), "--hkl 0 0 0"),
+    (dict(distance_mm=100.0, beam_x=30.0, beam_y=30.0, pixel_um=75.0, wavelength_A=1.0,
+          hkl=(1, 1, 1), crystal_system="cubik"), "--system must be one of"),
+    (dict(distance_mm=100.0, beam_x=30.0, beam_y=30.0, pixel_um=75.0, wavelength_A=1.0,
+          hkl=(1, 1, 1), crystal_system="hexagonal", c_over_a=0.0), "--c-over-a must be"),
+    (dict(reference_frame=-1), "--reference-frame"),
+    (dict(wavelength_A=1.0), "--wavelength needs a detector geometry"),
+    (dict(hkl=(1, 1, 1), d_ref=2.0), "--d-ref, --hkl need a detector geometry"),
+    (dict(poni="x.poni", distance_mm=100.0), "--poni holds the geometry"),
+])
+def test_bad_track_values_are_one_line_option_errors(options, needle):
+    with pytest.raises(OptionError, match=re_escape(needle)):
+        TrackConfig(**options)
+
+
+def re_escape(text):
+    import re
+
+    return re.escape(text)
+
+
+def _poni(tmp_path, wavelength_A=1.0):
+    from braggtrack.geometry import Geometry
+
+    g = Geometry.simple(100.0, 31.5, 31.5, 75.0, wavelength_A=wavelength_A)
+    return str(g.to_poni(tmp_path / "det.poni"))
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("missing_poni", "no such PONI file"),
+    ("no_beam_y", "missing --beam-y"),
+    ("d_ref_no_wavelength", "--d-ref needs d-spacings"),
+    ("hkl_poni_no_wavelength", "(the PONI file has none)"),
+    ("tetragonal_l_without_c_over_a", "--hkl 1 0 1 --system tetragonal"),
+    ("missing_meta", "no such metadata file"),
+    ("short_meta", "5 metadata rows for 12 frames"),
+    ("cycler_without_time", "no time_s column"),
+    ("reference_frame_beyond", "--reference-frame 12: the series has 12 frames (0..11)"),
+    ("poni_wavelength_disagrees", "disagree"),
+])
+def test_bad_geometry_or_metadata_fails_before_any_frame_work(drifting_series, tmp_path,
+                                                              monkeypatch, case, needle):
+    path, _ = drifting_series
+    simple = dict(distance_mm=100.0, beam_x=31.5, pixel_um=75.0)
+    meta = tmp_path / "meta.csv"
+    pd.DataFrame({"frame": range(12), "voltage_V": np.linspace(3, 4, 12)}).to_csv(meta,
+                                                                                   index=False)
+    log = tmp_path / "log.csv"
+    pd.DataFrame({"time_s": [0.0, 100.0], "voltage_V": [3.0, 4.0]}).to_csv(log, index=False)
+    short = tmp_path / "short.csv"
+    pd.DataFrame({"voltage_V": np.linspace(3, 4, 5)}).to_csv(short, index=False)
+    options = {
+        "missing_poni": dict(poni=str(tmp_path / "missing.poni")),
+        "no_beam_y": simple,
+        "d_ref_no_wavelength": dict(simple, beam_y=31.5, d_ref=2.0),
+        "hkl_poni_no_wavelength": dict(poni=None, hkl=(1, 1, 1)),
+        "tetragonal_l_without_c_over_a": dict(simple, beam_y=31.5, wavelength_A=1.0,
+                                              hkl=(1, 0, 1), crystal_system="tetragonal"),
+        "missing_meta": dict(frame_meta=str(tmp_path / "nope.csv")),
+        "short_meta": dict(frame_meta=str(short)),
+        "cycler_without_time": dict(frame_meta=str(meta), cycler_log=str(log)),
+        "reference_frame_beyond": dict(reference_frame=12),
+        "poni_wavelength_disagrees": dict(poni=None, wavelength_A=0.7),
+    }[case]
+    if case == "hkl_poni_no_wavelength":
+        options["poni"] = _poni(tmp_path, wavelength_A=None)
+    if case == "poni_wavelength_disagrees":
+        options["poni"] = _poni(tmp_path, wavelength_A=1.0)
+    _no_frame_work(monkeypatch)
+    out = tmp_path / "r"
+    with pytest.raises((OptionError, InputFileError), match=re_escape(needle)):
+        run(path, out, config=FAST, track=TrackConfig(report=False, **options),
+            progress=False)
+    assert not out.exists()
+
+
+def test_wavelength_supplies_a_poni_file_without_one(drifting_series, tmp_path):
+    path, _ = drifting_series
+    res = run(path, tmp_path / "r", config=FAST, progress=False,
+              track=TrackConfig(report=False, poni=_poni(tmp_path, None), wavelength_A=0.7,
+                                d_ref=2.0))
+    t = res.tracks
+    wl = 2 * t.d_spacing * np.sin(np.radians(t.two_theta) / 2)
+    assert np.allclose(wl, 0.7) and "strain" in t
+
+
+def test_other_track_options_on_a_finished_run_redo_only_the_end(drifting_series, tmp_path,
+                                                                 monkeypatch):
+    from braggtrack.runner import link_and_measure
+
+    path, _ = drifting_series
+    out = tmp_path / "r"
+    first = run(path, out, config=FAST, track=NOREPORT, chunk_size=4, progress=False)
+    chunks = {p.name: p.stat().st_mtime_ns for p in (out / "chunks").iterdir()}
+    other = TrackConfig(report=False, min_length=20, beam_x=10.0, beam_y=12.0)
+    with monkeypatch.context() as m:
+        _no_frame_work(m)
+        res = run(path, out, config=FAST, track=other, chunk_size=4, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "chunks").iterdir()} == chunks
+    assert len(res.tracks) == 0 and len(first.tracks) > 0  # min_length 20 > 12 frames
+    assert res.info["parameters"]["min_length"] == 20
+    assert res.info["fingerprint"]["track"]["beam_x"] == 10.0
+    back = run(path, out, config=FAST, track=TrackConfig(report=False, beam_x=10.0,
+               beam_y=12.0), chunk_size=4, progress=False)
+    expected, _, _ = link_and_measure(first.peaks, TrackConfig(report=False, beam_x=10.0,
+                                                               beam_y=12.0), (64, 64))
+    pd.testing.assert_frame_equal(back.tracks, expected)
+    # a find option still decides the chunks: refused, and the message says which
+    with pytest.raises(OptionError, match=r"find\.patch"):
+        run(path, out, config=FAST.replace(patch=9), track=NOREPORT, chunk_size=4,
+            progress=False)
+
+
+# ----------------------------------------------------------------------------- scheduler, Ctrl-C
+
+
+def test_unreachable_scheduler_is_one_line(drifting_series, tmp_path, monkeypatch):
+    import braggtrack.runner as runner
+
+    path, _ = drifting_series
+    with pytest.raises(OptionError, match="cannot reach the Dask scheduler at notanaddress: "):
+        run(path, tmp_path / "a", config=FAST, track=NOREPORT, scheduler="notanaddress",
+            progress=False)
+    monkeypatch.setattr(runner, "SCHEDULER_TIMEOUT_S", 1.0)
+    t0 = time.time()
+    with pytest.raises(OptionError, match=r"at tcp://127\.0\.0\.1:1: .*after 1 s"):
+        run(path, tmp_path / "b", config=FAST, track=NOREPORT, scheduler="tcp://127.0.0.1:1",
+            progress=False)
+    assert time.time() - t0 < 10
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_bad_scheduler_is_one_line_exit_2(drifting_series, tmp_path):
+    path, _ = drifting_series
+    res = subprocess.run(_cli("run", path, "-o", tmp_path / "r", "-q", "--scheduler",
+                              "notanaddress"), capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: cannot reach the Dask scheduler at notanaddress")
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_what_is_kept_exits_130_and_resumes(drifting_series, tmp_path):
+    path, _ = drifting_series
+    args = ["run", path, "--localizer", "gauss", "--chunk-size", "1", "--no-report", "--quiet",
+            "--workers", "1"]
+    ref = tmp_path / "ref"
+    subprocess.run(_cli(*args, "-o", ref), check=True, capture_output=True)
+    out = tmp_path / "int"
+    # Slow every chunk down so that the signal lands in the middle of the run.
+    slow = ("import time, runpy, sys, braggtrack.runner as r; real = r._localize_task; "
+            "r._localize_task = lambda t, d: (time.sleep(0.3), real(t, d))[1]; "
+            "sys.argv = ['braggtrack'] + sys.argv[1:]; runpy.run_module('braggtrack.cli', "
+            "run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", slow, *map(str, args), "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if len(json.loads((out / "run.json").read_text())["chunks"]) >= 3:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 130, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    import re
+
+    m = re.fullmatch(r"interrupted: (\d+) of 12 chunks kept in (.+); rerun the same command "
+                     r"to resume", lines[0])
+    assert m and m.group(2) == str(out), lines[0]
+    kept = int(m.group(1))
+    assert 3 <= kept < 12
+    assert len(json.loads((out / "run.json").read_text())["chunks"]) == kept
+    final = subprocess.run(_cli(*args, "-o", out), capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr
+    a, b = _tables(ref), _tables(out)
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name])
+
+
+# ----------------------------------------------------------------------------- track command
+
+
+def test_track_command_measures_radial_shift_from_a_known_centre_only(drifting_series,
+                                                                      tmp_path):
+    import shutil
+
+    from braggtrack.runner import link_and_measure
+
+    path, _ = drifting_series
+    res = run(path, tmp_path / "r", config=FAST, track=NOREPORT, progress=False)
+
+    # A run folder's peak table: the run's own centre (its frame centre here), said so.
+    out = tmp_path / "t.parquet"
+    done = subprocess.run(_cli("track", tmp_path / "r" / "peaks.parquet", "-o", out),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "radial_shift measured from (31.5, 31.5) px, the centre of the run's 64x64 frames" \
+        in done.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(out), res.tracks)
+
+    # A table alone: no frame size, no centre given: no radial_shift rather than a guess.
+    alone = tmp_path / "elsewhere" / "peaks.parquet"
+    alone.parent.mkdir()
+    shutil.copy(tmp_path / "r" / "peaks.parquet", alone)
+    done = subprocess.run(_cli("track", alone, "-o", out, "--force"), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [ln for ln in done.stderr.splitlines() if ln.strip()] == [
+        "note: no radial_shift column: the beam centre is unknown (give --beam-x and --beam-y)"]
+    assert "radial_shift" not in pd.read_parquet(out)
+
+    # The centre given: measured from it, as run() does with the same options.
+    done = subprocess.run(_cli("track", alone, "-o", out, "--force", "--beam-x", 10,
+                               "--beam-y", 12), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    expected, _, _ = link_and_measure(res.peaks, TrackConfig(beam_x=10.0, beam_y=12.0))
+    pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
+
+    done = subprocess.run(_cli("track", alone, "-o", out, "--force", "--beam-x", 10),
+                          capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert done.returncode == 2 and lines == [
+        "error: --beam-x needs --beam-y too: the frame size, whose centre would stand in, is "
+        "unknown"], done.stderr
+
+
+def test_force_with_a_bad_option_keeps_the_old_run(drifting_series, tmp_path):
+    # The options are checked before --force deletes the folder: a typo costs nothing.
+    path, _ = drifting_series
+    out = tmp_path / "r"
+    run(path, out, config=FAST, track=NOREPORT, progress=False)
+    with pytest.raises(InputFileError, match="no such PONI file"):
+        run(path, out, config=FAST, track=TrackConfig(report=False, poni=str(tmp_path / "x")),
+            progress=False, force=True)
+    assert json.loads((out / "run.json").read_text())["finished"]
+
+
+def test_geometry_without_wavelength_gives_strain_from_two_theta(drifting_series, tmp_path):
+    path, _ = drifting_series
+    res = run(path, tmp_path / "r", config=FAST, progress=False, track=TrackConfig(
+        report=False, distance_mm=100.0, beam_x=31.5, beam_y=31.5, pixel_um=75.0))
+    assert {"two_theta", "strain", "strain_err"} <= set(res.tracks.columns)
+    assert "d_spacing" not in res.tracks and "radial_shift" not in res.tracks
+    assert (res.tracks.groupby("particle").strain.first() == 0).all()

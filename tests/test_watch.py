@@ -97,3 +97,86 @@ def test_cli_watch_on_a_folder(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     frames = pd.read_parquet(tmp_path / "run" / "frames.parquet")
     assert sorted(frames.frame) == list(range(6))
+
+
+def _h5_series(path, n, start=0):
+    """``n`` frames of two drifting peaks in an appendable HDF5 stack (appended to when it
+    exists)."""
+    import h5py
+    import numpy as np
+
+    import tests_path  # noqa: F401
+    from conftest import render_frame
+
+    rng = np.random.default_rng(start)
+    frames = [rng.poisson(render_frame((64, 64), [(15.2 + 0.1 * i, 20.3, 1.0, 5000.0),
+                                                  (40.7, 44.1 - 0.1 * i, 1.1, 7000.0)], 20.0))
+              .astype(np.uint16) for i in range(start, start + n)]
+    with h5py.File(path, "a") as f:
+        if "/entry/data/data" not in f:
+            f.create_dataset("/entry/data/data", shape=(0, 64, 64), maxshape=(None, 64, 64),
+                             dtype=np.uint16, chunks=(1, 64, 64))
+        ds = f["/entry/data/data"]
+        ds.resize((start + n, 64, 64))
+        ds[start:] = np.stack(frames)
+
+
+def test_watch_resumes_a_grown_input_and_a_plain_rerun_checks_it(tmp_path):
+    # The input of a watch grows by design: it is not refused as changed. A plain run on the
+    # finished watch's folder is, once the input changes again.
+    import os
+
+    from braggtrack.errors import OptionError
+    from braggtrack.runner import run
+
+    source = tmp_path / "live.h5"
+    _h5_series(source, 4)
+    opts = dict(config=FindConfig(localizer="centroid"), track=TrackConfig(report=False),
+                chunk_size=2, poll_s=0.05, quiet_s=0.3, progress=False)
+    first = watch(source, tmp_path / "run", **opts)
+    assert sorted(first.frames.frame) == [0, 1, 2, 3]
+    _h5_series(source, 3, start=4)
+    again = watch(source, tmp_path / "run", **opts)
+    assert sorted(again.frames.frame) == list(range(7)) and again.info["resumed"]
+    rec = again.info["inputs"][0]
+    assert rec["size"] == source.stat().st_size and rec["mtime_ns"] == source.stat().st_mtime_ns
+    plain = {k: v for k, v in opts.items() if k not in ("poll_s", "quiet_s")}
+    rerun = run(source, tmp_path / "run", **plain)
+    pd.testing.assert_frame_equal(rerun.tracks, again.tracks)
+    _h5_series(source, 1, start=7)
+    st = source.stat()
+    os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    with pytest.raises(OptionError, match="live.h5 changed since this run started"):
+        run(source, tmp_path / "run", **plain)
+
+
+@pytest.mark.parametrize("track, needle", [
+    (dict(poni="missing.poni"), "no such PONI file"),
+    (dict(frame_meta="missing.csv"), "no such metadata file"),
+])
+def test_watch_checks_geometry_and_metadata_before_any_frame(tmp_path, monkeypatch, track,
+                                                             needle):
+    import braggtrack.runner as runner
+    from braggtrack.errors import BraggTrackError
+
+    source = tmp_path / "live.h5"
+    _h5_series(source, 2)
+    monkeypatch.setattr(runner, "_detect_task",
+                        lambda *a, **k: pytest.fail("frames were processed"))
+    track = {k: str(tmp_path / v) for k, v in track.items()}
+    with pytest.raises(BraggTrackError, match=needle):
+        watch(source, tmp_path / "run", config=FindConfig(localizer="centroid"),
+              track=TrackConfig(report=False, **track), poll_s=0.05, quiet_s=0.3,
+              progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_watch_bad_scheduler_fails_at_once(tmp_path):
+    from braggtrack.errors import OptionError
+
+    source = tmp_path / "live.h5"
+    _h5_series(source, 2)
+    with pytest.raises(OptionError, match="cannot reach the Dask scheduler at notanaddress"):
+        watch(source, tmp_path / "run", config=FindConfig(localizer="centroid"),
+              track=TrackConfig(report=False), scheduler="notanaddress", poll_s=0.05,
+              quiet_s=0.3, progress=False)

@@ -187,16 +187,25 @@ def find(
 
 @app.command()
 def track(
-    peaks: Annotated[Path, typer.Argument(help="Peak table from `braggtrack find`.")],
+    peaks: Annotated[Path, typer.Argument(help="Peak table from `braggtrack find` (or a run "
+                                          "folder's peaks.parquet).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Tracks table: .parquet, .csv or .h5.")],
     search_range: SearchRange = 5.0,
     memory: Memory = 3,
     min_length: MinLength = 1,
+    beam_x: Annotated[float | None, typer.Option(
+        "--beam-x", help="Beam centre column, pixels, where radial_shift is measured from "
+        "(give it with --beam-y) [default: for a run folder's peaks.parquet, the run's own "
+        "centre (its --beam-x/--beam-y, else its frame centre, said on stderr); otherwise "
+        "no radial_shift column, as the frame size is not in a peak table].")] = None,
+    beam_y: Annotated[float | None, typer.Option(
+        "--beam-y", help="Beam centre row, pixels (see --beam-x).")] = None,
     particles_out: Annotated[Path | None, typer.Option(
         "--particles", help="Also write the per-particle summary table here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
 ) -> None:
-    """Link peaks across frames into trajectories (braggtrack.link)."""
+    """Link peaks across frames into trajectories and measure radial_shift
+    (braggtrack.runner.link_and_measure)."""
     from .errors import OptionError
     from .runner import TrackConfig, link_and_measure
     from .tables import read_table, table_format, write_table
@@ -208,15 +217,41 @@ def track(
     missing = {"frame", "x", "y", "ok"} - set(table.columns)
     if missing:
         raise OptionError(f"{peaks}: not a peak table (missing columns {sorted(missing)})")
-    h = int(table["y_det"].max()) + 1 if len(table) else 1
-    w = int(table["x_det"].max()) + 1 if len(table) else 1
-    tracks, parts, _ = link_and_measure(
+    shape, note = None, None
+    if beam_x is None and beam_y is None:
+        beam_x, beam_y, shape, note = _run_beam_centre(peaks)
+    tracks, parts, info = link_and_measure(
         table, TrackConfig(search_range=search_range, memory=memory, min_length=min_length,
-                           report=False), (h, w))
+                           beam_x=beam_x, beam_y=beam_y, report=False), shape)
     write_table(tracks, out)
     if particles_out:
         write_table(parts, particles_out)
+    if info.get("beam_centre_px") is None:
+        typer.echo("note: no radial_shift column: the beam centre is unknown (give --beam-x "
+                   "and --beam-y)", err=True)
+    elif note:
+        bx, by = info["beam_centre_px"]
+        typer.echo(f"note: radial_shift measured from ({bx:g}, {by:g}) px, {note}", err=True)
     typer.echo(f"wrote {out}: {tracks['particle'].nunique() if len(tracks) else 0} trajectories")
+
+
+def _run_beam_centre(peaks: Path):
+    """``(beam_x, beam_y, frame_shape, note)`` of the run folder a peak table lies in (its
+    run.json), so that ``track`` measures radial_shift as ``run`` did; all None elsewhere.
+    ``note`` says where a centre not given to the run came from."""
+    import json
+
+    run_json = Path(peaks).resolve().parent / "run.json"
+    try:
+        info = json.loads(run_json.read_text())
+        shape = tuple(int(v) for v in info["frame_shape"][-2:])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None, None, None
+    params = info.get("parameters") or {}
+    bx, by = params.get("beam_x"), params.get("beam_y")
+    if bx is not None and by is not None:
+        return bx, by, shape, None
+    return bx, by, shape, f"the centre of the run's {shape[0]}x{shape[1]} frames ({run_json})"
 
 
 @app.command()
@@ -281,10 +316,13 @@ def run(
         "--workers", help="Worker processes on this machine [default: all cores: one process "
         "with threads up to 4 cores, one worker process per 4 cores beyond].")] = 0,
     scheduler: Annotated[str | None, typer.Option(
-        "--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://host:8786.")] = None,
+        "--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://host:8786 "
+        "(one that does not answer within 10 s stops the run before any frame work).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Delete an existing run folder first.")] = False,
     resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue a previous run (also automatic when the parameters match).")] = False,
+        "--resume", help="Continue a previous run (also automatic when the input and the find "
+        "options match; other linking, geometry, metadata or report options redo only those "
+        "steps; an input file whose size or modification time changed is refused).")] = False,
     strict: Strict = False,
     watch: Annotated[bool, typer.Option(
         "--watch", help="Follow a growing series (folder receiving files, HDF5 being appended "
@@ -313,19 +351,39 @@ def run(
         chunk_size=chunk_size, workers=workers or default_workers(), scheduler=scheduler,
         force=force, strict=strict, progress=not quiet, command=_command_line(),
     )
-    if watch:
-        from .runner import watch as watch_api
+    if watch and not (quiet_period > 0):
+        from .errors import OptionError
 
-        if not (quiet_period > 0):
-            from .errors import OptionError
+        raise OptionError(f"--quiet-period must be > 0 seconds, got {quiet_period}")
+    try:
+        if watch:  # Ctrl-C ends a watch normally; a second one, while it finishes, lands below
+            from .runner import watch as watch_api
 
-            raise OptionError(f"--quiet-period must be > 0 seconds, got {quiet_period}")
-        result = watch_api(input, out, quiet_s=quiet_period, **common)
-    else:
-        result = run_api(input, out, resume=True if resume else None, **common)
+            result = watch_api(input, out, quiet_s=quiet_period, **common)
+        else:
+            result = run_api(input, out, resume=True if resume else None, **common)
+    except KeyboardInterrupt:
+        # typer turns Ctrl-C into a silent exit 130: say what is kept and how to go on.
+        typer.echo(f"interrupted: {_chunks_kept(out)} kept in {out}; rerun the same command "
+                   "to resume", err=True)
+        raise typer.Exit(130) from None
     _print_run_summary(result)
     if result.frames_skipped:
         raise typer.Exit(EXIT_SKIPPED)
+
+
+def _chunks_kept(out: Path) -> str:
+    """``N of M chunks`` finished in the run folder ``out`` (from its run.json)."""
+    import json
+    import math
+
+    try:
+        info = json.loads((out / "run.json").read_text())
+        done = len(info.get("chunks") or [])
+        total = math.ceil(int(info["n_frames"]) / int(info["parameters"]["chunk_size"]))
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return "no chunks"
+    return f"{done} of {total} chunks"
 
 
 def _rejections(peaks) -> str:

@@ -21,6 +21,7 @@ import functools
 import html
 import io as _io
 import json
+import logging
 import math
 import os
 import time
@@ -180,6 +181,9 @@ def _load_run_dir(path: Path, *, frames, dataset) -> RunData:
         if (path / name).exists():
             setattr(run, attr, _read(path / name))
     dataset = dataset or info.get("parameters", {}).get("dataset")
+    # A watch in progress reads its growing input as it is now; any other run is checked
+    # against what run.json recorded.
+    recorded = frames is None and not info.get("live")
     if frames is None:
         frames = frames_source(info)
         if frames is None:
@@ -188,11 +192,38 @@ def _load_run_dir(path: Path, *, frames, dataset) -> RunData:
         if not Path(frames).exists() and not any(ch in str(frames) for ch in "*?["):
             run.frames_note = f"the input {frames} is no longer there"
             return run
+        # Whatever file is now at the recorded path may be another one: its peaks would be
+        # drawn on (and compared in) frames they were not found in.
+        note = _recorded_input_note(info) if recorded else ""
+        if note:
+            run.frames_note = note
+            return run
     try:
         run.series = _open_series(frames, dataset)
     except BraggTrackError as exc:
         run.frames_note = f"the frames could not be opened ({exc})"
+        return run
+    n_run = info.get("n_frames")
+    if recorded and n_run is not None and len(run.series) != int(n_run):
+        run.frames_note = (f"the input {frames} now has {len(run.series)} frames, the run had "
+                           f"{int(n_run)}")
+        run.series = None
     return run
+
+
+def _recorded_input_note(info: dict) -> str:
+    """Why the input files ``run.json`` recorded are not the ones on disk now, or ``""``:
+    size and modification time are compared (the size alone for runs recorded before the
+    modification time was)."""
+    from .runner import input_changes
+
+    change = input_changes(info.get("inputs"))
+    if change is None:
+        return ""
+    file, problem = change
+    if problem == "missing":
+        return f"the input {file} is no longer there"
+    return f"the input {file} changed since the run (size/modification time differ)"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -1102,6 +1133,10 @@ def make_report(
     if gallery_size < 0:
         raise OptionError(f"gallery_size must be >= 0, got {gallery_size}")
     run = load_run(run_dir, frames=frames, dataset=dataset)
+    if run.series is None and not run.table_only:
+        # Said on the console too: the page alone would hide it from the one who asked.
+        logging.getLogger("braggtrack").warning("%s: %s; the report has no frame images",
+                                                run_dir, run.frames_note)
     path = _resolve_out(run, out)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

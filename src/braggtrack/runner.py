@@ -36,7 +36,7 @@ import pandas as pd
 
 from . import __version__
 from .config import FindConfig
-from .errors import BraggTrackError, OptionError
+from .errors import BraggTrackError, InputFileError, OptionError
 from .pipeline import (
     Calibration,
     detect_chunk,
@@ -122,6 +122,53 @@ class TrackConfig:
         if self.cycler_log is not None and self.frame_meta is None:
             raise OptionError("--cycler-log needs --frame-meta with the frames' time stamps "
                               "(a time_s column)")
+        if not np.isfinite(self.search_range):
+            raise OptionError(f"--search-range must be finite, got {self.search_range}")
+        # Physical quantities: a zero, negative or non-finite value would only surface as
+        # NaN columns (or a pyFAI error) after every frame had been processed.
+        for name, option in (("distance_mm", "--distance"), ("pixel_um", "--pixel"),
+                             ("wavelength_A", "--wavelength"), ("d_ref", "--d-ref"),
+                             ("c_over_a", "--c-over-a")):
+            value = getattr(self, name)
+            if value is not None and not (_is_number(value) and np.isfinite(value)
+                                          and value > 0):
+                raise OptionError(f"{option} must be a finite number > 0, got {value}")
+        for name, option in (("beam_x", "--beam-x"), ("beam_y", "--beam-y")):
+            value = getattr(self, name)
+            if value is not None and not (_is_number(value) and np.isfinite(value)):
+                raise OptionError(f"{option} must be a finite number of pixels, got {value}")
+        if self.reference_frame is not None and not (
+                _is_integer(self.reference_frame) and self.reference_frame >= 0):
+            raise OptionError(f"--reference-frame must be a frame number >= 0, got "
+                              f"{self.reference_frame}")
+        if self.hkl is not None:
+            hkl = tuple(self.hkl)
+            if len(hkl) != 3 or not all(_is_integer(v) for v in hkl):
+                raise OptionError(f"--hkl must be three integers h k l, got {self.hkl}")
+            if not any(hkl):
+                raise OptionError("--hkl 0 0 0 is not a reflection")
+        from .geometry import _SYSTEMS
+
+        if self.crystal_system not in _SYSTEMS:
+            raise OptionError(f"--system must be one of {', '.join(_SYSTEMS)}, got "
+                              f"{self.crystal_system!r}")
+        if self.poni is not None:
+            mixed = [o for n, o in (("distance_mm", "--distance"), ("beam_x", "--beam-x"),
+                                    ("beam_y", "--beam-y"), ("pixel_um", "--pixel"))
+                     if getattr(self, n) is not None]
+            if mixed:
+                # The PONI file holds these; taking one of the two silently would be a guess.
+                raise OptionError(f"--poni holds the geometry; {', '.join(mixed)} cannot be "
+                                  "given with it")
+        elif self.distance_mm is None:
+            unused = [o for n, o in (("pixel_um", "--pixel"), ("wavelength_A", "--wavelength"),
+                                     ("d_ref", "--d-ref"), ("hkl", "--hkl"),
+                                     ("c_over_a", "--c-over-a"))
+                      if getattr(self, n) is not None]
+            if unused:
+                verb = "needs" if len(unused) == 1 else "need"
+                raise OptionError(f"{', '.join(unused)} {verb} a detector geometry: --poni, "
+                                  "or --distance with --beam-x, --beam-y and --pixel")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -129,6 +176,15 @@ class TrackConfig:
             d["hkl"] = list(d["hkl"])
         d["formats"] = list(d["formats"])
         return d
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_))
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass(frozen=True)
@@ -312,16 +368,76 @@ def _json_default(obj):
     raise TypeError(f"not JSON serializable: {type(obj)}")
 
 
+def _stat_record(files: Sequence[Path]) -> list[dict]:
+    """Path, size and modification time (ns) of every input file: what a resumed run, the
+    report and the comparison check to notice an input replaced since the run started (a
+    stat per file, so it costs nothing beside the frame work)."""
+    records = []
+    for q in files:
+        st = Path(q).stat()
+        records.append({"path": str(Path(q).resolve()), "size": st.st_size,
+                        "mtime_ns": st.st_mtime_ns})
+    return records
+
+
 def _input_record(files: Sequence[Path]) -> list[dict]:
-    """Path, size and checksum (xxh3-128: a multi-GB input is read at ~7 GB/s, so recording
-    it costs little beside the frame work) of every input file the reader found."""
+    """:func:`_stat_record` plus the checksum (xxh3-128: a multi-GB input is read at
+    ~7 GB/s, so recording it costs little beside the frame work) of every input file."""
     from .io import file_checksum
 
-    return [
-        {"path": str(Path(q).resolve()), "size": Path(q).stat().st_size,
-         "xxh3_128": file_checksum(q, algorithm="xxh3_128")}
-        for q in files
-    ]
+    return [{**rec, "xxh3_128": file_checksum(rec["path"], algorithm="xxh3_128")}
+            for rec in _stat_record(files)]
+
+
+def input_changes(records: Sequence[dict] | None,
+                  files: Sequence[str | os.PathLike] | None = None) -> tuple[str, str] | None:
+    """The first input file that is not what a run recorded, or None.
+
+    Parameters
+    ----------
+    records : list of dict
+        ``run.json``'s ``inputs``: ``path``, ``size`` and, since size and modification time
+        are recorded at the start of a run, ``mtime_ns`` (older runs: the size alone is
+        compared).
+    files : list of path, optional
+        The files the input consists of now (a folder may have gained or lost files); by
+        default only the recorded files are checked.
+
+    Returns
+    -------
+    (path, problem) or None
+        ``problem`` is ``"changed"`` (size or modification time differ), ``"missing"``,
+        or ``"added"`` (a file of ``files`` the run did not read).
+    """
+    if not records:
+        return None
+    for rec in records:
+        path = Path(rec["path"])
+        try:
+            st = path.stat()
+        except OSError:
+            return str(path), "missing"
+        if st.st_size != rec.get("size") or (
+                rec.get("mtime_ns") is not None and st.st_mtime_ns != rec["mtime_ns"]):
+            return str(path), "changed"
+    if files is not None:
+        known = {rec["path"] for rec in records}
+        for q in files:
+            if str(Path(q).resolve()) not in known:
+                return str(Path(q).resolve()), "added"
+    return None
+
+
+def _refuse_changed_input(records: Sequence[dict] | None, files, when: str) -> None:
+    change = input_changes(records, files)
+    if change is None:
+        return
+    path, problem = change
+    what = {"changed": "changed", "missing": "is no longer there",
+            "added": "was added to the input"}[problem]
+    detail = " (size/modification time differ)" if problem == "changed" else ""
+    raise OptionError(f"{path} {what} since this run {when}{detail}; use --force to start "
+                      "again")
 
 
 def _background(func):
@@ -353,11 +469,17 @@ def _model_record(config: FindConfig) -> dict | None:
     return {"path": str(path), "sha256": file_checksum(path)}
 
 
+#: Fingerprint entries that only the end of a run (linking, geometry, metadata, report)
+#: reads: a run resumed or rerun with other values keeps its chunks and redoes that end.
+_FINISH_ONLY = ("track",)
+
+
 def _fingerprint(
     source: str, dataset: str | None, config: FindConfig, calibration: dict, chunk_size: int,
     track: TrackConfig,
 ) -> dict:
-    """The parameters that decide the chunk files; a resumed run must match them exactly."""
+    """The parameters of a run. All but ``track`` decide the chunk files, and a resumed run
+    must match them exactly; ``track`` is recorded but only decides the final tables."""
     return {
         "input": source,
         "dataset": dataset,
@@ -366,6 +488,20 @@ def _fingerprint(
         "calibration": calibration,
         "track": track.to_dict(),
     }
+
+
+def _fingerprint_differences(previous: dict, current: dict) -> list[str]:
+    """Names of the chunk-deciding parameters that differ (``find.patch``, ``input``, ...)."""
+    diff = []
+    for key in sorted(set(previous) | set(current)):
+        if key in _FINISH_ONLY or previous.get(key) == current.get(key):
+            continue
+        a, b = previous.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        else:
+            diff.append(key)
+    return diff
 
 
 def _prepare_run_dir(
@@ -393,10 +529,12 @@ def _prepare_run_dir(
         previous = json.loads(run_json.read_text())
     except (OSError, ValueError):
         raise OptionError(f"{run_json}: unreadable run.json; use --force to start over") from None
-    if previous.get("fingerprint") != fingerprint:
+    diff = _fingerprint_differences(previous.get("fingerprint") or {}, fingerprint)
+    if diff:
+        shown = ", ".join(diff[:4]) + (", ..." if len(diff) > 4 else "")
         raise OptionError(
-            f"{out}: holds a run with other input or parameters; use --force to overwrite "
-            "it or choose another -o"
+            f"{out}: holds a run with other input or parameters ({shown}); use --force to "
+            "overwrite it or choose another -o"
         )
     if resume is False:
         raise OptionError(f"{out}: a run is already there; use --resume to continue or --force")
@@ -440,30 +578,68 @@ def quiet_dask() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _execute(tasks: list[ChunkTask], workers: int, scheduler: str | None, on_done) -> None:
+#: Seconds to wait for a Dask scheduler to answer (Dask's own default is 30 s).
+SCHEDULER_TIMEOUT_S = 10.0
+
+
+def connect(scheduler: str, timeout_s: float | None = None):
+    """A Dask ``Client`` of the scheduler at ``scheduler``, or a one-line
+    :class:`~braggtrack.errors.OptionError` saying why there is none (a malformed address
+    raises ValueError inside Dask, an unreachable one OSError after ``timeout_s``, default
+    :data:`SCHEDULER_TIMEOUT_S`)."""
+    from dask.distributed import Client
+
+    quiet_dask()
+    try:
+        return Client(scheduler, timeout=SCHEDULER_TIMEOUT_S if timeout_s is None else timeout_s)
+    except (ValueError, TypeError, OSError) as exc:
+        reason = " ".join(str(exc).split()) or exc.__class__.__name__
+        raise OptionError(f"cannot reach the Dask scheduler at {scheduler}: {reason}") from None
+
+
+def _execute(tasks: list[ChunkTask], workers: int, scheduler: str | None, on_done,
+             client=None) -> None:
+    """Run ``tasks``, calling ``on_done`` with each result: in this process (pipelined), on
+    ``client`` when given, on the scheduler at ``scheduler``, or on a local cluster."""
     if not tasks:
         return
-    if scheduler is None and (workers <= 1 or len(tasks) == 1):
+    if client is None and scheduler is None and (workers <= 1 or len(tasks) == 1):
         _pipelined(tasks, on_done)
         return
     from dask.distributed import Client, as_completed
 
     cluster = None
-    if scheduler is None:
+    own = client is None
+    if client is None and scheduler is None:
         cluster = local_cluster(min(workers, len(tasks)))  # quiets Dask itself
         client = Client(cluster)
-    else:
-        quiet_dask()
-        client = Client(scheduler)
+    elif client is None:
+        client = connect(scheduler)
+    import logging
+
+    futures, callbacks, level = [], logging.getLogger("tornado.application"), None
     try:
         client.run(_limit_threads)
         futures = client.map(process_chunk, tasks, pure=False)
         for _fut, result in as_completed(futures, with_results=True):
             on_done(result)
+    except BaseException:
+        # Ctrl-C or an error: the chunks in flight are dropped (a resumed run redoes them).
+        # Dask's callbacks still waiting for them print tracebacks while the client closes.
+        level = callbacks.level
+        callbacks.setLevel(logging.CRITICAL)
+        with contextlib.suppress(Exception):
+            client.cancel(futures)
+        raise
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        try:
+            if own:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+        finally:
+            if level is not None:
+                callbacks.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- run
@@ -498,8 +674,10 @@ def run(
     source : path
         Frame series: HDF5/NeXus, TIFF, folder or glob, fabio formats, .npy, frame-cache .npz.
     out_dir : path
-        Run folder (created).  An existing run with the same parameters is resumed;
-        anything else there is refused unless ``force``.
+        Run folder (created).  An existing run with the same input and find parameters is
+        resumed (finished chunks are kept; other ``track`` options only redo the linking,
+        geometry and report); anything else there is refused unless ``force``, and so is
+        an input file whose size or modification time changed since the run started.
     config : FindConfig
         Options of the find stage.
     track : TrackConfig
@@ -509,7 +687,8 @@ def run(
     workers : int
         Worker processes on this machine (``1`` runs in this process).
     scheduler : str, optional
-        Address of an existing Dask scheduler (``tcp://host:8786``).
+        Address of an existing Dask scheduler (``tcp://host:8786``); one that does not
+        answer within :data:`SCHEDULER_TIMEOUT_S` seconds is an OptionError.
     force : bool
         Delete whatever is in ``out_dir`` first.
     resume : bool, optional
@@ -528,25 +707,38 @@ def run(
     >>> res = bt.run(bt.data.sample(), "myrun", progress=False)           # doctest: +SKIP
     >>> res.tracks.groupby("particle").size().max()                       # doctest: +SKIP
     """
-    state = _RunState.open(
-        source, out_dir, config=config, track=track, dataset=dataset, dark=dark, flat=flat,
-        mask=mask, chunk_size=chunk_size, workers=workers, scheduler=scheduler, force=force,
-        resume=resume, strict=strict, command=command,
-    )
-    n = len(state.series)
-    bar = _run_progress(n, state.frames_done(), progress)
-    state.start_linking()
+    # Before the run folder is touched: a wrong address fails at once, in one line.
+    client = connect(scheduler) if scheduler is not None else None
+    state = None
     try:
-        _execute(state.tasks(0, n), workers, scheduler, lambda r: state.record(r, bar))
-    except BaseException:
-        # End the linker's thread; the chunks written so far are kept. Its own error, if
-        # any, must not hide the one that stopped the run.
-        with contextlib.suppress(Exception):
-            state.linker.close()
-        raise
+        state = _RunState.open(
+            source, out_dir, config=config, track=track, dataset=dataset, dark=dark,
+            flat=flat, mask=mask, chunk_size=chunk_size, workers=workers, scheduler=scheduler,
+            force=force, resume=resume, strict=strict, command=command,
+        )
+        n = len(state.series)
+        bar = _run_progress(n, state.frames_done(), progress)
+        state.start_linking()
+        try:
+            _execute(state.tasks(0, n), workers, scheduler, lambda r: state.record(r, bar),
+                     client=client)
+        except BaseException:
+            # End the linker's thread; the chunks written so far are kept. Its own error, if
+            # any, must not hide the one that stopped the run.
+            with contextlib.suppress(Exception):
+                state.linker.close()
+            raise
+        finally:
+            bar.close()
+        # Replaced while the chunks were computed: the tables would mix two inputs.
+        _refuse_changed_input(state.info["inputs"], state.series.files, "started")
+        return state.finish()
     finally:
-        bar.close()
-    return state.finish()
+        # An HDF5 file left open in this process could not be rewritten by it afterwards.
+        if state is not None:
+            state.series.close()
+        if client is not None:
+            client.close()
 
 
 def watch(
@@ -591,17 +783,26 @@ def watch(
             if time.time() > deadline:
                 raise
             time.sleep(poll_s)
-    state = _RunState.open(
-        source, out_dir, config=config, track=track, dataset=dataset, dark=dark, flat=flat,
-        mask=mask, chunk_size=chunk_size, workers=workers, scheduler=scheduler, force=force,
-        resume=None, strict=strict, command=command,
-    )
+    # A wrong scheduler address fails now, not when the first frames have arrived.
+    client = connect(scheduler) if scheduler is not None else None
+    try:
+        state = _RunState.open(
+            source, out_dir, config=config, track=track, dataset=dataset, dark=dark,
+            flat=flat, mask=mask, chunk_size=chunk_size, workers=workers, scheduler=scheduler,
+            force=force, resume=None, strict=strict, command=command, live=True,
+        )
+    except BaseException:
+        if client is not None:
+            client.close()
+        raise
     folder = not Path(source).is_file()
     cluster = None
-    if scheduler is None and workers > 1:
-        # One cluster for the whole watch, not one per batch of new frames.
+    if client is None and workers > 1:
+        # One cluster (and client) for the whole watch, not one per batch of new frames.
+        from dask.distributed import Client
+
         cluster = local_cluster(workers)
-        scheduler = cluster.scheduler_address
+        client = Client(cluster)
     bar = _run_progress(None, state.frames_done(), progress)
     last_new, last_report, seen = time.time(), 0.0, -1
     try:
@@ -619,7 +820,10 @@ def watch(
             ready = n if (quiet or not folder) else max(n - 1, 0)
             tasks = state.tasks(state.done_until(), ready, partial=quiet)
             if tasks:
-                _execute(tasks, workers, scheduler, lambda r: state.record(r, bar))
+                _execute(tasks, workers, scheduler, lambda r: state.record(r, bar),
+                         client=client)
+                # What the tables now come from (the input grows by design: not checked).
+                state.info["inputs"] = _stat_record(state.series.files)
                 due = time.time() - last_report > report_every_s
                 state.finish(report=due and state.track.report)
                 last_report = time.time() if due else last_report
@@ -630,14 +834,17 @@ def watch(
         pass
     finally:
         bar.close()
+        if client is not None:
+            client.close()
         if cluster is not None:
             cluster.close()
     # The input grew during the watch: checksum what it finally is, not what it was at start.
-    if state.checksums is not None:
-        state.checksums.cancel()
-    state.checksums = None
     state.info["inputs"] = _input_record(state.series.files)
-    return state.finish()
+    state.info["live"] = False
+    try:
+        return state.finish()
+    finally:
+        state.series.close()
 
 
 @dataclass
@@ -657,13 +864,18 @@ class _RunState:
     strict: bool
     started: float
     checksums: object = None  # Future of the input checksums, until finish() collects it
+    expected_checksums: dict = field(default_factory=dict)  # path -> xxh3 an earlier part saw
+    meta: pd.DataFrame | None = None  # per-frame metadata, read when the run started
     threads: int = 1  # detection threads per chunk task (worker processes on this machine)
     linker: object = None  # track.FrameLinker fed chunk by chunk (run(), not watch())
     fed: list = field(default_factory=list)  # (chunk record, peak table, x fed) per chunk
 
     @classmethod
     def open(cls, source, out_dir, *, config, track, dataset, dark, flat, mask, chunk_size,
-             workers, scheduler, force, resume, strict, command, wait_for_input=False):
+             workers, scheduler, force, resume, strict, command, live=False):
+        """Check everything that can be checked before any frame work, then create or
+        resume the run folder. ``live`` (watch): the input grows by design, so it is not
+        compared with what a previous run recorded, and it is checksummed at the end."""
         from .io import open_frames
 
         config = config or FindConfig()
@@ -675,19 +887,44 @@ class _RunState:
         source = str(source)
         out = Path(out_dir)
         series = open_frames(source, dataset=dataset)
+        try:
+            return cls._open(series, source, out, config=config, track=track, dataset=dataset,
+                             dark=dark, flat=flat, mask=mask, chunk_size=chunk_size,
+                             workers=workers, scheduler=scheduler, force=force, resume=resume,
+                             strict=strict, command=command, live=live)
+        except BaseException:
+            series.close()
+            raise
+
+    @classmethod
+    def _open(cls, series, source, out, *, config, track, dataset, dark, flat, mask,
+              chunk_size, workers, scheduler, force, resume, strict, command, live):
         dark_t = None
         if dark is not None:
             dark_t = (str(dark),) if isinstance(dark, (str, os.PathLike)) else tuple(map(str, dark))
         calib_files = {"dark": list(dark_t) if dark_t else None,
                        "flat": None if flat is None else str(flat),
                        "mask": None if mask is None else str(mask)}
-        resolved = str(Path(source).resolve()) if Path(source).exists() else source
-        fingerprint = _fingerprint(resolved, dataset, config, calib_files, chunk_size, track)
-        previous = _prepare_run_dir(out, source, fingerprint, force=force, resume=resume)
-        # Fail on a bad dark/mask/model before any chunk is started, not inside a worker.
+        # Fail on a bad dark/mask/model, geometry or metadata file now: not inside a worker,
+        # not after every frame was processed, and before --force deletes the old run.
         _calibration(dark_t, calib_files["flat"], calib_files["mask"])
         model_rec = _model_record(config)
         _model(config)
+        meta = check_track(track, None if live else len(series))
+        resolved = str(Path(source).resolve()) if Path(source).exists() else source
+        fingerprint = _fingerprint(resolved, dataset, config, calib_files, chunk_size, track)
+        previous = _prepare_run_dir(out, source, fingerprint, force=force, resume=resume)
+        inputs = _stat_record(series.files)
+        expected = {}
+        if previous is not None and not live:
+            old = previous.get("inputs") or []
+            _refuse_changed_input(old, series.files, "started")
+            if old and all(r.get("xxh3_128") and r.get("mtime_ns") is not None for r in old):
+                inputs = old  # unchanged since it was checksummed
+            else:
+                # Recorded before size and mtime were, or killed before the checksum was
+                # done: the checksum computed now must be the one recorded, if any.
+                expected = {r["path"]: r["xxh3_128"] for r in old if r.get("xxh3_128")}
         (out / CHUNK_DIR).mkdir(parents=True, exist_ok=True)
         info = {
             "braggtrack_version": __version__,
@@ -700,13 +937,16 @@ class _RunState:
             "parameters": {**config.to_dict(), **track.to_dict(), "dataset": dataset,
                            "chunk_size": chunk_size, "workers": workers,
                            "scheduler": scheduler, "strict": strict, **calib_files},
-            # Filled when the checksums are done (a background thread; see finish()).
-            "inputs": (previous or {}).get("inputs"),
+            # Size and mtime now; the checksums are added when done (a background thread;
+            # see finish()).
+            "inputs": inputs,
             "model": model_rec,
             "n_frames": len(series),
             "frame_shape": list(series.shape),
             "started": (previous or {}).get("started") or _now(),
             "resumed": previous is not None,
+            # A watch in progress: its input grows, so the report takes it as it is now.
+            "live": live,
             "finished": None,
             "chunks": [],
             "skipped_frames": [],
@@ -716,7 +956,7 @@ class _RunState:
         info["chunks"] = sorted(done, key=lambda c: c["start"])
         _write_json_atomic(out / RUN_JSON, info)
         checksums = None
-        if not info["inputs"]:
+        if not live and not all(r.get("xxh3_128") for r in inputs):
             # Hashing a multi-GB input takes seconds to minutes: do it beside the frame work
             # (hashlib and file reads release the GIL) instead of before it.
             from concurrent.futures import ThreadPoolExecutor
@@ -727,7 +967,24 @@ class _RunState:
         return cls(source=source, out=out, series=series, info=info, config=config, track=track,
                    dataset=dataset, dark=dark_t, calib_files=calib_files, chunk_size=chunk_size,
                    strict=strict, started=time.time(), checksums=checksums,
+                   expected_checksums=expected, meta=meta,
                    threads=_threads_per_worker(workers, scheduler))
+
+    def collect_checksums(self) -> None:
+        """Put the background checksums into run.json's ``inputs``, refusing an input that
+        changed between the start of the run and its hashing, or whose checksum is not the
+        one a previous part of this run recorded."""
+        records, self.checksums = self.checksums.result(), None
+        _refuse_changed_input(self.info["inputs"], None, "started")
+        for rec in records:
+            want = self.expected_checksums.get(rec["path"])
+            if want is not None and want != rec["xxh3_128"]:
+                raise OptionError(f"{rec['path']} changed since this run started (checksum "
+                                  "differs); use --force to start again")
+        # The stat taken at the start, so a change after the hashing is still seen.
+        start = {r["path"]: r for r in self.info["inputs"]}
+        self.info["inputs"] = [{**rec, **{k: start[rec["path"]][k] for k in ("size", "mtime_ns")
+                                          if rec["path"] in start}} for rec in records]
 
     def frames_done(self) -> int:
         return sum(c["stop"] - c["start"] for c in self.info["chunks"])
@@ -801,8 +1058,7 @@ class _RunState:
 
     def finish(self, *, report: bool | None = None) -> RunResult:
         if self.checksums is not None and (report is None or self.checksums.done()):
-            self.info["inputs"] = self.checksums.result()
-            self.checksums = None
+            self.collect_checksums()
         self.info["n_frames"] = len(self.series)
         track = self.track if report is None else dataclasses.replace(self.track, report=report)
         read, linked = None, None
@@ -814,8 +1070,9 @@ class _RunState:
             # Closed inside _finish, once the peak table is being written: the last chunks'
             # linking then overlaps that write instead of preceding it.
             linked = (linker.close, fed_x)
+        meta = self.meta if self.meta is not None and len(self.meta) == len(self.series) else None
         return _finish(self.out, self.info, self.config, track, self.series, self.started,
-                       read=read, linked=linked)
+                       read=read, linked=linked, meta=meta)
 
 
 def _run_progress(total: int, initial: int, enabled: bool):
@@ -842,11 +1099,13 @@ def _gather(out: Path, info: dict, config: FindConfig,
 
 def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, series,
             started: float, read: dict | None = None,
-            linked: tuple[Callable[[], np.ndarray], np.ndarray] | None = None) -> RunResult:
+            linked: tuple[Callable[[], np.ndarray], np.ndarray] | None = None,
+            meta: pd.DataFrame | None = None) -> RunResult:
     """Gather the chunks, link, measure and write. ``read``: chunk tables already read, by
     file; ``linked``: ``(close, x)``, a call that returns the labels of a
     :class:`~braggtrack.track.FrameLinker` fed during the run and the x it was fed (see
-    :func:`link_and_measure`).
+    :func:`link_and_measure`); ``meta``: the per-frame metadata when already read (by
+    :func:`check_track`).
 
     This is the serial tail of a parallel run (every worker is idle by now), so the tables
     are written on threads (pyarrow and h5py release the GIL) while the next one is computed.
@@ -864,7 +1123,8 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
     if track.frame_meta:
         from .metadata import join_frame_meta
 
-        meta = frame_metadata(track, int(info["n_frames"]))
+        if meta is None:
+            meta = frame_metadata(track, int(info["n_frames"]))
         peaks = join_frame_meta(peaks, meta)
         frames = join_frame_meta(frames, meta)
     extra = list(dict.fromkeys(f for f in track.formats if f != "parquet"))
@@ -935,7 +1195,9 @@ def make_geometry(track: TrackConfig):
     from .geometry import Geometry
 
     if track.poni:
-        return Geometry.from_poni(track.poni)
+        # --wavelength supplies one to a PONI file without it; beside the PONI's own it must
+        # agree (from_poni refuses otherwise, and check_track makes that happen up front).
+        return Geometry.from_poni(track.poni, wavelength_A=track.wavelength_A)
     if track.distance_mm is not None:
         missing = [n for n in ("beam_x", "beam_y", "pixel_um") if getattr(track, n) is None]
         if missing:
@@ -952,16 +1214,93 @@ def make_geometry(track: TrackConfig):
     return None
 
 
+def check_track(track: TrackConfig, n_frames: int | None) -> pd.DataFrame | None:
+    """Check what ``track`` names before any frame work, so that a bad PONI file, a
+    lattice that cannot be computed or a bad metadata file fails in a second, not after
+    every frame was processed.
+
+    Parameters
+    ----------
+    track : TrackConfig
+        The options (their values alone are checked by ``TrackConfig`` itself).
+    n_frames : int or None
+        Frames of the series, to check ``--frame-meta`` / ``--cycler-log`` against; None
+        for a growing series (watch), whose metadata files are then only read, their
+        alignment with the frames being checked each time the tables are written.
+
+    Returns
+    -------
+    DataFrame or None
+        The per-frame metadata (:func:`frame_metadata`) when ``n_frames`` is given.
+    """
+    if n_frames is not None and track.reference_frame is not None \
+            and track.reference_frame >= n_frames:
+        raise OptionError(f"--reference-frame {track.reference_frame}: the series has "
+                          f"{n_frames} frames (0..{n_frames - 1})")
+    geometry = make_geometry(track)
+    needs_d = [o for o, v in (("--d-ref", track.d_ref), ("--hkl", track.hkl)) if v is not None]
+    if needs_d and (geometry is None or geometry.wavelength_A is None):
+        verb = "needs" if len(needs_d) == 1 else "need"
+        raise OptionError(f"{' and '.join(needs_d)} {verb} d-spacings, so a wavelength: give "
+                          "--wavelength" + (" (the PONI file has none)" if track.poni else ""))
+    if track.hkl is not None:
+        from .geometry import lattice_parameter
+
+        try:
+            # A stand-in d-spacing: the errors depend only on hkl, system and c/a.
+            lattice_parameter([1.0], track.hkl, track.crystal_system, c_over_a=track.c_over_a)
+        except OptionError as exc:
+            hkl = " ".join(map(str, track.hkl))
+            raise OptionError(f"--hkl {hkl} --system {track.crystal_system}: {exc}") from None
+    if track.frame_meta is None:
+        return None
+    if n_frames is not None:
+        return frame_metadata(track, n_frames)
+    import warnings
+
+    from .metadata import FrameMetaWarning
+
+    if Path(track.frame_meta).suffix.lower() in (".csv", ".parquet"):
+        with warnings.catch_warnings():
+            # Said when the tables are written, for the frames there are by then.
+            warnings.simplefilter("ignore", FrameMetaWarning)
+            frame_metadata(track, None)
+    elif not Path(track.frame_meta).is_file():
+        raise InputFileError(track.frame_meta, "no such metadata file")
+    elif track.cycler_log is not None:
+        from .tables import read_table
+
+        read_table(track.cycler_log)
+    return None
+
+
 def link_and_measure(
-    peaks: pd.DataFrame, track: TrackConfig, frame_shape: tuple[int, int],
+    peaks: pd.DataFrame, track: TrackConfig, frame_shape: tuple[int, int] | None = None,
     linked: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Link accepted peaks into trajectories, then add geometry and strain (or radial shift).
 
-    ``linked``: ``(labels, x)`` when a :class:`~braggtrack.track.FrameLinker` already linked
-    the linkable rows (:func:`braggtrack.track.linkable`) during the run: their trajectory
-    labels and the x they were fed; used only when those are exactly these rows' x.
-    Returns the tracks table, the particles summary and a description of the geometry used.
+    Parameters
+    ----------
+    peaks : DataFrame
+        Peak table (``frame``, ``x``, ``y``, ``ok``, ...).
+    track : TrackConfig
+        Linking and geometry options; without a geometry, ``beam_x``/``beam_y`` are the
+        centre ``radial_shift`` is measured from.
+    frame_shape : (int, int), optional
+        Frame rows and columns: without a geometry, a beam coordinate not given is taken as
+        the frame centre's. When it is unknown and the beam centre is not given either,
+        there is no ``radial_shift`` column (it would be measured from a guess);
+        ``geometry_info["radial_shift"]`` says so.
+    linked : (labels, x), optional
+        When a :class:`~braggtrack.track.FrameLinker` already linked the linkable rows
+        (:func:`braggtrack.track.linkable`) during the run: their trajectory labels and the
+        x they were fed; used only when those are exactly these rows' x.
+
+    Returns
+    -------
+    (tracks, particles, geometry_info)
+        The tracks table, the particles summary and a description of the geometry used.
     """
     from . import track as trk
 
@@ -978,9 +1317,11 @@ def link_and_measure(
         from .geometry import add_geometry, add_strain
 
         tracks = add_geometry(tracks, geometry)
-        if "d_spacing" in tracks:
+        if "d_spacing" in tracks or "two_theta" in tracks:
+            # Without a wavelength, strain against a reference frame from two_theta alone
+            # (d_ref and hkl, which need d, are refused up front by check_track).
             tracks = add_strain(tracks, reference_frame=track.reference_frame, d_ref=track.d_ref)
-            if track.hkl is not None:
+            if track.hkl is not None and "d_spacing" in tracks:
                 from .geometry import lattice_parameter
 
                 a, a_err = lattice_parameter(
@@ -991,13 +1332,24 @@ def link_and_measure(
     else:
         from .geometry import add_radial_shift
 
-        h, w = frame_shape
-        centre = (track.beam_x if track.beam_x is not None else (w - 1) / 2,
-                  track.beam_y if track.beam_y is not None else (h - 1) / 2)
-        tracks = add_radial_shift(tracks, beam_centre=centre,
-                                  reference_frame=track.reference_frame)
-        geometry_info = {"kind": "none", "beam_centre_px": list(map(float, centre)),
-                         "beam_centre_assumed": track.beam_x is None or track.beam_y is None}
+        assumed = track.beam_x is None or track.beam_y is None
+        if assumed and frame_shape is None:
+            given = [o for o, v in (("--beam-x", track.beam_x), ("--beam-y", track.beam_y))
+                     if v is not None]
+            if given:
+                other = "--beam-y" if given[0] == "--beam-x" else "--beam-x"
+                raise OptionError(f"{given[0]} needs {other} too: the frame size, whose "
+                                  "centre would stand in, is unknown")
+            geometry_info = {"kind": "none", "beam_centre_px": None, "beam_centre_assumed": False,
+                             "radial_shift": "not measured: beam centre and frame size unknown"}
+        else:
+            h, w = frame_shape if frame_shape is not None else (0, 0)
+            centre = (track.beam_x if track.beam_x is not None else (w - 1) / 2,
+                      track.beam_y if track.beam_y is not None else (h - 1) / 2)
+            tracks = add_radial_shift(tracks, beam_centre=centre,
+                                      reference_frame=track.reference_frame)
+            geometry_info = {"kind": "none", "beam_centre_px": list(map(float, centre)),
+                             "beam_centre_assumed": assumed}
     return tracks, trk.particles(tracks), geometry_info
 
 
