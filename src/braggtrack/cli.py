@@ -217,6 +217,9 @@ def track(
     missing = {"frame", "x", "y", "ok"} - set(table.columns)
     if missing:
         raise OptionError(f"{peaks}: not a peak table (missing columns {sorted(missing)})")
+    from .track import linkable
+
+    linkable(table, what=str(peaks))  # text or fractional cells: one line naming this file
     shape, note = None, None
     if beam_x is None and beam_y is None:
         beam_x, beam_y, shape, note = _run_beam_centre(peaks)
@@ -486,6 +489,8 @@ def train(
         "--patch", help="Odd patch size in pixels the network takes (find/run must then use "
         "the same --patch) [default: 11, or that of the --init model].")] = None,
     dataset: Dataset = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite OUT and its .json if they exist.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Train a BraggNN model with streamed data and bounded memory (braggtrack.train_model)."""
@@ -504,7 +509,8 @@ def train(
     source = _training_source(data, peaks, dataset)
     result = train_model(source, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          device=device, resume=resume, progress=not quiet, init=init,
-                         config=config, checkpoint_dir=out.with_suffix(".checkpoints"))
+                         config=config, checkpoint_dir=out.with_suffix(".checkpoints"),
+                         force=force)
     typer.echo(f"wrote {result.model_path}: best epoch {result.best_epoch} of "
                f"{result.epochs_run}, validation median error {result.val_median_px:.3f} px "
                f"(90th percentile {result.val_p90_px:.3f} px)")

@@ -1182,7 +1182,7 @@ def frame_metadata(track: TrackConfig, n_frames: int) -> pd.DataFrame:
     if "time_s" not in meta:
         raise OptionError(f"{track.frame_meta}: no time_s column to put the cycler log on")
     log = read_table(track.cycler_log)
-    cycler = interpolate_cycler(log, meta[["frame", "time_s"]])
+    cycler = interpolate_cycler(log, meta[["frame", "time_s"]], source=track.cycler_log)
     keep = [c for c in meta.columns if c == "frame" or c not in cycler.columns]
     merged = cycler.merge(meta[keep], on="frame", how="left")
     if "branch" not in merged:
