@@ -206,16 +206,13 @@ def load_mask(path: str | os.PathLike | np.ndarray, *, invert: bool = False) -> 
     >>> load_mask(np.array([[0, 1], [2, 0]])).tolist()
     [[False, True], [True, False]]
     """
-    if not isinstance(path, np.ndarray):
-        from .io import load_mask_file
+    from .io import load_mask_file
 
-        # The file reader knows masks: an Eiger master's pixel_mask, not its first frame.
-        return load_mask_file(path, invert=invert)
-    img = _as_2d(np.asarray(path), "mask")
-    bad = img != 0
-    if img.dtype.kind == "f":
-        bad |= np.isnan(img)
-    return ~bad if invert else bad
+    # The file reader knows masks (an Eiger master's pixel_mask, not its first frame) and
+    # warns about one that marks most pixels bad, for arrays as for files.
+    if isinstance(path, np.ndarray):
+        path = _as_2d(np.asarray(path), "mask")
+    return load_mask_file(path, invert=invert)
 
 
 def robust_sigma(frame: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float]:
