@@ -68,9 +68,10 @@ print(f"{n_frames} frames of {size}x{size} written to {frames_file}")
 #
 # The cycler log and the frames have different time bases. `interpolate_cycler` puts voltage
 # and current on the frame times and integrates the current into capacity (mAh) when the log
-# has no capacity column. `branch` (charge / discharge) and `cycle` follow from the sign of the
-# current. The result is a plain table with a `frame` column: exactly what `--frame-meta`
-# takes on the command line.
+# has no capacity column. The result is a plain table with a `frame` column: exactly what
+# `--frame-meta` takes on the command line. `branch` (charge / discharge) and `cycle` follow
+# from the sign of the current: `analysis.assign_branches` adds them (section 5), as
+# `braggtrack run --cycler-log` does on the command line.
 
 # %%
 log = pd.read_csv(out / "cycler.csv")
@@ -86,9 +87,13 @@ print(meta.head())
 # - **threshold**: counts below it are zeroed before peak detection. The default (`None`) is
 #   the frame's median plus 5 robust standard deviations, which follows the background of
 #   every frame; set a number when the background is structured.
-# - **min_score = 10**: a peak must rise above the saddle joining it to a higher peak by at
-#   least 10 on a 0-255 scale of the frame's intensity range (persistence); this removes noise
-#   bumps on the flanks of big peaks.
+# - **min_snr** (default 3): a peak must rise above the saddle joining it to a higher peak
+#   (its persistence) by at least 3 times the frame's background noise; this is the default
+#   filter against noise bumps.
+# - **min_score = 10**: in addition, that persistence must reach 10 on a 0-255 scale of the
+#   frame's intensity range. Off by default (on messy series it discarded 46 % of the true
+#   peaks, README); here, on bright spots, it is a choice that trims faint bumps on the flanks
+#   of big peaks.
 # - **patch = 11**: the network and fits see an 11 x 11 pixel patch around each maximum; use a
 #   larger odd size when peaks are broader than sigma ~2 px.
 # - **localizer = "braggnn"**: the shipped network, trained on sharp *and* messy simulated
@@ -147,8 +152,8 @@ print(f"median strain error {check.rms_error.median():.2e} "
 # %% [markdown]
 # ## 5. Strain against voltage and state of charge
 #
-# With metadata joined, every track row carries `voltage_V`, `capacity_mAh`, `branch`,
-# `cycle`. `braggtrack.analysis` separates charge and discharge branches, computes per-cycle
+# With metadata joined, every track row carries `voltage_V` and `capacity_mAh`;
+# `analysis.assign_branches` adds `branch` and `cycle`. `braggtrack.analysis` separates charge and discharge branches, computes per-cycle
 # hysteresis, the population's median and spread, and ranks particles by how much and how early
 # they respond (a lagging particle reaches half of its strain change at a higher state of
 # charge).

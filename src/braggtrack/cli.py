@@ -504,8 +504,8 @@ def train(
         # patch size asked for.
         config = BraggNNConfig(patch=11 if patch is None else patch, gated_centroid=True)
     elif patch is not None:
-        raise OptionError("--patch cannot change the patch size of an --init model; "
-                          "fine-tuning keeps the model's own")
+        raise OptionError("--patch cannot change the patch size of an --init model: "
+                          "fine-tuning keeps that model's patch size; leave out --patch")
     source = _training_source(data, peaks, dataset)
     result = train_model(source, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          device=device, resume=resume, progress=not quiet, init=init,

@@ -425,7 +425,7 @@ def compare_localizers(
     if run.series is None:
         raise OptionError(
             f"{run.source_label}: the frames are needed to compare localizers "
-            f"({run.frames_note}); pass frames=PATH")
+            f"({run.frames_note}); in Python, pass frames=PATH to compare_localizers")
     if max_peaks < 1:
         raise OptionError(f"max_peaks must be >= 1, got {max_peaks}")
     table = run.accepted
