@@ -800,6 +800,15 @@ class _H5Backend(_Backend):
             raise InputFileError(path, f"HDF5 file unreadable (truncated or corrupt?) ({_first_line(exc)})") from None
         self._ds = None
 
+    @classmethod
+    def unopened(cls, path: Path) -> _H5Backend:
+        """A backend for ``path`` with no dataset chosen: for walking the file's tree
+        (``_open``, ``_walk``, ``close``) without looking for a frame stack."""
+        backend = cls.__new__(cls)
+        backend.path, backend._root, backend._handle, backend._ds = (
+            path, path.resolve().parent, None, None)
+        return backend
+
     def _eiger_parts(self, group, gname: str) -> list[tuple[str, Any]] | None:
         """The data stacks of an Eiger master's ``data_NNNNNN`` links, in numeric order.
 
@@ -1597,8 +1606,7 @@ def _h5_mask_dataset(path: Path) -> str | None:
     Raises when the file holds no dataset named like a mask but a stack of several
     frames: an Eiger master's first data frame taken as a mask masks almost every pixel.
     """
-    backend = _H5Backend.__new__(_H5Backend)
-    backend.path, backend._root, backend._handle, backend._ds = path, path.resolve().parent, None, None
+    backend = _H5Backend.unopened(path)
     f = backend._open()
     try:
         found, _ = backend._walk(f)
@@ -1632,8 +1640,7 @@ def _h5_mask_dataset(path: Path) -> str | None:
 
 
 def _largest_2d_h5(path: Path) -> FrameSeries:
-    backend = _H5Backend.__new__(_H5Backend)
-    backend.path, backend._root, backend._handle, backend._ds = path, path.resolve().parent, None, None
+    backend = _H5Backend.unopened(path)
     f = backend._open()
     try:
         found, _ = backend._walk(f)

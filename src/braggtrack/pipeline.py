@@ -154,7 +154,10 @@ def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _D
     _, sel_reason = _flag_rows(rows, cols, prepared.full.shape, mask, config.edge)
     ps = extract_patches(prepared.full, rows, cols, size=config.patch, mask=prepared.mask)
     # Detection's own reasons (edge, mask within --edge) come first, then the patch's.
-    others = _other_maxima(rows, cols, raw["birth"][keep], config.patch // 2 + 2)
+    # A neighbour up to 2 px outside the patch still spills its core into it.
+    pairs = close_pairs(rows, cols, config.patch // 2 + 2)
+    birth = raw["birth"][keep]
+    others = _other_maxima(rows, cols, birth, pairs)
     patch_reason = quality(ps, config.centre_tolerance, others)["reason"].to_numpy(dtype=object)
     reason = np.where(sel_reason == "", patch_reason, sel_reason)
     columns = {
@@ -166,25 +169,29 @@ def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _D
         "persistence": raw["persistence"][keep],
         "score": score,
         "reason": reason.astype(object),
-        # A neighbour up to 2 px outside the patch still spills its core into it.
-        "neighbour": neighbour_in_patch(rows, cols, raw["birth"][keep], config.patch // 2 + 2),
+        "neighbour": neighbour_in_patch(rows, cols, birth, pairs=pairs),
     }
     return _Detected(columns=columns, patches=ps.patches)
 
 
-def _other_maxima(rows: np.ndarray, cols: np.ndarray, birth: np.ndarray, half: int):
-    """``(index, dy, dx)`` of close pairs, for :func:`braggtrack.patches.centre_filter`: a
-    peak whose window (``half`` px along both axes) holds exactly one other detected maximum,
-    a brighter one, gets that maximum's offset from its centre, so that the brighter
-    neighbour's pixels do not reject it as off-centre.  A window with several other maxima
-    is clutter (noise, a textured background), where the plain centre filter's rejection is
-    the point, and a brighter peak needs no exception."""
+def close_pairs(rows: np.ndarray, cols: np.ndarray, half: int) -> np.ndarray:
+    """``(k, 2)`` indices of the maxima within ``half`` pixels of each other along both axes
+    (each pair once), for :func:`neighbour_in_patch` and the centre filter's close pairs."""
     if len(rows) < 2:
-        return None
+        return np.zeros((0, 2), np.int64)
     from scipy.spatial import cKDTree
 
     pts = np.column_stack([rows, cols]).astype(np.float64)
-    pairs = cKDTree(pts).query_pairs(half, p=np.inf, output_type="ndarray")
+    return cKDTree(pts).query_pairs(half, p=np.inf, output_type="ndarray")
+
+
+def _other_maxima(rows: np.ndarray, cols: np.ndarray, birth: np.ndarray, pairs: np.ndarray):
+    """``(index, dy, dx)`` of close pairs, for :func:`braggtrack.patches.centre_filter`: a
+    peak whose window holds exactly one other detected maximum (``pairs``, from
+    :func:`close_pairs`), a brighter one, gets that maximum's offset from its centre, so that
+    the brighter neighbour's pixels do not reject it as off-centre.  A window with several
+    other maxima is clutter (noise, a textured background), where the plain centre filter's
+    rejection is the point, and a brighter peak needs no exception."""
     if not len(pairs):
         return None
     i = np.concatenate([pairs[:, 0], pairs[:, 1]])
@@ -200,11 +207,12 @@ NEIGHBOUR_HEIGHT = 0.1
 
 
 def neighbour_in_patch(rows: np.ndarray, cols: np.ndarray, birth: np.ndarray,
-                       half: int) -> np.ndarray:
+                       half: int | None = None, *, pairs: np.ndarray | None = None) -> np.ndarray:
     """True where another detected maximum, at least ``NEIGHBOUR_HEIGHT`` times as high, lies
     within ``half`` pixels of the peak along both axes (inside a ``(2 half + 1)``-pixel
     window): the patch holds light of two peaks, and a localizer that models one (centroid,
-    gauss, pvoigt) may place the centre between them.
+    gauss, pvoigt) may place the centre between them.  ``pairs``: those of
+    :func:`close_pairs` already found, instead of ``half``.
 
     Examples
     --------
@@ -213,12 +221,8 @@ def neighbour_in_patch(rows: np.ndarray, cols: np.ndarray, birth: np.ndarray,
     [True, True, False]
     """
     out = np.zeros(len(rows), bool)
-    if len(rows) < 2:
-        return out
-    from scipy.spatial import cKDTree
-
-    pts = np.column_stack([rows, cols]).astype(np.float64)
-    pairs = cKDTree(pts).query_pairs(half, p=np.inf, output_type="ndarray")
+    if pairs is None:
+        pairs = close_pairs(rows, cols, half)
     if len(pairs):
         i, j = pairs[:, 0], pairs[:, 1]
         np.logical_or.at(out, i, birth[j] >= NEIGHBOUR_HEIGHT * birth[i])
@@ -268,6 +272,13 @@ def _localize_detected(
     cols["ok"] = reason == ""
     table = pd.DataFrame({c: cols[c] for c in PEAK_COLUMNS})
     return _no_nan(table)
+
+
+def check_chunk_size(chunk_size) -> None:
+    """Refuse a chunk size that is not a whole number of frames >= 1 (find and run)."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
+            or chunk_size < 1:
+        raise OptionError(f"--chunk-size must be >= 1 frames, got {chunk_size}")
 
 
 def _crowded(localizer: str, neighbour: np.ndarray, loc: pd.DataFrame) -> np.ndarray:
@@ -504,10 +515,7 @@ def find(
     3
     """
     config = _config_from(config, options)
-    # Same check and wording as `run` (runner._RunState.open), before any file is opened.
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
-            or chunk_size < 1:
-        raise OptionError(f"--chunk-size must be >= 1 frames, got {chunk_size}")
+    check_chunk_size(chunk_size)  # before any file is opened
     series = as_series(source, dataset=dataset)
     n = len(series)
     if frames is None:

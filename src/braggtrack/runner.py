@@ -880,8 +880,9 @@ class _RunState:
 
         config = config or FindConfig()
         track = track or TrackConfig()
-        if chunk_size < 1:
-            raise OptionError(f"--chunk-size must be >= 1 frames, got {chunk_size}")
+        from .pipeline import check_chunk_size
+
+        check_chunk_size(chunk_size)
         if workers < 1:
             raise OptionError(f"--workers must be >= 1, got {workers}")
         source = str(source)
