@@ -104,11 +104,17 @@ def test_sigkill_at_random_points_then_rerun_gives_identical_tables(drifting_ser
 @pytest.mark.slow
 def test_two_dask_workers_give_the_serial_result(drifting_series, tmp_path):
     path, _ = drifting_series
-    serial = run(path, tmp_path / "s", config=FAST, track=NOREPORT, chunk_size=3, progress=False)
-    par = run(path, tmp_path / "p", config=FAST, track=NOREPORT, chunk_size=3, workers=2,
+    # memory 1: a 6-frame warm-up, so the last of the 4 segments is joined at a real seam
+    # (the others reach back to frame 0).
+    track = TrackConfig(report=False, memory=1)
+    serial = run(path, tmp_path / "s", config=FAST, track=track, chunk_size=3, progress=False)
+    par = run(path, tmp_path / "p", config=FAST, track=track, chunk_size=3, workers=2,
               progress=False)
     for name in ("peaks", "tracks", "particles"):
         pd.testing.assert_frame_equal(getattr(serial, name), getattr(par, name))
+    # The workers linked every segment; the driver only joined them.
+    assert par.info["linking"] == {"segments": 4, "linked_on_workers": 4, "seams_relinked": 0}
+    assert "linking" not in serial.info
 
 
 def test_tables_also_written_as_csv_and_h5(drifting_series, tmp_path):

@@ -14,9 +14,12 @@ from braggtrack.track import (
     evaluate_tracking,
     filter_tracks,
     link,
+    link_arrays,
+    link_in_segments,
     linkable,
     linked_table,
     particles,
+    plan_segments,
     split_on_shape_change,
 )
 
@@ -389,3 +392,90 @@ def test_link_needs_only_frame_x_y_and_refuses_bad_values():
                 {"search_range": float("nan")}, {"adaptive_step": 1.0}):
         with pytest.raises(OptionError, match=next(iter(bad))):
             link(t, **bad)
+
+
+# ----------------------------------------------------------------------------- segments
+
+
+def _sorted_arrays(peaks: pd.DataFrame):
+    table = linkable(peaks).sort_values("frame", kind="stable").reset_index(drop=True)
+    return table["frame"].to_numpy(), table["x"].to_numpy(), table["y"].to_numpy()
+
+
+def _canonical(labels, frame, x, y):
+    from braggtrack.track import _relabel
+
+    return _relabel(np.asarray(labels), frame, y, x)
+
+
+def _crowded_blinking_series(seed: int, n_particles: int, n_frames: int, present: float,
+                             speed: float):
+    """Peaks 4-10 px apart (inside each other's 5 px search range), each drifting at its
+    own speed and missing from frames at random: every link decision has competitors."""
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(np.sqrt(n_particles)))
+    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)[:n_particles]
+    start = 20 + 7.0 * grid + rng.uniform(-1.5, 1.5, (n_particles, 2))
+    vel = rng.normal(0, speed, (n_particles, 2)) + rng.normal(0, speed, 2)
+    rows = []
+    for f in range(n_frames):
+        here = rng.random(n_particles) < present
+        xy = start[here] + f * vel[here] + rng.normal(0, 0.05, (int(here.sum()), 2))
+        rows.append(pd.DataFrame({"frame": f, "x": xy[:, 0], "y": xy[:, 1]}))
+    return pd.concat(rows, ignore_index=True)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n_particles=st.integers(1, 40),
+       n_frames=st.integers(2, 40), present=st.floats(0.5, 1.0), speed=st.floats(0.0, 1.2),
+       memory=st.integers(0, 3), chunk=st.integers(1, 12), warmup=st.sampled_from([None, 0, 2]),
+       min_length=st.sampled_from([None, 1]))
+def test_segments_joined_equal_linking_all_frames_at_once(seed, n_particles, n_frames, present,
+                                                          speed, memory, chunk, warmup,
+                                                          min_length):
+    # The invariant the parallel run relies on: whatever the chunking and warm-up (0 forces
+    # every seam to be relinked), the joined segments are the one-pass linking, label for
+    # label after renumbering.
+    frame, x, y = _sorted_arrays(_crowded_blinking_series(seed, n_particles, n_frames,
+                                                          present, speed))
+    whole = link_arrays(frame, x, y, search_range=5.0, memory=memory)
+    bounds = list(range(0, n_frames, chunk)) + [n_frames]
+    segments = plan_segments(bounds, memory, warmup, min_length)
+    assert [s.start for s in segments][0] == 0 and segments[-1].stop == n_frames
+    out = link_in_segments(frame, x, y, segments, search_range=5.0, memory=memory)
+    assert out.seams == len(segments) - 1
+    np.testing.assert_array_equal(_canonical(out.labels, frame, x, y),
+                                  _canonical(whole, frame, x, y))
+
+
+def test_segments_with_default_warmup_rarely_relink_and_take_given_labels():
+    peaks, _ = drifting_series(n_particles=120, n_frames=48, vanish=0.1, seed=3)
+    frame, x, y = _sorted_arrays(peaks)
+    segments = plan_segments([0, 12, 24, 36, 48], memory=3, min_length=1)
+    whole = _canonical(link_arrays(frame, x, y, search_range=5.0), frame, x, y)
+    # Labels computed "elsewhere" (as a worker would), per segment, with its warm-up.
+    given_labels = []
+    for seg in segments:
+        keep = (frame >= seg.warm) & (frame < seg.stop)
+        given_labels.append(link_arrays(frame[keep], x[keep], y[keep], search_range=5.0))
+    out = link_in_segments(frame, x, y, segments, segment_labels=given_labels, search_range=5.0)
+    assert (out.seams, out.relinked) == (3, 0)  # slow drift: 10 warm-up frames are plenty
+    np.testing.assert_array_equal(_canonical(out.labels, frame, x, y), whole)
+    # A label array of the wrong length (a stale chunk) is not trusted: recomputed.
+    given_labels[2] = given_labels[2][:-1]
+    out = link_in_segments(frame, x, y, segments, segment_labels=given_labels, search_range=5.0)
+    np.testing.assert_array_equal(_canonical(out.labels, frame, x, y), whole)
+
+
+def test_segments_refuse_gaps_and_unsorted_rows():
+    frame, x, y = np.array([0, 1, 2]), np.zeros(3), np.zeros(3)
+    with pytest.raises(OptionError, match="contiguous"):
+        link_in_segments(frame, x, y, plan_segments([0, 1], memory=0))
+    # Whole chunks, at least min_length frames each but the last.
+    assert [(g.start, g.stop) for g in plan_segments([0, 4, 8, 12, 14], 0, 2, 8)] == [
+        (0, 8), (8, 14)]
+    with pytest.raises(OptionError, match="sorted"):
+        link_in_segments(frame[::-1], x, y, plan_segments([0, 3], memory=0))
+    with pytest.raises(OptionError, match="increase"):
+        plan_segments([0, 5, 5])
+    assert link_in_segments(frame[:0], x[:0], y[:0], []).labels.size == 0

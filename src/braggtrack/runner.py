@@ -204,6 +204,39 @@ class ChunkTask:
     threads: int = 1  # detection threads inside the worker that takes it
 
 
+@dataclass(frozen=True)
+class LinkTask:
+    """Link one segment of a run's frames (``warm .. stop-1``, see
+    :class:`braggtrack.track.Segment`) on a worker, from the chunk files that hold them."""
+
+    index: int
+    files: tuple[str, ...]
+    warm: int
+    stop: int
+    search_range: float
+    memory: int
+
+
+def link_segment(task: LinkTask, *_chunks: object) -> dict:
+    """Trajectory labels of the accepted peaks of one segment (worker side).
+
+    ``_chunks``: the results of the chunk tasks it waits for, passed by Dask only to order the
+    work; the peaks are read from the chunk files, which stay on the shared disk.
+    """
+    from .track import link_arrays, linkable
+
+    parts = [linkable(pd.read_parquet(f, columns=["frame", "x", "y", "ok"]), what=f)
+             for f in task.files]
+    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        {"frame": [], "x": [], "y": []})
+    frame = rows["frame"].to_numpy(np.int64)
+    keep = (frame >= task.warm) & (frame < task.stop)
+    labels = link_arrays(frame[keep], rows["x"].to_numpy(float)[keep],
+                         rows["y"].to_numpy(float)[keep], search_range=task.search_range,
+                         memory=task.memory)
+    return {"segment": task.index, "labels": labels}
+
+
 #: Cores one process keeps busy (detection threads, BraggNN, linking); more cores are better
 #: used by more worker processes (two processes on 2 cores were slower than one).
 CORES_PER_PROCESS = 4
@@ -597,13 +630,20 @@ def connect(scheduler: str, timeout_s: float | None = None):
         raise OptionError(f"cannot reach the Dask scheduler at {scheduler}: {reason}") from None
 
 
+def _in_process(tasks: list[ChunkTask], workers: int, scheduler: str | None, client) -> bool:
+    """Whether :func:`_execute` runs ``tasks`` in this process rather than on Dask workers."""
+    return client is None and scheduler is None and (workers <= 1 or len(tasks) <= 1)
+
+
 def _execute(tasks: list[ChunkTask], workers: int, scheduler: str | None, on_done,
-             client=None) -> None:
+             client=None, links: Sequence[LinkTask] = (), on_linked=None) -> None:
     """Run ``tasks``, calling ``on_done`` with each result: in this process (pipelined), on
-    ``client`` when given, on the scheduler at ``scheduler``, or on a local cluster."""
+    ``client`` when given, on the scheduler at ``scheduler``, or on a local cluster.
+    ``links``: segment-linking tasks for the Dask workers, each run as soon as the chunks
+    whose files it reads are written; ``on_linked`` gets their results."""
     if not tasks:
         return
-    if client is None and scheduler is None and (workers <= 1 or len(tasks) == 1):
+    if _in_process(tasks, workers, scheduler, client):
         _pipelined(tasks, on_done)
         return
     from dask.distributed import Client, as_completed
@@ -621,8 +661,17 @@ def _execute(tasks: list[ChunkTask], workers: int, scheduler: str | None, on_don
     try:
         client.run(_limit_threads)
         futures = client.map(process_chunk, tasks, pure=False)
+        by_file = {t.out_file: f for t, f in zip(tasks, futures, strict=True)}
+        # Ahead of the chunks still waiting: a segment's link runs while the cluster works on
+        # later frames, and its chunks' results leave the workers' memory early.
+        futures += [client.submit(link_segment, lt, *[by_file[f] for f in lt.files
+                                                      if f in by_file],
+                                  pure=False, priority=1) for lt in links]
         for _fut, result in as_completed(futures, with_results=True):
-            on_done(result)
+            if "segment" in result:
+                on_linked(result)
+            else:
+                on_done(result)
     except BaseException:
         # Ctrl-C or an error: the chunks in flight are dropped (a resumed run redoes them).
         # Dask's callbacks still waiting for them print tracebacks while the client closes.
@@ -718,10 +767,13 @@ def run(
         )
         n = len(state.series)
         bar = _run_progress(n, state.frames_done(), progress)
-        state.start_linking()
+        tasks = state.tasks(0, n)
+        # On worker processes, they link too (in segments, joined exactly at the end): one
+        # process linking every frame could not keep up with many workers.
+        state.start_linking(on_workers=not _in_process(tasks, workers, scheduler, client))
         try:
-            _execute(state.tasks(0, n), workers, scheduler, lambda r: state.record(r, bar),
-                     client=client)
+            _execute(tasks, workers, scheduler, lambda r: state.record(r, bar), client=client,
+                     links=state.link_tasks(), on_linked=state.record_links)
         except BaseException:
             # End the linker's thread; the chunks written so far are kept. Its own error, if
             # any, must not hide the one that stopped the run.
@@ -868,7 +920,9 @@ class _RunState:
     meta: pd.DataFrame | None = None  # per-frame metadata, read when the run started
     threads: int = 1  # detection threads per chunk task (worker processes on this machine)
     linker: object = None  # track.FrameLinker fed chunk by chunk (run(), not watch())
-    fed: list = field(default_factory=list)  # (chunk record, peak table, x fed) per chunk
+    fed: list = field(default_factory=list)  # (chunk record, peak table, linkable rows)
+    segments: list | None = None  # track.Segment per chunk, when the workers link
+    segment_labels: dict = field(default_factory=dict)  # segment index -> labels
 
     @classmethod
     def open(cls, source, out_dir, *, config, track, dataset, dark, flat, mask, chunk_size,
@@ -999,6 +1053,9 @@ class _RunState:
             end = c["stop"]
         return end
 
+    def chunk_file(self, start: int, stop: int) -> str:
+        return str(self.out / CHUNK_DIR / f"peaks-{start:06d}-{stop:06d}.parquet")
+
     def tasks(self, start: int, stop: int, *, partial: bool = True) -> list[ChunkTask]:
         """Tasks for the unfinished chunks of frames ``start..stop`` (chunk-aligned)."""
         done = {(c["start"], c["stop"]) for c in self.info["chunks"]}
@@ -1011,7 +1068,7 @@ class _RunState:
             tasks.append(ChunkTask(
                 source=self.source, dataset=self.dataset, start=a, stop=b, config=self.config,
                 dark=self.dark, flat=self.calib_files["flat"], mask=self.calib_files["mask"],
-                out_file=str(self.out / CHUNK_DIR / f"peaks-{a:06d}-{b:06d}.parquet"),
+                out_file=self.chunk_file(a, b),
                 strict=self.strict, threads=self.threads,
             ))
         return tasks
@@ -1032,16 +1089,38 @@ class _RunState:
             bar.update(record["stop"] - record["start"])
             bar.set_postfix(peaks=sum(int(c["peaks"]) for c in self.info["chunks"]))
 
-    def start_linking(self) -> None:
+    def start_linking(self, *, on_workers: bool = False) -> None:
         """Link each chunk as soon as it and all chunks before it are done, in a background
-        thread, instead of every frame at the end (which no worker can share)."""
-        from .track import FrameLinker
+        thread, instead of every frame at the end. ``on_workers``: the worker processes link
+        one segment per chunk instead (:meth:`link_tasks`), and :meth:`finish` joins them."""
+        from .track import FrameLinker, plan_segments
 
-        self.linker = FrameLinker(search_range=self.track.search_range, memory=self.track.memory)
+        if on_workers:
+            n, cs = len(self.series), self.chunk_size
+            self.segments = plan_segments([*range(0, n, cs), n], self.track.memory) if n else []
+        else:
+            self.linker = FrameLinker(search_range=self.track.search_range,
+                                      memory=self.track.memory)
         self.feed_linker()
 
+    def link_tasks(self) -> list[LinkTask]:
+        """One task per segment: the chunk files that hold its frames, warm-up included."""
+        if not self.segments:
+            return []
+        cs, n = self.chunk_size, len(self.series)
+        return [LinkTask(index=k, warm=seg.warm, stop=seg.stop,
+                         files=tuple(self.chunk_file(a, min(a + cs, n))
+                                     for a in range(seg.warm - seg.warm % cs, seg.stop, cs)),
+                         search_range=self.track.search_range, memory=self.track.memory)
+                for k, seg in enumerate(self.segments)]
+
+    def record_links(self, result: dict) -> None:
+        self.segment_labels[int(result["segment"])] = result["labels"]
+
     def feed_linker(self) -> None:
-        if self.linker is None:
+        """Read the chunks finished in order since the last call (kept for the tables) and
+        feed their accepted peaks to the linker, when this process links."""
+        if self.linker is None and self.segments is None:
             return
         from .track import linkable
 
@@ -1053,8 +1132,9 @@ class _RunState:
                 break
             table = pd.read_parquet(self.out / c["file"])
             rows = linkable(table)
-            self.linker.add(rows)
-            self.fed.append((c, table, rows["x"].to_numpy()))
+            if self.linker is not None:
+                self.linker.add(rows)
+            self.fed.append((c, table, rows[["frame", "x", "y"]]))
             end = c["stop"]
 
     def finish(self, *, report: bool | None = None) -> RunResult:
@@ -1063,17 +1143,43 @@ class _RunState:
         self.info["n_frames"] = len(self.series)
         track = self.track if report is None else dataclasses.replace(self.track, report=report)
         read, linked = None, None
-        if self.linker is not None:
+        if self.linker is not None or self.segments is not None:
             self.feed_linker()
-            linker, self.linker = self.linker, None
             read = {c["file"]: t for c, t, _ in self.fed}
-            fed_x = np.concatenate([x for _, _, x in self.fed]) if self.fed else np.zeros(0)
-            # Closed inside _finish, once the peak table is being written: the last chunks'
-            # linking then overlaps that write instead of preceding it.
-            linked = (linker.close, fed_x)
+            rows = (pd.concat([r for _, _, r in self.fed], ignore_index=True) if self.fed
+                    else pd.DataFrame({"frame": [], "x": [], "y": []}))
+            fed_x = rows["x"].to_numpy(float)
+            if self.linker is not None:
+                linker, self.linker = self.linker, None
+                # Closed inside _finish, once the peak table is being written: the last
+                # chunks' linking then overlaps that write instead of preceding it.
+                linked = (linker.close, fed_x)
+            else:
+                linked = (self._join_segments(rows), fed_x)
         meta = self.meta if self.meta is not None and len(self.meta) == len(self.series) else None
         return _finish(self.out, self.info, self.config, track, self.series, self.started,
                        read=read, linked=linked, meta=meta)
+
+
+    def _join_segments(self, rows: pd.DataFrame) -> Callable[[], np.ndarray]:
+        """The call that joins the workers' segment labels (any missing one, e.g. of a run
+        stopped and resumed, is linked here) and notes in run.json how it went."""
+        from .track import link_in_segments
+
+        segments, given = self.segments, self.segment_labels
+        self.segments = None
+
+        def join() -> np.ndarray:
+            out = link_in_segments(
+                rows["frame"].to_numpy(np.int64), rows["x"].to_numpy(float),
+                rows["y"].to_numpy(float), segments,
+                segment_labels=[given.get(k) for k in range(len(segments))],
+                search_range=self.track.search_range, memory=self.track.memory)
+            self.info["linking"] = {"segments": len(segments), "linked_on_workers": len(given),
+                                    "seams_relinked": out.relinked}
+            return out.labels
+
+        return join
 
 
 def _run_progress(total: int, initial: int, enabled: bool):
