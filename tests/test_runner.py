@@ -102,10 +102,16 @@ def test_sigkill_at_random_points_then_rerun_gives_identical_tables(drifting_ser
 
 
 @pytest.mark.slow
-def test_two_dask_workers_give_the_serial_result(drifting_series, tmp_path):
+def test_two_dask_workers_give_the_serial_result(drifting_series, tmp_path, monkeypatch):
+    import functools
+
+    import braggtrack.track as trk
+
     path, _ = drifting_series
-    # memory 1: a 6-frame warm-up, so the last of the 4 segments is joined at a real seam
-    # (the others reach back to frame 0).
+    # One segment per chunk (a real run makes them >= 30 frames) and memory 1, a 6-frame
+    # warm-up: the last of the 4 segments is joined at a real seam (the others reach back to
+    # frame 0).
+    monkeypatch.setattr(trk, "plan_segments", functools.partial(trk.plan_segments, min_length=1))
     track = TrackConfig(report=False, memory=1)
     serial = run(path, tmp_path / "s", config=FAST, track=track, chunk_size=3, progress=False)
     par = run(path, tmp_path / "p", config=FAST, track=track, chunk_size=3, workers=2,
@@ -547,3 +553,30 @@ def test_geometry_without_wavelength_gives_strain_from_two_theta(drifting_series
     assert {"two_theta", "strain", "strain_err"} <= set(res.tracks.columns)
     assert "d_spacing" not in res.tracks and "radial_shift" not in res.tracks
     assert (res.tracks.groupby("particle").strain.first() == 0).all()
+
+
+def test_link_segment_reads_its_chunk_files_and_reports_a_missing_one(tmp_path):
+    from braggtrack.runner import LinkTask, link_segment
+    from braggtrack.track import link_arrays
+
+    rng = np.random.default_rng(4)
+    files = []
+    for a in (0, 4, 8):
+        frame = np.repeat(np.arange(a, a + 4), 5)
+        table = pd.DataFrame({"frame": frame, "x": np.tile(np.arange(5) * 20.0, 4)
+                              + rng.normal(0, 0.1, 20), "y": 10.0, "ok": True})
+        table.loc[3, "ok"] = False  # rejected rows are not linked
+        files.append(str(tmp_path / f"peaks-{a:06d}.parquet"))
+        table.to_parquet(files[-1])
+    task = LinkTask(index=1, files=tuple(files[1:]), warm=6, stop=12, search_range=5.0, memory=2)
+    out = link_segment(task)
+    rows = pd.concat([pd.read_parquet(f) for f in files[1:]], ignore_index=True)
+    rows = rows[rows["ok"] & (rows["frame"] >= 6)]
+    assert out["segment"] == 1
+    np.testing.assert_array_equal(out["labels"], link_arrays(
+        rows["frame"].to_numpy(), rows["x"].to_numpy(), rows["y"].to_numpy(), search_range=5.0,
+        memory=2))
+    # A chunk file gone: no labels (the driver links the segment itself), not a dead run.
+    gone = link_segment(LinkTask(index=2, files=(str(tmp_path / "nope.parquet"),), warm=8,
+                                 stop=12, search_range=5.0, memory=2))
+    assert gone["labels"] is None and "nope.parquet" in gone["error"]

@@ -225,15 +225,18 @@ def link_segment(task: LinkTask, *_chunks: object) -> dict:
     """
     from .track import link_arrays, linkable
 
-    parts = [linkable(pd.read_parquet(f, columns=["frame", "x", "y", "ok"]), what=f)
-             for f in task.files]
-    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        {"frame": [], "x": [], "y": []})
-    frame = rows["frame"].to_numpy(np.int64)
-    keep = (frame >= task.warm) & (frame < task.stop)
-    labels = link_arrays(frame[keep], rows["x"].to_numpy(float)[keep],
-                         rows["y"].to_numpy(float)[keep], search_range=task.search_range,
-                         memory=task.memory)
+    try:
+        parts = [linkable(pd.read_parquet(f, columns=["frame", "x", "y", "ok"]), what=f)
+                 for f in task.files]
+        rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+            {"frame": [], "x": [], "y": []})
+        frame = rows["frame"].to_numpy(np.int64)
+        keep = (frame >= task.warm) & (frame < task.stop)
+        labels = link_arrays(frame[keep], rows["x"].to_numpy(float)[keep],
+                             rows["y"].to_numpy(float)[keep], search_range=task.search_range,
+                             memory=task.memory)
+    except Exception as exc:  # noqa: BLE001 - the driver links this segment itself instead
+        return {"segment": task.index, "labels": None, "error": f"{type(exc).__name__}: {exc}"}
     return {"segment": task.index, "labels": labels}
 
 
@@ -1115,7 +1118,8 @@ class _RunState:
                 for k, seg in enumerate(self.segments)]
 
     def record_links(self, result: dict) -> None:
-        self.segment_labels[int(result["segment"])] = result["labels"]
+        if result.get("labels") is not None:  # else finish() links that segment here
+            self.segment_labels[int(result["segment"])] = result["labels"]
 
     def feed_linker(self) -> None:
         """Read the chunks finished in order since the last call (kept for the tables) and
