@@ -479,3 +479,21 @@ def test_segments_refuse_gaps_and_unsorted_rows():
     with pytest.raises(OptionError, match="increase"):
         plan_segments([0, 5, 5])
     assert link_in_segments(frame[:0], x[:0], y[:0], []).labels.size == 0
+
+
+def test_frame_linker_labels_so_far_are_a_prefix_of_the_final_ones():
+    # A live run updates its tables after every chunk without ending the linking.
+    peaks, _ = drifting_series(n_particles=30, n_frames=20, vanish=0.1, seed=5)
+    frame, x, y = _sorted_arrays(peaks)
+    linker = FrameLinker(search_range=5.0)
+    assert linker.labels().size == 0
+    so_far = []
+    for lo, hi in ((0, 5), (5, 6), (6, 13), (13, 20)):
+        keep = (frame >= lo) & (frame < hi)
+        linker.add(pd.DataFrame({"frame": frame[keep], "x": x[keep], "y": y[keep]}))
+        so_far.append(linker.labels())
+        assert len(so_far[-1]) == int((frame < hi).sum())
+    final = linker.close()
+    for part in so_far:
+        np.testing.assert_array_equal(part, final[:len(part)])
+    np.testing.assert_array_equal(final, link_arrays(frame, x, y, search_range=5.0))

@@ -180,3 +180,49 @@ def test_watch_bad_scheduler_fails_at_once(tmp_path):
         watch(source, tmp_path / "run", config=FindConfig(localizer="centroid"),
               track=TrackConfig(report=False), scheduler="notanaddress", poll_s=0.05,
               quiet_s=0.3, progress=False)
+
+
+def test_live_updates_read_and_link_only_new_chunks_and_survive_a_redone_partial_chunk(
+        tmp_path, monkeypatch):
+    # What watch() does between polls, step by step: each update must cost the new chunks
+    # only (a long experiment would otherwise relink every frame at every update), and a
+    # partial last chunk redone whole (frames came after a quiet spell) must not leave stale
+    # rows in the linking.
+    from braggtrack.io import open_frames
+    from braggtrack.runner import _execute, _RunState, run
+
+    source = tmp_path / "live.h5"
+    _h5_series(source, 5)
+    config, track = FindConfig(localizer="centroid"), TrackConfig(report=False)
+    state = _RunState.open(source, tmp_path / "run", config=config, track=track, dataset=None,
+                           dark=None, flat=None, mask=None, chunk_size=2, workers=1,
+                           scheduler=None, force=False, resume=None, strict=False,
+                           command=None, live=True)
+    state.start_linking()
+    _execute(state.tasks(0, 5), 1, None, state.record)  # (0, 2), (2, 4), (4, 5)
+    first = state.finish(report=False)
+    assert sorted(first.frames.frame) == [0, 1, 2, 3, 4] and state.linker is not None
+
+    reads = []
+    real_read = pd.read_parquet
+    monkeypatch.setattr(pd, "read_parquet", lambda f, *a, **k: reads.append(str(f))
+                        or real_read(f, *a, **k))
+    state.series.close()  # as watch() does between polls (HDF5 allows one writer)
+    _h5_series(source, 2, start=5)
+    state.series = open_frames(source)
+    _execute(state.tasks(state.done_until(), 7, partial=False), 1, None, state.record)
+    assert [c["stop"] for c in state.info["chunks"]] == [2, 4, 6]  # (4, 5) redone as (4, 6)
+    second = state.finish(report=False)
+    assert sorted(second.frames.frame) == list(range(6))
+    # The redone chunk forced one re-read of everything; the next update reads its own only.
+    reads.clear()
+    _execute(state.tasks(0, 7), 1, None, state.record)
+    final = state.finish()
+    assert {r.rsplit("/", 1)[-1] for r in reads} == {"peaks-000006-000007.parquet",
+                                                      "frames-000006-000007.parquet"}
+    monkeypatch.undo()
+    fresh = run(source, tmp_path / "fresh", config=config, track=track, chunk_size=2,
+                progress=False)
+    for name in ("peaks", "tracks", "particles"):
+        pd.testing.assert_frame_equal(getattr(final, name), getattr(fresh, name))
+    state.series.close()

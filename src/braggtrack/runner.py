@@ -851,6 +851,7 @@ def watch(
             client.close()
         raise
     folder = not Path(source).is_file()
+    state.start_linking()
     cluster = None
     if client is None and workers > 1:
         # One cluster (and client) for the whole watch, not one per batch of new frames.
@@ -922,8 +923,9 @@ class _RunState:
     expected_checksums: dict = field(default_factory=dict)  # path -> xxh3 an earlier part saw
     meta: pd.DataFrame | None = None  # per-frame metadata, read when the run started
     threads: int = 1  # detection threads per chunk task (worker processes on this machine)
-    linker: object = None  # track.FrameLinker fed chunk by chunk (run(), not watch())
-    fed: list = field(default_factory=list)  # (chunk record, peak table, linkable rows)
+    linker: object = None  # track.FrameLinker fed chunk by chunk
+    # (chunk record, peak table, linkable rows, frames table) of each chunk read, in order
+    fed: list = field(default_factory=list)
     segments: list | None = None  # track.Segment per chunk, when the workers link
     segment_labels: dict = field(default_factory=dict)  # segment index -> labels
 
@@ -1128,6 +1130,18 @@ class _RunState:
             return
         from .track import linkable
 
+        current = {c["start"]: c for c in self.info["chunks"]}
+        if any(current.get(c["start"]) != c for c, *_ in self.fed):
+            # A partial last chunk was redone whole (live mode, frames came after a quiet
+            # spell): what was linked is no longer the series; link it again from frame 0.
+            self.fed = []
+            if self.linker is not None:
+                from .track import FrameLinker
+
+                with contextlib.suppress(Exception):
+                    self.linker.close()
+                self.linker = FrameLinker(search_range=self.track.search_range,
+                                          memory=self.track.memory)
         end = self.fed[-1][0]["stop"] if self.fed else 0
         for c in self.info["chunks"]:
             if c["start"] < end:
@@ -1138,7 +1152,9 @@ class _RunState:
             rows = linkable(table)
             if self.linker is not None:
                 self.linker.add(rows)
-            self.fed.append((c, table, rows[["frame", "x", "y"]]))
+            frames_file = _frames_file(self.out / c["file"])
+            frames = pd.read_parquet(frames_file) if frames_file.exists() else None
+            self.fed.append((c, table, rows[["frame", "x", "y"]], frames))
             end = c["stop"]
 
     def finish(self, *, report: bool | None = None) -> RunResult:
@@ -1149,11 +1165,15 @@ class _RunState:
         read, linked = None, None
         if self.linker is not None or self.segments is not None:
             self.feed_linker()
-            read = {c["file"]: t for c, t, _ in self.fed}
-            rows = (pd.concat([r for _, _, r in self.fed], ignore_index=True) if self.fed
+            read = {c["file"]: (t, f) for c, t, _, f in self.fed}
+            rows = (pd.concat([r for _, _, r, _ in self.fed], ignore_index=True) if self.fed
                     else pd.DataFrame({"frame": [], "x": [], "y": []}))
             fed_x = rows["x"].to_numpy(float)
-            if self.linker is not None:
+            if self.linker is not None and report is not None:
+                # An update of a live run: the linker goes on with the next frames, so each
+                # update links only the new ones and reads only the new chunks.
+                linked = (self.linker.labels, fed_x)
+            elif self.linker is not None:
                 linker, self.linker = self.linker, None
                 # Closed inside _finish, once the peak table is being written: the last
                 # chunks' linking then overlaps that write instead of preceding it.
@@ -1197,11 +1217,15 @@ def _gather(out: Path, info: dict, config: FindConfig,
             read: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     peaks, frames = [], []
     for c in info["chunks"]:
-        f = out / c["file"]
-        peaks.append(read[c["file"]] if read and c["file"] in read else pd.read_parquet(f))
-        ff = _frames_file(f)
-        if ff.exists():
-            frames.append(pd.read_parquet(ff))
+        if read and c["file"] in read:
+            peak_table, frame_table = read[c["file"]]
+        else:
+            f, ff = out / c["file"], _frames_file(out / c["file"])
+            peak_table = pd.read_parquet(f)
+            frame_table = pd.read_parquet(ff) if ff.exists() else None
+        peaks.append(peak_table)
+        if frame_table is not None:
+            frames.append(frame_table)
     peaks_df = pd.concat(peaks, ignore_index=True) if peaks else empty_peak_table(config.localizer)
     frames_df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         {"frame": [], "status": [], "reason": [], "n_peaks": [], "n_ok": []})
@@ -1212,9 +1236,10 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
             started: float, read: dict | None = None,
             linked: tuple[Callable[[], np.ndarray], np.ndarray] | None = None,
             meta: pd.DataFrame | None = None) -> RunResult:
-    """Gather the chunks, link, measure and write. ``read``: chunk tables already read, by
-    file; ``linked``: ``(close, x)``, a call that returns the labels of a
-    :class:`~braggtrack.track.FrameLinker` fed during the run and the x it was fed (see
+    """Gather the chunks, link, measure and write. ``read``: (peak table, frames table) of
+    chunks already read, by file; ``linked``: ``(labels, x)``, a call that returns the labels
+    of the rows linked during the run (a :class:`~braggtrack.track.FrameLinker`'s, or the
+    joined segments of the workers) and the x they were fed (see
     :func:`link_and_measure`); ``meta``: the per-frame metadata when already read (by
     :func:`check_track`).
 

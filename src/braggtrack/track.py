@@ -331,6 +331,7 @@ class FrameLinker:
     """
 
     _DONE = object()
+    _FLUSH = object()
 
     def __init__(self, *, search_range: float = 3.0, memory: int = 3, predict: bool = True,
                  adaptive_stop: float | None = None, adaptive_step: float = 0.95) -> None:
@@ -383,6 +384,21 @@ class FrameLinker:
             last = frame
         self._last_frame = last
 
+    def labels(self) -> np.ndarray:
+        """Wait until every row fed so far is linked; their labels, in order. The linker goes
+        on (a live run's tables are updated while frames keep coming): a later label never
+        changes an earlier one."""
+        if self._thread is None:
+            return np.zeros(0, np.int64)
+        linked = threading.Event()
+        self._queue.put((self._FLUSH, linked))
+        while not linked.wait(0.05):
+            if not self._thread.is_alive():  # ended by an error
+                break
+        if self._error is not None:
+            raise self._error
+        return np.concatenate(self._labels) if self._labels else np.zeros(0, np.int64)
+
     def close(self) -> np.ndarray:
         """Wait for the linking to finish; the label of every row fed, in order."""
         if self._thread is None:
@@ -396,6 +412,11 @@ class FrameLinker:
 
     def _frames(self):
         while (item := self._queue.get()) is not self._DONE:
+            if item[0] is self._FLUSH:
+                # trackpy asks for the next frame only once the labels of the last one were
+                # taken (appended in _link), so every frame before this mark is linked.
+                item[1].set()
+                continue
             yield item
         self._drained = True
 
