@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from braggtrack.errors import OptionError
 from braggtrack.track import (
     FrameLinker,
+    Segment,
     evaluate_tracking,
     filter_tracks,
     link,
@@ -479,6 +480,12 @@ def test_segments_refuse_gaps_and_unsorted_rows():
     with pytest.raises(OptionError, match="increase"):
         plan_segments([0, 5, 5])
     assert link_in_segments(frame[:0], x[:0], y[:0], []).labels.size == 0
+    with pytest.raises(OptionError, match="cover"):  # rows, but no segment for them
+        link_in_segments(frame, x, y, [])
+    with pytest.raises(OptionError, match="warm <= start"):
+        link_in_segments(frame, x, y, [Segment(1, 0, 3)])
+    with pytest.raises(OptionError, match="warmup"):
+        plan_segments([0, 3], warmup=-1)
 
 
 def test_frame_linker_labels_so_far_are_a_prefix_of_the_final_ones():
@@ -497,3 +504,59 @@ def test_frame_linker_labels_so_far_are_a_prefix_of_the_final_ones():
     for part in so_far:
         np.testing.assert_array_equal(part, final[:len(part)])
     np.testing.assert_array_equal(final, link_arrays(frame, x, y, search_range=5.0))
+
+
+def _short_lived_tracks(seed: int, n_frames: int = 300, born: int = 6):
+    """Many trajectories of 4-11 frames: trackpy hands out a new id every few peaks."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for first in range(n_frames):
+        for _ in range(born):
+            life, start, vel = int(rng.integers(4, 12)), rng.uniform(0, 1000, 2), rng.normal(0, .3, 2)
+            f = np.arange(first, min(first + life, n_frames))
+            xy = start + (f - first)[:, None] * vel
+            rows.append(pd.DataFrame({"frame": f, "x": xy[:, 0], "y": xy[:, 1]}))
+    return _sorted_arrays(pd.concat(rows, ignore_index=True))
+
+
+def test_two_linkings_at_once_in_one_process_do_not_mix_their_trajectories():
+    # trackpy resets its process-wide trajectory counter whenever a linking starts; a Dask
+    # worker with several threads links two segments at once. Labels must not depend on it.
+    import threading
+    import time
+
+    data = [_short_lived_tracks(1), _short_lived_tracks(2)]
+    alone = [link_arrays(*d, search_range=5.0) for d in data]
+    out = [None, None]
+
+    def work(k):
+        out[k] = link_arrays(*data[k], search_range=5.0)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    threads[0].start()
+    time.sleep(0.05)  # the second starts (and resets trackpy's counters) mid-way
+    threads[1].start()
+    for t in threads:
+        t.join()
+    for k in (0, 1):
+        np.testing.assert_array_equal(_canonical(out[k], *data[k]), _canonical(alone[k], *data[k]))
+
+
+def test_a_cold_start_trackpy_gives_up_on_is_relinked_not_raised():
+    # A dense cluster (0.5 px pitch) accelerating smoothly: one pass predicts every step, but a
+    # segment's warm-up starts without velocities, every peak lands between two candidates and
+    # trackpy's adaptive search gives up. The seam is relinked with a longer warm-up instead.
+    pitch, w = 0.5, 20
+    accel = 2 * (2.5 * pitch) / (2 * w + 1)
+    grid = np.stack(np.meshgrid(np.arange(24), np.arange(3)), -1).reshape(-1, 2) * pitch + 50.0
+    rng = np.random.default_rng(0)
+    frame = np.repeat(np.arange(40), len(grid))
+    xy = np.concatenate([grid + [0.5 * accel * f * f, 0.0] + rng.normal(0, 0.01, grid.shape)
+                         for f in range(40)])
+    x, y = xy[:, 0], xy[:, 1]
+    whole = link_arrays(frame, x, y, search_range=3.0, memory=3)
+    out = link_in_segments(frame, x, y, plan_segments([0, 10, 20, 30, 40], 3, None, 1),
+                           search_range=3.0, memory=3)
+    assert out.relinked >= 1
+    np.testing.assert_array_equal(_canonical(out.labels, frame, x, y),
+                                  _canonical(whole, frame, x, y))

@@ -667,14 +667,19 @@ def _execute(tasks: list[ChunkTask], workers: int, scheduler: str | None, on_don
         by_file = {t.out_file: f for t, f in zip(tasks, futures, strict=True)}
         # Ahead of the chunks still waiting: a segment's link runs while the cluster works on
         # later frames, and its chunks' results leave the workers' memory early.
-        futures += [client.submit(link_segment, lt, *[by_file[f] for f in lt.files
-                                                      if f in by_file],
-                                  pure=False, priority=1) for lt in links]
-        for _fut, result in as_completed(futures, with_results=True):
-            if "segment" in result:
+        link_futures = {client.submit(link_segment, lt, *[by_file[f] for f in lt.files
+                                                          if f in by_file],
+                                      pure=False, priority=1) for lt in links}
+        futures += list(link_futures)
+        for fut in as_completed(futures):
+            if fut in link_futures:
+                try:
+                    result = fut.result()
+                except Exception:  # noqa: BLE001 - e.g. its worker died: linked at the end
+                    continue
                 on_linked(result)
             else:
-                on_done(result)
+                on_done(fut.result())
     except BaseException:
         # Ctrl-C or an error: the chunks in flight are dropped (a resumed run redoes them).
         # Dask's callbacks still waiting for them print tracebacks while the client closes.
@@ -773,7 +778,9 @@ def run(
         tasks = state.tasks(0, n)
         # On worker processes, they link too (in segments, joined exactly at the end): one
         # process linking every frame could not keep up with many workers.
-        state.start_linking(on_workers=not _in_process(tasks, workers, scheduler, client))
+        # (With no chunk left to do, as in a rerun for other track options, one pass here.)
+        state.start_linking(on_workers=bool(tasks)
+                            and not _in_process(tasks, workers, scheduler, client))
         try:
             _execute(tasks, workers, scheduler, lambda r: state.record(r, bar), client=client,
                      links=state.link_tasks(), on_linked=state.record_links)

@@ -42,6 +42,7 @@ the returned table holds the linked peaks only.
 
 from __future__ import annotations
 
+import itertools
 import numbers
 import queue
 import threading
@@ -154,14 +155,13 @@ class _VelocityPredictor:
     A trajectory with a single point yet takes the median velocity of those that have two
     (common drift of the sample or detector), so a peak that appears during a drift is
     followed from its second frame.  trackpy calls the predictor with the last point of each
-    trajectory (and the points held in memory); the previous point is remembered here by
-    trajectory id.  This replaces trackpy's ``NearestVelocityPredict``, whose per-frame pandas
-    work cost about 80 ms a frame (25 times the linking itself) with pandas 3.
+    trajectory (and the points held in memory); the previous point is remembered on the
+    trajectory object itself, not by its id: trackpy numbers trajectories with a counter
+    shared by the whole process, which another linking starting in another thread resets
+    (see :class:`FrameLinker`).  This replaces trackpy's ``NearestVelocityPredict``, whose
+    per-frame pandas work cost about 80 ms a frame (25 times the linking itself) with
+    pandas 3.
     """
-
-    def __init__(self) -> None:
-        self.last: dict[int, tuple[float, np.ndarray]] = {}
-        self.previous: dict[int, tuple[float, np.ndarray]] = {}
 
     def __call__(self, t1: float, points: list) -> list[np.ndarray]:
         n = len(points)
@@ -169,16 +169,16 @@ class _VelocityPredictor:
             return []
         # Python does only the per-trajectory bookkeeping; the arithmetic is done on arrays
         # (numpy on 2-element arrays costs ~1 us a call, which adds up at 300 points/frame).
-        last_of, previous_of = self.last, self.previous
         with_prev, last_t, last_pos, prev_t, prev_pos = [], [], [], [], []
         for i, p in enumerate(points):
-            tid = p.track.id
-            last = last_of.get(tid)
+            track = p.track
+            state = track.__dict__
+            last = state.get("_bt_last")
             if last is None or p.t > last[0]:
                 if last is not None:
-                    previous_of[tid] = last
-                last = last_of[tid] = (p.t, p.pos)
-            prev = previous_of.get(tid)
+                    state["_bt_prev"] = last
+                last = state["_bt_last"] = (p.t, p.pos)
+            prev = state.get("_bt_prev")
             if prev is not None:
                 with_prev.append(i)
                 last_t.append(last[0])
@@ -422,12 +422,28 @@ class FrameLinker:
 
     def _link(self) -> None:
         import trackpy as tp
+        from trackpy.linking import Linker
 
         tp.quiet()
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*inplace keyword.*")  # pandas 3
-                for _, ids in tp.link_iter(self._frames(), self.search_range, **self.options):
+                # trackpy's link_iter, but labels taken from the trajectory objects: the ids
+                # trackpy gives them come from a counter shared by the process, which every
+                # linking resets when it starts, so two linkings in two threads (a Dask worker
+                # with several threads linking two segments) would hand out the same ids.
+                linker, number = Linker(self.search_range, **self.options), itertools.count()
+                for i, (t, coords) in enumerate(self._frames()):
+                    if i == 0:
+                        linker.init_level(coords, t)
+                    else:
+                        linker.next_level(coords, t)
+                    ids = []
+                    for p in linker.hash.points:
+                        state = p.track.__dict__  # kept on the trajectory: ends with it
+                        if "_bt_label" not in state:
+                            state["_bt_label"] = next(number)
+                        ids.append(state["_bt_label"])
                     self._labels.append(np.asarray(ids, dtype=np.int64))
         except BaseException as exc:  # noqa: BLE001 - handed to close() in the caller's thread
             self._error = exc
@@ -499,6 +515,8 @@ def plan_segments(bounds, memory: int = 3, warmup: int | None = None,
     if any(b >= c for b, c in zip(bounds, bounds[1:], strict=False)):
         raise OptionError(f"plan_segments: bounds must increase, got {bounds}")
     warmup = segment_warmup(memory) if warmup is None else int(warmup)
+    if warmup < 0:
+        raise OptionError(f"plan_segments: warmup must be >= 0 frames, got {warmup}")
     min_length = 3 * warmup if min_length is None else int(min_length)
     cuts = bounds[:1]
     for b in bounds[1:]:
@@ -600,9 +618,12 @@ def link_in_segments(frame: np.ndarray, x: np.ndarray, y: np.ndarray, segments: 
         return link_arrays(frame[lo:hi], x[lo:hi], y[lo:hi], **opts)
 
     labels = np.full(len(frame), -1, dtype=np.int64)
-    if not segments:
+    if not segments and not len(frame):
         return SegmentLinking(labels, 0, 0)
-    if (len(frame) and (frame[0] < segments[0].start or frame[-1] >= segments[-1].stop)) or any(
+    if any(not (g.warm <= g.start < g.stop) for g in segments):
+        raise OptionError("link_in_segments: each segment needs warm <= start < stop")
+    if not segments or (len(frame) and (frame[0] < segments[0].start
+                                        or frame[-1] >= segments[-1].stop)) or any(
             a.stop != b.start for a, b in zip(segments, segments[1:], strict=False)):
         raise OptionError("link_in_segments: the segments must be contiguous and cover every "
                           "frame")
@@ -623,9 +644,16 @@ def link_in_segments(frame: np.ndarray, x: np.ndarray, y: np.ndarray, segments: 
         warm = seg.warm
         while True:
             lo = row(warm)
-            seg_labels = linked(lo, stop_row, given)
-            pred = _predecessors(seg_labels[:start_row - lo])
-            if win_row >= lo:
+            try:
+                seg_labels = linked(lo, stop_row, given)
+            except Exception:
+                # A cold start can fail where the one pass does not (trackpy gives up on a
+                # dense cluster whose motion it cannot predict yet): a longer warm-up.
+                if lo == 0:
+                    raise
+                seg_labels = None
+            if seg_labels is not None and win_row >= lo:
+                pred = _predecessors(seg_labels[:start_row - lo])
                 mine = pred[win_row - lo:]
                 mine = np.where(mine >= 0, mine + lo, -1)
                 if np.array_equal(mine, trusted):
