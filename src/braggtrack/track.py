@@ -1,7 +1,9 @@
 """Link peaks across frames into trajectories, and judge the result.
 
 One *particle* is one trajectory: the same Bragg reflection (the same grain, the same hkl) seen in
-consecutive frames.  :func:`link` adds an integer ``particle`` column to a peak table;
+consecutive frames.  :func:`link` adds an integer ``particle`` column to a peak table
+(:class:`FrameLinker` does the same fed chunk by chunk; :func:`link_in_segments` joins segments
+linked apart, e.g. on Dask workers, into exactly the same trajectories);
 :func:`filter_tracks` drops short trajectories; :func:`split_on_shape_change` cuts a trajectory
 where the peak shape jumps (another reflection took the place of the first one);
 :func:`particles` summarises each trajectory; :func:`evaluate_tracking` scores a linking
@@ -57,6 +59,13 @@ from .errors import OptionError
 
 __all__ = [
     "link",
+    "FrameLinker",
+    "Segment",
+    "SegmentLinking",
+    "plan_segments",
+    "segment_warmup",
+    "link_arrays",
+    "link_in_segments",
     "filter_tracks",
     "split_on_shape_change",
     "particles",
