@@ -120,6 +120,8 @@ def test_two_dask_workers_give_the_serial_result(drifting_series, tmp_path, monk
         pd.testing.assert_frame_equal(getattr(serial, name), getattr(par, name))
     # The workers linked every segment; the driver only joined them.
     assert par.info["linking"] == {"segments": 4, "linked_on_workers": 4, "seams_relinked": 0}
+    # The input checksum, computed on a worker, is the one the serial run computed here.
+    assert par.info["inputs"][0]["xxh3_128"] == serial.info["inputs"][0]["xxh3_128"]
     assert "linking" not in serial.info
 
 

@@ -638,16 +638,30 @@ def _in_process(tasks: list[ChunkTask], workers: int, scheduler: str | None, cli
     return client is None and scheduler is None and (workers <= 1 or len(tasks) <= 1)
 
 
+def _run_jobs_here(jobs: Sequence[tuple[Callable, tuple, Callable]]) -> None:
+    """Start each ``(func, args, on_future)`` job on a low-priority thread of this process and
+    hand its Future to ``on_future`` at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for func, args, on_future in jobs:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="braggtrack-checksum")
+        on_future(pool.submit(_background(func), *args))
+        pool.shutdown(wait=False)
+
+
 def _execute(tasks: list[ChunkTask], workers: int, scheduler: str | None, on_done,
-             client=None, links: Sequence[LinkTask] = (), on_linked=None) -> None:
+             client=None, links: Sequence[LinkTask] = (), on_linked=None,
+             jobs: Sequence[tuple[Callable, tuple, Callable]] = ()) -> None:
     """Run ``tasks``, calling ``on_done`` with each result: in this process (pipelined), on
     ``client`` when given, on the scheduler at ``scheduler``, or on a local cluster.
     ``links``: segment-linking tasks for the Dask workers, each run as soon as the chunks
-    whose files it reads are written; ``on_linked`` gets their results."""
-    if not tasks:
-        return
-    if _in_process(tasks, workers, scheduler, client):
-        _pipelined(tasks, on_done)
+    whose files it reads are written; ``on_linked`` gets their results. ``jobs``:
+    ``(func, args, on_future)`` run beside the tasks (on a worker first thing, or on a thread
+    here), ``on_future`` given a ``concurrent.futures.Future`` of the result (done, on Dask)."""
+    if not tasks or _in_process(tasks, workers, scheduler, client):
+        _run_jobs_here(jobs)
+        if tasks:
+            _pipelined(tasks, on_done)
         return
     from dask.distributed import Client, as_completed
 
@@ -671,8 +685,20 @@ def _execute(tasks: list[ChunkTask], workers: int, scheduler: str | None, on_don
                                                           if f in by_file],
                                       pure=False, priority=1) for lt in links}
         futures += list(link_futures)
+        job_futures = {client.submit(func, *args, pure=False, priority=2): on_future
+                       for func, args, on_future in jobs}
+        futures += list(job_futures)
         for fut in as_completed(futures):
-            if fut in link_futures:
+            if fut in job_futures:
+                from concurrent.futures import Future
+
+                local = Future()
+                try:
+                    local.set_result(fut.result())
+                except Exception as exc:  # noqa: BLE001 - raised where the result is used
+                    local.set_exception(exc)
+                job_futures[fut](local)
+            elif fut in link_futures:
                 try:
                     result = fut.result()
                 except Exception:  # noqa: BLE001 - e.g. its worker died: linked at the end
@@ -783,7 +809,8 @@ def run(
                             and not _in_process(tasks, workers, scheduler, client))
         try:
             _execute(tasks, workers, scheduler, lambda r: state.record(r, bar), client=client,
-                     links=state.link_tasks(), on_linked=state.record_links)
+                     links=state.link_tasks(), on_linked=state.record_links,
+                     jobs=state.checksum_jobs())
         except BaseException:
             # End the linker's thread; the chunks written so far are kept. Its own error, if
             # any, must not hide the one that stopped the run.
@@ -927,6 +954,7 @@ class _RunState:
     strict: bool
     started: float
     checksums: object = None  # Future of the input checksums, until finish() collects it
+    unhashed: list | None = None  # input files whose checksum is still to be started
     expected_checksums: dict = field(default_factory=dict)  # path -> xxh3 an earlier part saw
     meta: pd.DataFrame | None = None  # per-frame metadata, read when the run started
     threads: int = 1  # detection threads per chunk task (worker processes on this machine)
@@ -1004,7 +1032,7 @@ class _RunState:
             "parameters": {**config.to_dict(), **track.to_dict(), "dataset": dataset,
                            "chunk_size": chunk_size, "workers": workers,
                            "scheduler": scheduler, "strict": strict, **calib_files},
-            # Size and mtime now; the checksums are added when done (a background thread;
+            # Size and mtime now; the checksums are added when done (checksum_jobs;
             # see finish()).
             "inputs": inputs,
             "model": model_rec,
@@ -1022,20 +1050,28 @@ class _RunState:
         done = [c for c in (previous or {}).get("chunks", []) if (out / c["file"]).exists()]
         info["chunks"] = sorted(done, key=lambda c: c["start"])
         _write_json_atomic(out / RUN_JSON, info)
-        checksums = None
-        if not live and not all(r.get("xxh3_128") for r in inputs):
-            # Hashing a multi-GB input takes seconds to minutes: do it beside the frame work
-            # (hashlib and file reads release the GIL) instead of before it.
-            from concurrent.futures import ThreadPoolExecutor
-
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="braggtrack-checksum")
-            checksums = pool.submit(_background(_input_record), list(series.files))
-            pool.shutdown(wait=False)
+        # Hashing a multi-GB input takes seconds to minutes: it is done beside the frame work
+        # (checksum_jobs) instead of before it.
+        unhashed = (list(series.files) if not live and not all(r.get("xxh3_128") for r in inputs)
+                    else None)
         return cls(source=source, out=out, series=series, info=info, config=config, track=track,
                    dataset=dataset, dark=dark_t, calib_files=calib_files, chunk_size=chunk_size,
-                   strict=strict, started=time.time(), checksums=checksums,
+                   strict=strict, started=time.time(), unhashed=unhashed,
                    expected_checksums=expected, meta=meta,
                    threads=_threads_per_worker(workers, scheduler))
+
+    def checksum_jobs(self) -> list[tuple[Callable, tuple, Callable]]:
+        """The input checksum as a job for :func:`_execute` (once): on a Dask worker when
+        the run has them (the driver's CPU is what a cluster runs short of first; the
+        workers read the input anyway), else on a low-priority thread here."""
+        files, self.unhashed = self.unhashed, None
+        if not files:
+            return []
+
+        def done(future) -> None:
+            self.checksums = future
+
+        return [(_input_record, (files,), done)]
 
     def collect_checksums(self) -> None:
         """Put the background checksums into run.json's ``inputs``, refusing an input that
@@ -1165,6 +1201,8 @@ class _RunState:
             end = c["stop"]
 
     def finish(self, *, report: bool | None = None) -> RunResult:
+        if self.unhashed:
+            _run_jobs_here(self.checksum_jobs())
         if self.checksums is not None and (report is None or self.checksums.done()):
             self.collect_checksums()
         self.info["n_frames"] = len(self.series)
