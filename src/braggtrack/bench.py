@@ -226,7 +226,7 @@ def bench_end_to_end(sizes: BenchSizes, workdir: Path) -> list[dict]:
             return (time.perf_counter() - t0) / len(series)
 
     def on_cluster(n_workers: int) -> tuple[float, float, float]:
-        """Best run time and the driver's CPU time during it (tables, seam joins, checksum, Dask), and
+        """Best run time and the driver's CPU time during it (tables, seam joins, Dask), and
         the best time of the chunk stage alone, all per frame."""
         with local_cluster(n_workers) as cluster:
             address = cluster.scheduler_address
@@ -252,8 +252,8 @@ def bench_end_to_end(sizes: BenchSizes, workdir: Path) -> list[dict]:
              t_floor / t1, "within 5x of floor (>= 0.2)"),
         _row("scaling 1 -> 2 Dask worker processes (1 thread each)", 1 / t2, "frames/s",
              1 / t1w, "1 worker process", t1w / t2, ">= 1.8x",
-             note=f"{cores} cores; the workers link too; the driver's tables, input checksum "
-                  "and Dask took "
+             note=f"{cores} cores; the workers link and checksum the input too; the "
+                  "driver's tables and Dask took "
                   f"{1e3 * driver_cpu:.1f} ms of CPU a frame beside the workers'"),
         _row("chunk stage alone (read, detect, localize, write) 1 -> 2 Dask workers",
              1 / stage2, "frames/s", 1 / stage1, "1 worker process", stage1 / stage2, "",
