@@ -560,3 +560,30 @@ def test_a_cold_start_trackpy_gives_up_on_is_relinked_not_raised():
     assert out.relinked >= 1
     np.testing.assert_array_equal(_canonical(out.labels, frame, x, y),
                                   _canonical(whole, frame, x, y))
+
+
+@pytest.mark.parametrize("call", ["labels", "close"])
+def test_a_cluster_trackpy_cannot_resolve_is_one_line_error_not_a_hang(call):
+    # 400 peaks in a 3 px blob: trackpy's adaptive search gives up. A live update (labels)
+    # must raise like the end of a run (close), with what to change, not wait forever.
+    import threading
+
+    rng = np.random.default_rng(0)
+    blob = pd.concat([pd.DataFrame({"frame": f, "x": 50 + rng.uniform(0, 3, 400),
+                                    "y": 50 + rng.uniform(0, 3, 400)}) for f in (0, 1)],
+                     ignore_index=True)
+    linker = FrameLinker(search_range=3.0)
+    linker.add(blob)
+    out = {}
+
+    def wait():
+        try:
+            getattr(linker, call)()
+        except OptionError as exc:
+            out["error"] = str(exc)
+
+    t = threading.Thread(target=wait, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), f"{call}() hangs after a linking error"
+    assert "linking stopped at frame 1" in out["error"] and "--search-range" in out["error"]

@@ -202,6 +202,9 @@ def test_live_updates_read_and_link_only_new_chunks_and_survive_a_redone_partial
     _execute(state.tasks(0, 5), 1, None, state.record)  # (0, 2), (2, 4), (4, 5)
     first = state.finish(report=False)
     assert sorted(first.frames.frame) == [0, 1, 2, 3, 4] and state.linker is not None
+    # As if a Ctrl-C fell between feeding a chunk to the linker and caching it: rows the
+    # cache does not know of. The next update must link again, not keep them.
+    state.linker.add(pd.DataFrame({"frame": [99], "x": [1.0], "y": [1.0]}))
 
     reads = []
     real_read = pd.read_parquet
@@ -226,3 +229,27 @@ def test_live_updates_read_and_link_only_new_chunks_and_survive_a_redone_partial
     for name in ("peaks", "tracks", "particles"):
         pd.testing.assert_frame_equal(getattr(final, name), getattr(fresh, name))
     state.series.close()
+
+
+def test_a_watch_stopped_by_an_error_leaves_no_linker_thread(tmp_path, monkeypatch):
+    import threading
+
+    import braggtrack.runner as runner
+    from braggtrack.errors import InputFileError
+
+    source = tmp_path / "live.h5"
+    _h5_series(source, 6)
+    real, calls = runner._detect_task, []
+
+    def failing(task, threads=1):
+        calls.append(task.start)
+        if len(calls) == 2:
+            raise InputFileError(str(source), "simulated: frame read failed")
+        return real(task, threads)
+
+    monkeypatch.setattr(runner, "_detect_task", failing)
+    with pytest.raises(InputFileError, match="simulated"):
+        watch(source, tmp_path / "run", config=FindConfig(localizer="centroid"),
+              track=TrackConfig(report=False), chunk_size=2, poll_s=0.05, quiet_s=0.3,
+              progress=False)
+    assert not [t for t in threading.enumerate() if t.name == "braggtrack-link"]

@@ -887,52 +887,64 @@ def watch(
     folder = not Path(source).is_file()
     state.start_linking()
     cluster = None
-    if client is None and workers > 1:
-        # One cluster (and client) for the whole watch, not one per batch of new frames.
-        from dask.distributed import Client
-
-        cluster = local_cluster(workers)
-        client = Client(cluster)
-    bar = _run_progress(None, state.frames_done(), progress)
-    last_new, last_report, seen = time.time(), 0.0, -1
     try:
-        while True:
-            try:
-                state.series.close()
-                state.series = open_frames(source, dataset=dataset)
-            except BraggTrackError:
-                time.sleep(poll_s)  # being rewritten right now: look again
-                continue
-            n = len(state.series)
-            if n != seen:
-                seen, last_new = n, time.time()
-            quiet = time.time() - last_new > quiet_s
-            ready = n if (quiet or not folder) else max(n - 1, 0)
-            tasks = state.tasks(state.done_until(), ready, partial=quiet)
-            if tasks:
-                _execute(tasks, workers, scheduler, lambda r: state.record(r, bar),
-                         client=client)
-                # What the tables now come from (the input grows by design: not checked).
-                state.info["inputs"] = _stat_record(state.series.files)
-                due = time.time() - last_report > report_every_s
-                state.finish(report=due and state.track.report)
-                last_report = time.time() if due else last_report
-            if quiet and not state.tasks(0, n):
-                break
-            time.sleep(poll_s)
-    except KeyboardInterrupt:
-        pass
+        if client is None and workers > 1:
+            # One cluster (and client) for the whole watch, not one per batch of new frames.
+            from dask.distributed import Client
+
+            cluster = local_cluster(workers)
+            client = Client(cluster)
+        bar = _run_progress(None, state.frames_done(), progress)
+        last_new, last_report, seen = time.time(), 0.0, -1
+        try:
+            while True:
+                try:
+                    state.series.close()
+                    state.series = open_frames(source, dataset=dataset)
+                except BraggTrackError:
+                    time.sleep(poll_s)  # being rewritten right now: look again
+                    continue
+                n = len(state.series)
+                if n != seen:
+                    seen, last_new = n, time.time()
+                quiet = time.time() - last_new > quiet_s
+                ready = n if (quiet or not folder) else max(n - 1, 0)
+                tasks = state.tasks(state.done_until(), ready, partial=quiet)
+                if tasks:
+                    _execute(tasks, workers, scheduler, lambda r: state.record(r, bar),
+                             client=client)
+                    # What the tables now come from (the input grows by design: not checked).
+                    state.info["inputs"] = _stat_record(state.series.files)
+                    due = time.time() - last_report > report_every_s
+                    state.finish(report=due and state.track.report)
+                    last_report = time.time() if due else last_report
+                if quiet and not state.tasks(0, n):
+                    break
+                time.sleep(poll_s)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            bar.close()
+    except BaseException:
+        # The chunks written so far are kept (a rerun resumes); the linker's thread ends.
+        with contextlib.suppress(Exception):
+            state.linker.close()
+        state.series.close()
+        raise
     finally:
-        bar.close()
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
     # The input grew during the watch: checksum what it finally is, not what it was at start.
-    state.info["inputs"] = _input_record(state.series.files)
-    state.info["live"] = False
     try:
+        state.info["inputs"] = _input_record(state.series.files)
+        state.info["live"] = False
         return state.finish()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            state.linker.close()
+        raise
     finally:
         state.series.close()
 
@@ -1174,17 +1186,23 @@ class _RunState:
         from .track import linkable
 
         current = {c["start"]: c for c in self.info["chunks"]}
-        if any(current.get(c["start"]) != c for c, *_ in self.fed):
-            # A partial last chunk was redone whole (live mode, frames came after a quiet
-            # spell): what was linked is no longer the series; link it again from frame 0.
+        stale = any(current.get(c["start"]) != c for c, *_ in self.fed)
+        # Rows fed to the linker that the cache does not know of: a Ctrl-C between the two.
+        torn = self.linker is not None and self.linker.rows_fed != sum(
+            len(r) for _, _, r, _ in self.fed)
+        if stale or torn:
+            # (Stale: a partial last chunk redone whole, in live mode.) What was linked is no
+            # longer what the cache holds: link again from frame 0, the new linker in place
+            # before the old one is closed, so that an interrupt here leaves a torn state
+            # again, which the next call repairs.
             self.fed = []
             if self.linker is not None:
                 from .track import FrameLinker
 
+                old, self.linker = self.linker, FrameLinker(
+                    search_range=self.track.search_range, memory=self.track.memory)
                 with contextlib.suppress(Exception):
-                    self.linker.close()
-                self.linker = FrameLinker(search_range=self.track.search_range,
-                                          memory=self.track.memory)
+                    old.close()
         end = self.fed[-1][0]["stop"] if self.fed else 0
         for c in self.info["chunks"]:
             if c["start"] < end:
@@ -1193,10 +1211,10 @@ class _RunState:
                 break
             table = pd.read_parquet(self.out / c["file"])
             rows = linkable(table)
-            if self.linker is not None:
-                self.linker.add(rows)
             frames_file = _frames_file(self.out / c["file"])
             frames = pd.read_parquet(frames_file) if frames_file.exists() else None
+            if self.linker is not None:
+                self.linker.add(rows)
             self.fed.append((c, table, rows[["frame", "x", "y"]], frames))
             end = c["stop"]
 

@@ -363,6 +363,7 @@ class FrameLinker:
         self._thread: threading.Thread | None = None
         self._last_frame: int | None = None
         self._drained = False
+        self.rows_fed = 0
 
     def add(self, rows: pd.DataFrame) -> None:
         """Queue the rows of one or more whole frames (``frame``, ``x``, ``y``)."""
@@ -392,6 +393,7 @@ class FrameLinker:
             self._queue.put((frame, block))
             last = frame
         self._last_frame = last
+        self.rows_fed += len(rows)  # last: an interrupted add() leaves it behind (see runner)
 
     def labels(self) -> np.ndarray:
         """Wait until every row fed so far is linked; their labels, in order. The linker goes
@@ -402,7 +404,7 @@ class FrameLinker:
         linked = threading.Event()
         self._queue.put((self._FLUSH, linked))
         while not linked.wait(0.05):
-            if not self._thread.is_alive():  # ended by an error
+            if self._error is not None or not self._thread.is_alive():  # ended by an error
                 break
         if self._error is not None:
             raise self._error
@@ -432,6 +434,7 @@ class FrameLinker:
     def _link(self) -> None:
         import trackpy as tp
         from trackpy.linking import Linker
+        from trackpy.linking.utils import SubnetOversizeException
 
         tp.quiet()
         try:
@@ -443,10 +446,17 @@ class FrameLinker:
                 # with several threads linking two segments) would hand out the same ids.
                 linker, number = Linker(self.search_range, **self.options), itertools.count()
                 for i, (t, coords) in enumerate(self._frames()):
-                    if i == 0:
-                        linker.init_level(coords, t)
-                    else:
-                        linker.next_level(coords, t)
+                    try:
+                        if i == 0:
+                            linker.init_level(coords, t)
+                        else:
+                            linker.next_level(coords, t)
+                    except SubnetOversizeException as exc:
+                        raise OptionError(
+                            f"linking stopped at frame {t}: too many peaks within "
+                            f"search_range = {self.search_range:g} px of each other for trackpy "
+                            f"to resolve ({' '.join(str(exc).split())[:80]}); use a smaller "
+                            "search range (--search-range)") from None
                     ids = []
                     for p in linker.hash.points:
                         state = p.track.__dict__  # kept on the trajectory: ends with it
@@ -456,8 +466,9 @@ class FrameLinker:
                     self._labels.append(np.asarray(ids, dtype=np.int64))
         except BaseException as exc:  # noqa: BLE001 - handed to close() in the caller's thread
             self._error = exc
-            while not self._drained and self._queue.get() is not self._DONE:
-                pass  # let the producer finish
+            while not self._drained and (item := self._queue.get()) is not self._DONE:
+                if item[0] is self._FLUSH:
+                    item[1].set()  # labels() raises the error
 
 
 # ----------------------------------------------------------------------------- segments
