@@ -587,3 +587,7 @@ def test_a_cluster_trackpy_cannot_resolve_is_one_line_error_not_a_hang(call):
     t.join(60)
     assert not t.is_alive(), f"{call}() hangs after a linking error"
     assert "linking stopped at frame 1" in out["error"] and "--search-range" in out["error"]
+    if call == "labels":
+        with pytest.raises(OptionError):
+            linker.close()  # and the linker's thread ends
+    assert linker._thread is None
