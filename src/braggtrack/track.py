@@ -27,7 +27,7 @@ already has what Bragg-peak tracking needs and is well tested:
   reachable peaks exactly (minimum total squared displacement), not greedily.
 
 Measured on this project's machine (2 cores) with ``benchmarks/bench_track.py``: 2000
-particles x 200 frames (about 350,000 peaks) link in about 12 s with prediction, which is
+particles x 200 frames (about 350,000 peaks) link in 5-12 s with prediction (machine-dependent), which is
 small next to the find stage, so a hand-written cKDTree + ``linear_sum_assignment`` linker was
 not worth its maintenance.
 
