@@ -688,24 +688,24 @@ def _execute(tasks: list[ChunkTask], workers: int, scheduler: str | None, on_don
         job_futures = {client.submit(func, *args, pure=False, priority=2): on_future
                        for func, args, on_future in jobs}
         futures += list(job_futures)
-        for fut in as_completed(futures):
+        # with_results: fetched in batches by the event loop (a .result() per future costs the
+        # driver a round trip each); errors come back as results and are sorted out here.
+        for fut, result in as_completed(futures, with_results=True, raise_errors=False):
+            failed = fut.status == "error"
             if fut in job_futures:
                 from concurrent.futures import Future
 
                 local = Future()
                 try:
-                    local.set_result(fut.result())
+                    local.set_result(fut.result() if failed else result)
                 except Exception as exc:  # noqa: BLE001 - raised where the result is used
                     local.set_exception(exc)
                 job_futures[fut](local)
             elif fut in link_futures:
-                try:
-                    result = fut.result()
-                except Exception:  # noqa: BLE001 - e.g. its worker died: linked at the end
-                    continue
-                on_linked(result)
+                if not failed:  # else (e.g. its worker died) the driver links it at the end
+                    on_linked(result)
             else:
-                on_done(fut.result())
+                on_done(fut.result() if failed else result)  # a failed chunk raises here
     except BaseException:
         # Ctrl-C or an error: the chunks in flight are dropped (a resumed run redoes them).
         # Dask's callbacks still waiting for them print tracebacks while the client closes.
