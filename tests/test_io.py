@@ -908,3 +908,21 @@ def test_mask_marking_most_pixels_warns(tmp_path):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+@pytest.mark.parametrize("size", [1, 4095, 16384, 16385, 3 * 16384 + 7])
+def test_checksum_mapped_a_window_at_a_time_equals_hashing_the_whole_file(tmp_path, monkeypatch,
+                                                                       size):
+    # Windows of 16 KiB here (64 MiB in use, so that a multi-GB input never sits mapped whole
+    # in a worker's RSS): the bytes crossing a window edge must be hashed once, in order.
+    import hashlib
+
+    import braggtrack.io as bio
+
+    xxhash = pytest.importorskip("xxhash")
+    monkeypatch.setattr(bio, "_CHECKSUM_WINDOW", 16384)
+    data = os.urandom(size)
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(data)
+    assert file_checksum(blob, chunk_size=1000) == hashlib.sha256(data).hexdigest()
+    assert file_checksum(blob, algorithm="xxh3_128") == xxhash.xxh3_128(data).hexdigest()
