@@ -1153,15 +1153,19 @@ class _RunState:
         """Link each chunk as soon as it and all chunks before it are done, in a background
         thread, instead of every frame at the end. ``on_workers``: the worker processes link
         one segment per chunk instead (:meth:`link_tasks`), and :meth:`finish` joins them."""
-        from .track import FrameLinker, plan_segments
+        from .track import plan_segments
 
         if on_workers:
             n, cs = len(self.series), self.chunk_size
             self.segments = plan_segments([*range(0, n, cs), n], self.track.memory) if n else []
         else:
-            self.linker = FrameLinker(search_range=self.track.search_range,
-                                      memory=self.track.memory)
+            self.linker = self._new_linker()
         self.feed_linker()
+
+    def _new_linker(self):
+        from .track import FrameLinker
+
+        return FrameLinker(search_range=self.track.search_range, memory=self.track.memory)
 
     def link_tasks(self) -> list[LinkTask]:
         """One task per segment: the chunk files that hold its frames, warm-up included."""
@@ -1197,10 +1201,7 @@ class _RunState:
             # again, which the next call repairs.
             self.fed = []
             if self.linker is not None:
-                from .track import FrameLinker
-
-                old, self.linker = self.linker, FrameLinker(
-                    search_range=self.track.search_range, memory=self.track.memory)
+                old, self.linker = self.linker, self._new_linker()
                 with contextlib.suppress(Exception):
                     old.close()
         end = self.fed[-1][0]["stop"] if self.fed else 0
@@ -1246,7 +1247,6 @@ class _RunState:
         meta = self.meta if self.meta is not None and len(self.meta) == len(self.series) else None
         return _finish(self.out, self.info, self.config, track, self.series, self.started,
                        read=read, linked=linked, meta=meta)
-
 
     def _join_segments(self, rows: pd.DataFrame) -> Callable[[], np.ndarray]:
         """The call that joins the workers' segment labels (any missing one, e.g. of a run
@@ -1492,9 +1492,10 @@ def link_and_measure(
         there is no ``radial_shift`` column (it would be measured from a guess);
         ``geometry_info["radial_shift"]`` says so.
     linked : (labels, x), optional
-        When a :class:`~braggtrack.track.FrameLinker` already linked the linkable rows
-        (:func:`braggtrack.track.linkable`) during the run: their trajectory labels and the
-        x they were fed; used only when those are exactly these rows' x.
+        When the linkable rows (:func:`braggtrack.track.linkable`) were already linked during
+        the run (by a :class:`~braggtrack.track.FrameLinker`, or in segments joined by
+        :func:`braggtrack.track.link_in_segments`): their trajectory labels and the x they
+        were fed; used only when those are exactly these rows' x.
 
     Returns
     -------

@@ -408,7 +408,7 @@ class FrameLinker:
                 break
         if self._error is not None:
             raise self._error
-        return np.concatenate(self._labels) if self._labels else np.zeros(0, np.int64)
+        return self._linked_labels()
 
     def close(self) -> np.ndarray:
         """Wait for the linking to finish; the label of every row fed, in order."""
@@ -419,6 +419,9 @@ class FrameLinker:
         self._thread = None
         if self._error is not None:
             raise self._error
+        return self._linked_labels()
+
+    def _linked_labels(self) -> np.ndarray:
         return np.concatenate(self._labels) if self._labels else np.zeros(0, np.int64)
 
     def _frames(self):
@@ -565,12 +568,13 @@ def link_arrays(frame: np.ndarray, x: np.ndarray, y: np.ndarray, *, search_range
     return linker.close()
 
 
-def _predecessors(labels: np.ndarray) -> np.ndarray:
-    """For rows in frame order: the index of the previous row of the same label, or -1."""
+def _predecessors(labels: np.ndarray, first_row: int = 0) -> np.ndarray:
+    """For rows in frame order (the first being row ``first_row`` of the whole table): the
+    row number of the previous row of the same label, or -1."""
     order = np.lexsort((np.arange(len(labels)), labels))
     pred = np.full(len(labels), -1, dtype=np.int64)
     same = labels[order[1:]] == labels[order[:-1]]
-    pred[order[1:][same]] = order[:-1][same]
+    pred[order[1:][same]] = order[:-1][same] + first_row
     return pred
 
 
@@ -659,8 +663,7 @@ def link_in_segments(frame: np.ndarray, x: np.ndarray, y: np.ndarray, segments: 
         # The trusted side's predecessors of those rows (they lie at most memory + 1 frames
         # before them).
         base = row(s - 2 - 2 * memory)
-        trusted = _predecessors(labels[base:start_row])[win_row - base:]
-        trusted = np.where(trusted >= 0, trusted + base, -1)
+        trusted = _predecessors(labels[base:start_row], base)[win_row - base:]
         warm = seg.warm
         while True:
             lo = row(warm)
@@ -673,9 +676,7 @@ def link_in_segments(frame: np.ndarray, x: np.ndarray, y: np.ndarray, segments: 
                     raise
                 seg_labels = None
             if seg_labels is not None and win_row >= lo:
-                pred = _predecessors(seg_labels[:start_row - lo])
-                mine = pred[win_row - lo:]
-                mine = np.where(mine >= 0, mine + lo, -1)
+                mine = _predecessors(seg_labels[:start_row - lo], lo)[win_row - lo:]
                 if np.array_equal(mine, trusted):
                     break
             if lo == 0:
