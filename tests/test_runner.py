@@ -75,13 +75,20 @@ def _cli(*args):
     return [sys.executable, "-m", "braggtrack.cli", *map(str, args)]
 
 
-@pytest.mark.slow
-def test_sigkill_at_random_points_then_rerun_gives_identical_tables(drifting_series, tmp_path):
-    path, _ = drifting_series
+def _reference_cli_run(path, tmp_path):
+    """The CLI arguments of a one-frame-chunk serial run, and its undisturbed run folder (what
+    an interrupted run of the same arguments must reproduce)."""
     args = ["run", path, "--localizer", "gauss", "--chunk-size", "1", "--no-report", "--quiet",
             "--workers", "1"]
     ref = tmp_path / "ref"
     subprocess.run(_cli(*args, "-o", ref), check=True, capture_output=True)
+    return args, ref
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_rerun_gives_identical_tables(drifting_series, tmp_path):
+    path, _ = drifting_series
+    args, ref = _reference_cli_run(path, tmp_path)
     out = tmp_path / "killed"
     rng = np.random.default_rng(0)
     kills = 0
@@ -450,10 +457,7 @@ def test_cli_bad_scheduler_is_one_line_exit_2(drifting_series, tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_says_what_is_kept_exits_130_and_resumes(drifting_series, tmp_path):
     path, _ = drifting_series
-    args = ["run", path, "--localizer", "gauss", "--chunk-size", "1", "--no-report", "--quiet",
-            "--workers", "1"]
-    ref = tmp_path / "ref"
-    subprocess.run(_cli(*args, "-o", ref), check=True, capture_output=True)
+    args, ref = _reference_cli_run(path, tmp_path)
     out = tmp_path / "int"
     # Slow every chunk down so that the signal lands in the middle of the run.
     slow = ("import time, runpy, sys, braggtrack.runner as r; real = r._localize_task; "
