@@ -32,17 +32,17 @@ if __name__ == "__main__":
 """
 
 
-def write_series(path: Path, n: int) -> None:
+def write_series(path: Path, n: int, size: int = 2048, peaks: int = 300) -> None:
     import h5py
     import numpy as np
 
     from braggtrack.simulate import simulate_series
 
-    frames, _ = simulate_series(frames=4, shape=(2048, 2048), peaks=300, messy=0.3, seed=5)
+    frames, _ = simulate_series(frames=4, shape=(size, size), peaks=peaks, messy=0.3, seed=5)
     frames = frames.astype(np.uint32)
     with h5py.File(path, "w") as f:
-        ds = f.create_dataset("/entry/data/data", shape=(n, 2048, 2048), dtype=np.uint32,
-                              chunks=(1, 2048, 2048))
+        ds = f.create_dataset("/entry/data/data", shape=(n, size, size), dtype=np.uint32,
+                              chunks=(1, size, size))
         for i in range(n):  # four distinct frames, repeated: the size is what matters here
             ds[i] = frames[i % 4]
 
@@ -61,16 +61,18 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=128, help="frames of the large series")
     ap.add_argument("--workers", type=int, default=1, help="worker processes (1: serial)")
+    ap.add_argument("--size", type=int, default=2048, help="frame edge, px")
+    ap.add_argument("--peaks", type=int, default=300, help="peaks per frame")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bt-runmem-") as tmp:
         tmp = Path(tmp)
         small, large = tmp / "small.h5", tmp / "large.h5"
-        write_series(small, max(1, args.frames // 10))
-        write_series(large, args.frames)
+        write_series(small, max(1, args.frames // 10), args.size, args.peaks)
+        write_series(large, args.frames, args.size, args.peaks)
         r_small = peak_rss(small, tmp / "run_small", args.workers)
         r_large = peak_rss(large, tmp / "run_large", args.workers)
-    size_gb = args.frames * 2048 * 2048 * 4 / 1e9
+    size_gb = args.frames * args.size * args.size * 4 / 1e9
     for name, k in (("peak RSS", 0), ("largest worker's peak RSS", 1)):
         if k and args.workers <= 1:
             continue

@@ -323,3 +323,17 @@ def test_lattice_parameter_bad_hkl_is_one_line():
             lattice_parameter([2.0], hkl)
     with pytest.raises(OptionError, match="d_err"):
         lattice_parameter([2.0, 3.0], (1, 1, 1), d_err=[0.1, 0.1, 0.1])
+
+
+def test_table_steps_leave_the_callers_table_unchanged(simple):
+    # They share the caller's columns (copy-on-write) instead of copying the table, which
+    # must never show through as a change to the caller's table.
+    t = pd.DataFrame({"particle": [0, 0, 1], "frame": [0, 1, 1], "x": [50.0, 60.0, np.nan],
+                      "y": [40.0, 41.0, 2.0], "x_err": 0.1, "y_err": 0.1,
+                      "ok": True, "reason": ""}, index=[5, 6, 7])
+    before = t.copy(deep=True)
+    geo = add_geometry(t, simple)
+    assert not geo["ok"].all()  # the NaN row is flagged in the copy, not in t
+    add_strain(geo)
+    add_radial_shift(t, (10.0, 50.0))
+    pd.testing.assert_frame_equal(t, before)

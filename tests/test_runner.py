@@ -318,6 +318,8 @@ def _no_frame_work(monkeypatch):
           hkl=(1, 1, 1), crystal_system="cubik"), "--system must be one of"),
     (dict(distance_mm=100.0, beam_x=30.0, beam_y=30.0, pixel_um=75.0, wavelength_A=1.0,
           hkl=(1, 1, 1), crystal_system="hexagonal", c_over_a=0.0), "--c-over-a must be"),
+    (dict(distance_mm=100.0, beam_x=30.0, beam_y=30.0, pixel_um=75.0, wavelength_A=1.0,
+          hkl=(1, 1, 1), c_over_a=1.6), "--c-over-a applies to"),
     (dict(reference_frame=-1), "--reference-frame"),
     (dict(wavelength_A=1.0), "--wavelength needs a detector geometry"),
     (dict(hkl=(1, 1, 1), d_ref=2.0), "--d-ref, --hkl need a detector geometry"),

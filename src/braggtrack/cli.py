@@ -197,7 +197,9 @@ def track(
         "--beam-x", help="Beam centre column, pixels, where radial_shift is measured from "
         "(give it with --beam-y) [default: for a run folder's peaks.parquet, the run's own "
         "centre (its --beam-x/--beam-y, else its frame centre, said on stderr); otherwise "
-        "no radial_shift column, as the frame size is not in a peak table].")] = None,
+        "no radial_shift column, as the frame size is not in a peak table]. Pixel centres "
+        "are whole numbers: a Fit2D or pyFAI centre, counted from the pixel's corner, is 0.5 "
+        "more.")] = None,
     beam_y: Annotated[float | None, typer.Option(
         "--beam-y", help="Beam centre row, pixels (see --beam-x).")] = None,
     particles_out: Annotated[Path | None, typer.Option(
@@ -289,10 +291,13 @@ def run(
         "--distance", help="Sample-detector distance (simple geometry, no tilt), mm.")] = None,
     beam_x: Annotated[float | None, typer.Option(
         "--beam-x", help="Beam centre column, pixels: required with --distance; without a "
-        "geometry, where radial_shift is measured from [default: frame centre].")] = None,
+        "geometry, where radial_shift is measured from [default: frame centre]. Pixel "
+        "centres are whole numbers (pixel 0 spans -0.5..0.5): a Fit2D or pyFAI beam centre, "
+        "counted from the pixel's corner, is 0.5 more.")] = None,
     beam_y: Annotated[float | None, typer.Option(
         "--beam-y", help="Beam centre row, pixels: required with --distance; without a "
-        "geometry, where radial_shift is measured from [default: frame centre].")] = None,
+        "geometry, where radial_shift is measured from [default: frame centre]. Pixel "
+        "centres are whole numbers, as for --beam-x.")] = None,
     pixel: Annotated[float | None, typer.Option("--pixel", help="Pixel size, micrometres.")] = None,
     wavelength: Annotated[float | None, typer.Option(
         "--wavelength", help="X-ray wavelength, angstrom.")] = None,

@@ -375,7 +375,8 @@ class Geometry:
         return np.asarray(self.integrator.qFunction(d1, d2), dtype=float).reshape(d1.shape)
 
     def d_spacing(self, x, y) -> np.ndarray:
-        """Lattice-plane spacing in angstrom, 2 pi / q (inf at the beam centre)."""
+        """Lattice-plane spacing in angstrom, 2 pi / q = 20 pi / (q in 1/nm); inf at the beam
+        centre."""
         q = self.q(x, y)
         with np.errstate(divide="ignore"):
             return np.where(q > 0, 20.0 * np.pi / np.where(q > 0, q, 1.0), np.inf)
@@ -474,7 +475,7 @@ def add_geometry(table: pd.DataFrame, geometry: Geometry) -> pd.DataFrame:
     missing = [c for c in ("x", "y") if c not in table.columns]
     if missing:
         raise OptionError(f"table lacks column(s) {', '.join(missing)}")
-    out = table.copy()
+    out = table.copy(deep=False)  # copy-on-write: the caller's table is never changed
     x = out["x"].to_numpy(float)
     y = out["y"].to_numpy(float)
     good = np.isfinite(x) & np.isfinite(y)
@@ -583,7 +584,7 @@ def add_strain(
     for col in ("particle", "frame"):
         if col not in tracks.columns:
             raise OptionError(f"track table lacks column {col}")
-    out = tracks.reset_index(drop=True).copy()
+    out = tracks.reset_index(drop=True)  # copy-on-write: columns are shared until replaced
     if "d_spacing" in out.columns:
         value = out["d_spacing"].to_numpy(float)
         err = out["d_spacing_err"].to_numpy(float) if "d_spacing_err" in out.columns else 0 * value
@@ -669,7 +670,7 @@ def add_radial_shift(
         if col not in tracks.columns:
             raise OptionError(f"track table lacks column {col}")
     bx, by = (float(v) for v in beam_centre)
-    out = tracks.reset_index(drop=True).copy()
+    out = tracks.reset_index(drop=True)  # copy-on-write: columns are shared until replaced
     dx = out["x"].to_numpy(float) - bx
     dy = out["y"].to_numpy(float) - by
     r = np.hypot(dx, dy)

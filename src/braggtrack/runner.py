@@ -152,6 +152,10 @@ class TrackConfig:
         if self.crystal_system not in _SYSTEMS:
             raise OptionError(f"--system must be one of {', '.join(_SYSTEMS)}, got "
                               f"{self.crystal_system!r}")
+        if self.c_over_a is not None and self.crystal_system == "cubic":
+            # Silently ignored it would look like a c/a that had been used.
+            raise OptionError("--c-over-a applies to --system tetragonal or hexagonal, "
+                              "not cubic")
         if self.poni is not None:
             mixed = [o for n, o in (("distance_mm", "--distance"), ("beam_x", "--beam-x"),
                                     ("beam_y", "--beam-y"), ("pixel_um", "--pixel"))
@@ -1232,6 +1236,10 @@ class _RunState:
             read = {c["file"]: (t, f) for c, t, _, f in self.fed}
             rows = (pd.concat([r for _, _, r, _ in self.fed], ignore_index=True) if self.fed
                     else pd.DataFrame({"frame": [], "x": [], "y": []}))
+            if report is None:
+                # The end of the run: _finish takes the chunk tables out of `read` as it
+                # concatenates them, so that they are not held twice from then on.
+                self.fed = []
             fed_x = rows["x"].to_numpy(float)
             if self.linker is not None and report is not None:
                 # An update of a live run: the linker goes on with the next frames, so each
@@ -1281,7 +1289,7 @@ def _gather(out: Path, info: dict, config: FindConfig,
     peaks, frames = [], []
     for c in info["chunks"]:
         if read and c["file"] in read:
-            peak_table, frame_table = read[c["file"]]
+            peak_table, frame_table = read.pop(c["file"])
         else:
             f, ff = out / c["file"], _frames_file(out / c["file"])
             peak_table = pd.read_parquet(f)
@@ -1509,6 +1517,7 @@ def link_and_measure(
         tracks = trk.linked_table(ok, linked[0])
     else:
         tracks = trk.link(ok, search_range=track.search_range, memory=track.memory)
+    del ok  # a copy of most of the peak table: freed before the next steps copy the tracks
     if track.split_on_shape_change and len(tracks):
         tracks = trk.split_on_shape_change(tracks)
     tracks = trk.filter_tracks(tracks, min_length=track.min_length)

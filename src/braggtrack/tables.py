@@ -41,7 +41,7 @@ COLUMNS: dict[str, str] = {
     "chi": "azimuthal angle, degrees",
     "q": "scattering vector magnitude, 1/nm",
     "q_err": "1-sigma uncertainty of q, 1/nm",
-    "d_spacing": "lattice-plane spacing d = 2 pi / q, angstrom",
+    "d_spacing": "lattice-plane spacing d = 2 pi / q (q in 1/nm gives nm), in angstrom: 20 pi / q",
     "d_spacing_err": "1-sigma uncertainty of d_spacing, angstrom",
     "strain": "d / d_ref - 1 against the particle's reference frame or a given d_ref (dimensionless)",
     "strain_err": "1-sigma uncertainty of strain",

@@ -307,15 +307,26 @@ def linkable(peaks: pd.DataFrame, *, only_ok: bool = True,
     return table
 
 
+def _reordered(table: pd.DataFrame, order: np.ndarray) -> pd.DataFrame:
+    """``table``'s rows in ``order``, index reset; no copy when that is the order they are in
+    (copy-on-write shares the columns)."""
+    if np.array_equal(order, np.arange(len(table))):
+        return table.reset_index(drop=True)
+    return table.take(order).reset_index(drop=True)
+
+
 def linked_table(table: pd.DataFrame, labels: np.ndarray, *, min_length: int = 1) -> pd.DataFrame:
     """``table`` (from :func:`linkable`) with trajectory ``labels``: ids renumbered in order of
     first appearance, rows sorted by frame and particle, short trajectories dropped."""
-    out = table.copy()
-    out["particle"] = _relabel(
-        np.asarray(labels, dtype=np.int64), out["frame"].to_numpy(), out["y"].to_numpy(float),
-        out["x"].to_numpy(float),
+    particle = _relabel(
+        np.asarray(labels, dtype=np.int64), table["frame"].to_numpy(),
+        table["y"].to_numpy(float), table["x"].to_numpy(float),
     )
-    out = out.sort_values(["frame", "particle"], kind="stable").reset_index(drop=True)
+    # One reordered copy of the table (sorting a copy would make two: a long run's
+    # table is most of the driver's memory at its end).
+    order = np.lexsort((particle, table["frame"].to_numpy()))  # stable: frame, then particle
+    out = _reordered(table, order)
+    out["particle"] = particle[order]
     if min_length > 1:
         out = filter_tracks(out, min_length=min_length)
     return out
@@ -736,6 +747,8 @@ def filter_tracks(
     n = g.transform("nunique")
     span = g.transform("max") - g.transform("min") + 1
     keep = (n >= min_length) & (n / span >= min_coverage)
+    if keep.all():
+        return tracks.reset_index(drop=True)  # copy-on-write: no copy of a table kept whole
     return tracks[keep.to_numpy()].reset_index(drop=True)
 
 
@@ -746,15 +759,16 @@ def _robust_sigma(values: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(values - np.median(values))))
 
 
-def _rolling_median(values: pd.Series, groups: pd.Series, window: int, forward: bool) -> np.ndarray:
+def _rolling_median(values: np.ndarray, groups: np.ndarray, window: int,
+                    forward: bool) -> np.ndarray:
     """Median of the ``window`` values before (or from, when ``forward``) each row, per group.
 
     Rows keep their table order within a group; NaN values are left out (all NaN: NaN), as
     in pandas' ``groupby().rolling(window, min_periods=1).median()``, which this replaces:
     it cost a third of the whole linking step.
     """
-    v = values.to_numpy(float)
-    g = groups.to_numpy()
+    v = np.asarray(values, dtype=float)
+    g = np.asarray(groups)
     if forward:
         v, g = v[::-1], g[::-1]
     order = np.argsort(g, kind="stable")
@@ -845,44 +859,48 @@ def split_on_shape_change(
     nsigma = _number(nsigma, "nsigma", above=0)
     window = _number(window, "window", integer=True, minimum=1)
     min_common = _number(min_common, "min_common", integer=True, minimum=2)
-    out = tracks.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
-    if len(out) == 0:
-        return out
+    if len(tracks) == 0:
+        return tracks.sort_values(["particle", "frame"]).reset_index(drop=True)
+    # The computation runs on arrays in trajectory order; the whole table is reordered once,
+    # at the end (a long run's track table is most of the driver's memory by then).
+    order = np.lexsort((_numeric_column(tracks, "frame", "track table"),
+                        tracks["particle"].to_numpy()))  # stable: particle, then frame
     signals: list[tuple[np.ndarray, float]] = []
-    if "intensity" in out.columns:
-        inten = _numeric_column(out, "intensity", "track table")
+    if "intensity" in tracks.columns:
+        inten = _numeric_column(tracks, "intensity", "track table")[order]
         with np.errstate(divide="ignore", invalid="ignore"):
             signals.append((np.where(inten > 0, np.log(inten), np.nan), np.log(intensity_ratio)))
-    if "sigma_x" in out.columns and "sigma_y" in out.columns:
-        w = (_numeric_column(out, "sigma_x", "track table")
-             * _numeric_column(out, "sigma_y", "track table"))
+    if "sigma_x" in tracks.columns and "sigma_y" in tracks.columns:
+        w = (_numeric_column(tracks, "sigma_x", "track table")
+             * _numeric_column(tracks, "sigma_y", "track table"))[order]
         with np.errstate(divide="ignore", invalid="ignore"):
             signals.append((np.where(w > 0, 0.5 * np.log(w), np.nan), np.log(width_ratio)))
 
-    part = out["particle"].to_numpy()
-    frame = out["frame"].to_numpy()
+    part = tracks["particle"].to_numpy()[order]
+    frame = tracks["frame"].to_numpy()[order]
+    n = len(order)
     same = np.r_[False, part[1:] == part[:-1]]  # row i continues the trajectory of row i-1
-    cut = np.zeros(len(out), dtype=bool)
-    groups = out["particle"]
+    cut = np.zeros(n, dtype=bool)
     for raw, floor in signals:
         values = raw - _frame_wide_change(raw, frame, same, min_common)
-        step = np.full(len(out), np.nan)
+        step = np.full(n, np.nan)
         step[1:] = values[1:] - values[:-1]
         step[~same] = np.nan
         threshold = max(floor, nsigma * _robust_sigma(step))
-        s = pd.Series(values, index=out.index)
-        before = _rolling_median(s, groups, int(window), forward=False)
-        after = _rolling_median(s, groups, int(window), forward=True)
-        median_step = np.full(len(out), np.nan)
+        before = _rolling_median(values, part, int(window), forward=False)
+        after = _rolling_median(values, part, int(window), forward=True)
+        median_step = np.full(n, np.nan)
         median_step[1:] = after[1:] - before[:-1]
         with np.errstate(invalid="ignore"):
             cut |= same & (np.abs(step) > threshold) & (np.abs(median_step) > threshold)
     # every cut starts a new segment; segments are numbered across the whole table
     segment = np.cumsum(~same | cut) - 1
-    out["particle"] = _relabel(
-        segment, out["frame"].to_numpy(), out["y"].to_numpy(float), out["x"].to_numpy(float)
-    )
-    return out.sort_values(["frame", "particle"], kind="stable").reset_index(drop=True)
+    particle = _relabel(segment, frame, tracks["y"].to_numpy(float)[order],
+                        tracks["x"].to_numpy(float)[order])
+    final = np.lexsort((particle, frame))  # stable: frame, then particle
+    out = _reordered(tracks, order[final])
+    out["particle"] = particle[final]
+    return out
 
 
 def _frame_wide_change(values: np.ndarray, frame: np.ndarray, same: np.ndarray,
