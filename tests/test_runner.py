@@ -588,3 +588,49 @@ def test_link_segment_reads_its_chunk_files_and_reports_a_missing_one(tmp_path):
     gone = link_segment(LinkTask(index=2, files=(str(tmp_path / "nope.parquet"),), warm=8,
                                  stop=12, search_range=5.0, memory=2))
     assert gone["labels"] is None and "nope.parquet" in gone["error"]
+
+
+def test_peak_table_written_chunk_by_chunk_equals_the_chunks_joined(drifting_series, tmp_path):
+    # peaks.parquet is streamed from the chunk files (with the frame metadata joined chunk by
+    # chunk), never concatenated in memory: it must equal the whole-table computation.
+    import pyarrow.parquet as pq
+
+    from braggtrack.metadata import join_frame_meta, load_frame_meta
+
+    path, _ = drifting_series
+    meta = tmp_path / "meta.csv"
+    pd.DataFrame({"frame": range(12), "voltage_V": np.linspace(3.5, 4.1, 12),
+                  "label": ["a", "b"] * 6}).to_csv(meta, index=False)
+    res = run(path, tmp_path / "r", config=FAST, progress=False, chunk_size=5,
+              track=TrackConfig(report=False, frame_meta=str(meta)))
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    chunks = [pd.read_parquet(tmp_path / "r" / c["file"]) for c in info["chunks"]]
+    expected = join_frame_meta(pd.concat(chunks, ignore_index=True),
+                               load_frame_meta(meta, n_frames=12))
+    written = pd.read_parquet(tmp_path / "r" / "peaks.parquet")
+    pd.testing.assert_frame_equal(written, expected)
+    assert pq.ParquetFile(tmp_path / "r" / "peaks.parquet").num_row_groups == len(chunks)
+    # RunResult reads the table back when asked for it
+    pd.testing.assert_frame_equal(res.peaks, expected)
+    assert info["counts"]["peaks"] == len(expected)
+    assert info["counts"]["peaks_ok"] == int(expected["ok"].sum())
+
+
+def test_peak_table_writer_falls_back_to_one_table_for_chunks_that_do_not_fit(tmp_path):
+    from braggtrack.runner import _PeakTableWriter
+
+    a = pd.DataFrame({"frame": [0, 0], "x": [1.0, 2.0], "ok": [True, False]})
+    b = pd.DataFrame({"frame": [1], "x": [3.0], "ok": [True], "extra": ["new"]})
+    whole = pd.concat([a, b], ignore_index=True)
+    w = _PeakTableWriter(tmp_path / "peaks.parquet")
+    for t in (a, pd.DataFrame({"frame": [], "x": [], "ok": []}), b):
+        w.add(t)
+    assert (w.n_peaks, w.n_ok) == (3, 2)
+    w.close(lambda: whole)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "peaks.parquet"), whole)
+    assert [p.name for p in tmp_path.iterdir()] == ["peaks.parquet"]  # no temporary left
+    # no chunk with peaks: the fallback's (empty) table is written
+    w = _PeakTableWriter(tmp_path / "empty.parquet")
+    w.add(a.iloc[:0])
+    w.close(lambda: a.iloc[:0])
+    assert list(pd.read_parquet(tmp_path / "empty.parquet").columns) == ["frame", "x", "ok"]

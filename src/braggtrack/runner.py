@@ -45,7 +45,7 @@ from .pipeline import (
     localize_chunk,
     log_skipped,
 )
-from .tables import write_table
+from .tables import read_table, write_table
 
 RUN_JSON = "run.json"
 CHUNK_DIR = "chunks"
@@ -273,12 +273,20 @@ class RunResult:
     """What :func:`run` produced: the tables and where they are on disk."""
 
     run_dir: Path
-    peaks: pd.DataFrame
     tracks: pd.DataFrame
     particles: pd.DataFrame
     frames: pd.DataFrame
     paths: dict[str, Path] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    _peaks: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def peaks(self) -> pd.DataFrame:
+        """Every detected peak, rejected ones included: read from ``peaks.parquet`` when first
+        asked for, because a long run does not keep it in memory while its tracks are made."""
+        if self._peaks is None:
+            self._peaks = read_table(self.paths["peaks"])
+        return self._peaks
 
     @property
     def frames_skipped(self) -> int:
@@ -1284,23 +1292,72 @@ def _run_progress(total: int, initial: int, enabled: bool):
                 disable=not enabled, dynamic_ncols=True)
 
 
-def _gather(out: Path, info: dict, config: FindConfig,
-            read: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    peaks, frames = [], []
+def _chunk_tables(out: Path, info: dict, read: dict | None = None):
+    """Each finished chunk's (peak table, frames table or None), in frame order: from ``read``
+    (taken out of it, so that it holds no table twice) or from the chunk files."""
     for c in info["chunks"]:
         if read and c["file"] in read:
-            peak_table, frame_table = read.pop(c["file"])
+            yield read.pop(c["file"])
         else:
             f, ff = out / c["file"], _frames_file(out / c["file"])
-            peak_table = pd.read_parquet(f)
-            frame_table = pd.read_parquet(ff) if ff.exists() else None
-        peaks.append(peak_table)
-        if frame_table is not None:
-            frames.append(frame_table)
-    peaks_df = pd.concat(peaks, ignore_index=True) if peaks else empty_peak_table(config.localizer)
-    frames_df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        {"frame": [], "status": [], "reason": [], "n_peaks": [], "n_ok": []})
-    return peaks_df, frames_df
+            yield pd.read_parquet(f), (pd.read_parquet(ff) if ff.exists() else None)
+
+
+class _PeakTableWriter:
+    """``peaks.parquet`` written chunk by chunk (one row group each), never concatenated in
+    memory: a long run's peak table would otherwise be held whole, twice while it is built,
+    beside the tracks made from it.  The linkable rows of each chunk are kept for linking.
+    A chunk whose columns do not fit the first one's (a chunk file of another version of
+    braggtrack) makes :meth:`close` fall back to concatenating them all."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self.writer = None
+        self.schema = None
+        self.mixed = False
+        self.n_peaks = self.n_ok = 0
+
+    def add(self, table: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.n_peaks += len(table)
+        self.n_ok += int(table["ok"].sum()) if len(table) else 0
+        if self.mixed or not len(table):
+            return
+        try:
+            if self.writer is None:
+                arrow = pa.Table.from_pandas(table, preserve_index=False)
+                self.schema = arrow.schema
+                self.writer = pq.ParquetWriter(self.tmp, self.schema)
+            else:
+                if list(table.columns) != self.schema.names:
+                    raise ValueError("columns differ")
+                arrow = pa.Table.from_pandas(table, schema=self.schema, preserve_index=False)
+            self.writer.write_table(arrow)
+        except (ValueError, TypeError, pa.ArrowException):
+            self.mixed = True
+
+    def discard(self) -> None:
+        if self.writer is not None:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def close(self, fallback: Callable[[], pd.DataFrame]) -> Path:
+        """Finish the file; ``fallback()``: the whole table, when it has to be written at once
+        (no chunk with peaks, or chunks that do not fit one schema)."""
+        if self.writer is not None:
+            self.writer.close()
+        try:
+            if self.writer is None or self.mixed:
+                return write_table(fallback(), self.path)
+            os.replace(self.tmp, self.path)
+        finally:
+            if self.tmp.exists():
+                self.tmp.unlink()
+        return self.path
 
 
 def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, series,
@@ -1319,7 +1376,39 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    peaks, frames = _gather(out, info, config, read)
+    from .track import linkable
+
+    if track.frame_meta:
+        from .metadata import join_frame_meta
+
+        if meta is None:
+            meta = frame_metadata(track, int(info["n_frames"]))
+        # Filled once for every frame of the series, so that joining it chunk by chunk gives
+        # what joining the whole table gives (and warns once about frames it lacks).
+        meta = join_frame_meta(pd.DataFrame({"frame": np.arange(int(info["n_frames"]))}), meta)
+    peak_writer = _PeakTableWriter(out / "peaks.parquet")
+    rows, frame_tables = [], []
+    try:
+        for peak_table, frame_table in _chunk_tables(out, info, read):
+            if meta is not None:
+                peak_table = join_frame_meta(peak_table, meta)
+            peak_writer.add(peak_table)
+            rows.append(linkable(peak_table))
+            if frame_table is not None:
+                frame_tables.append(frame_table)
+    except BaseException:
+        peak_writer.discard()
+        raise
+    peak_table = None  # the last chunk's: not held while the tracks are made
+
+    def whole_peak_table() -> pd.DataFrame:
+        tables = [t for t, _ in _chunk_tables(out, info)]
+        peaks = (pd.concat(tables, ignore_index=True) if tables
+                 else empty_peak_table(config.localizer))
+        return join_frame_meta(peaks, meta) if meta is not None else peaks
+
+    frames = pd.concat(frame_tables, ignore_index=True) if frame_tables else pd.DataFrame(
+        {"frame": [], "status": [], "reason": [], "n_peaks": [], "n_ok": []})
     names = getattr(series, "frame_names", None)
     if names and len(frames):
         # A folder or glob series: which file each frame index is (a stray file in the
@@ -1327,12 +1416,7 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
         idx = frames["frame"].to_numpy(np.int64)
         lookup = np.asarray(names, dtype=object)
         frames["file"] = np.where(idx < len(lookup), lookup[np.minimum(idx, len(lookup) - 1)], "")
-    if track.frame_meta:
-        from .metadata import join_frame_meta
-
-        if meta is None:
-            meta = frame_metadata(track, int(info["n_frames"]))
-        peaks = join_frame_meta(peaks, meta)
+    if meta is not None:
         frames = join_frame_meta(frames, meta)
     extra = list(dict.fromkeys(f for f in track.formats if f != "parquet"))
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="braggtrack-write") as pool:
@@ -1343,12 +1427,24 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
             for fmt in extra:
                 writes[f"{name}_{fmt}"] = pool.submit(write_table, table, out / f"{name}.{fmt}")
 
-        write("peaks", peaks)
+        def peaks_as(fmt: str) -> Path:  # from the parquet file: the table is not in memory
+            return write_table(read_table(writes["peaks"].result()), out / f"peaks.{fmt}")
+
+        writes["peaks"] = pool.submit(peak_writer.close, whole_peak_table)
+        for fmt in extra:
+            writes[f"peaks_{fmt}"] = pool.submit(peaks_as, fmt)
+        n_peaks, n_ok = peak_writer.n_peaks, peak_writer.n_ok
         write("frames", frames)
         if linked is not None:
             linked = (linked[0](), linked[1])
-        tracks, particles, geometry_info = link_and_measure(peaks, track, tuple(series.shape),
-                                                            linked=linked)
+        nonempty = [r for r in rows if len(r)] or rows[:1]
+        rows = [pd.concat(nonempty, ignore_index=True) if nonempty
+                else linkable(empty_peak_table(config.localizer))]
+        del nonempty
+        # The linkable rows go to _link_rows as their only reference, which drops them once
+        # the track table is made from them.
+        tracks, particles, geometry_info = _link_rows(
+            rows.pop(), track, tuple(series.shape), linked=linked)
         write("tracks", tracks)
         write("particles", particles)
         # Every write is awaited, and the first error raised, before run.json says finished.
@@ -1362,8 +1458,8 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
     info["counts"] = {
         "frames": int(info["n_frames"]),
         "frames_skipped": len(info["skipped_frames"]),
-        "peaks": int(len(peaks)),
-        "peaks_ok": int(peaks["ok"].sum()) if len(peaks) else 0,
+        "peaks": n_peaks,
+        "peaks_ok": n_ok,
         "particles": int(len(particles)),
     }
     info["finished"] = _now()
@@ -1374,14 +1470,13 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
         from .report import make_report
 
         paths["report"] = make_report(out)
-    return RunResult(run_dir=out, peaks=peaks, tracks=tracks, particles=particles,
+    return RunResult(run_dir=out, tracks=tracks, particles=particles,
                      frames=frames, paths=paths, info=info)
 
 
 def frame_metadata(track: TrackConfig, n_frames: int) -> pd.DataFrame:
     """Per-frame metadata of a run: the frame table, with a cycler log put on its time base."""
     from .metadata import branches, interpolate_cycler, load_frame_meta
-    from .tables import read_table
 
     meta = load_frame_meta(track.frame_meta, n_frames=n_frames)
     if track.cycler_log is None:
@@ -1512,12 +1607,21 @@ def link_and_measure(
     """
     from . import track as trk
 
-    ok = trk.linkable(peaks)
+    return _link_rows(trk.linkable(peaks), track, frame_shape, linked)
+
+
+def _link_rows(ok: pd.DataFrame, track: TrackConfig, frame_shape: tuple[int, int] | None,
+               linked: tuple[np.ndarray, np.ndarray] | None = None,
+               ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """:func:`link_and_measure` of the linkable rows ``ok``."""
+    from . import track as trk
+
     if linked is not None and np.array_equal(ok["x"].to_numpy(), linked[1]):
         tracks = trk.linked_table(ok, linked[0])
     else:
         tracks = trk.link(ok, search_range=track.search_range, memory=track.memory)
-    del ok  # a copy of most of the peak table: freed before the next steps copy the tracks
+    del ok  # a copy of most of the peak table: freed (when the caller holds none) before
+    # the next steps copy the tracks
     if track.split_on_shape_change and len(tracks):
         tracks = trk.split_on_shape_change(tracks)
     tracks = trk.filter_tracks(tracks, min_length=track.min_length)
