@@ -239,6 +239,10 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         report.make_report(tmp_path)
     with pytest.raises(InputFileError, match="no such"):
         report.make_report(tmp_path / "missing")
+    (tmp_path / "run.json").write_text("[]")
+    with pytest.raises(InputFileError, match="not a JSON object"):
+        report.make_report(tmp_path)
+    (tmp_path / "run.json").unlink()
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(InputFileError, match="not a run folder or a peak table"):
         report.make_report(tmp_path / "notes.txt")

@@ -634,3 +634,56 @@ def test_peak_table_writer_falls_back_to_one_table_for_chunks_that_do_not_fit(tm
     w.add(a.iloc[:0])
     w.close(lambda: a.iloc[:0])
     assert list(pd.read_parquet(tmp_path / "empty.parquet").columns) == ["frame", "x", "ok"]
+
+
+def test_a_replaced_calibration_file_is_not_resumed_against(drifting_series, tmp_path):
+    # The chunks already done were made with the old dark: going on with the new one would
+    # mix two calibrations in one table without a word.
+    path, _ = drifting_series
+    dark = tmp_path / "dark.npy"
+    np.save(dark, np.zeros((64, 64), np.float32))
+    run(path, tmp_path / "r", config=FAST, track=NOREPORT, dark=dark, progress=False)
+    run(path, tmp_path / "r", config=FAST, track=NOREPORT, dark=dark, progress=False)  # same
+    np.save(dark, np.full((64, 64), 5.0, np.float32))  # same size, other content
+    with pytest.raises(OptionError, match=r"calibration\.dark.*--force"):
+        run(path, tmp_path / "r", config=FAST, track=NOREPORT, dark=dark, progress=False)
+    res = run(path, tmp_path / "r", config=FAST, track=NOREPORT, dark=dark, progress=False,
+              force=True)
+    assert res.info["fingerprint"]["calibration"]["dark"][0]["path"] == str(dark.resolve())
+
+
+def test_a_run_json_that_is_not_an_object_is_one_line(drifting_series, tmp_path):
+    path, _ = drifting_series
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "run.json").write_text("[]")
+    with pytest.raises(OptionError, match="not a JSON object"):
+        run(path, tmp_path / "r", config=FAST, track=NOREPORT, progress=False)
+
+
+def test_a_damaged_chunk_file_is_redone_on_resume(drifting_series, tmp_path):
+    path, _ = drifting_series
+    ref = run(path, tmp_path / "ref", config=FAST, track=NOREPORT, chunk_size=5, progress=False)
+    out = tmp_path / "r"
+    run(path, out, config=FAST, track=NOREPORT, chunk_size=5, progress=False)
+    info = json.loads((out / "run.json").read_text())
+    (out / info["chunks"][1]["file"]).write_bytes(b"garbage")  # e.g. cut short by a full disk
+    res = run(path, out, config=FAST, track=NOREPORT, chunk_size=5, progress=False)
+    for name in ("tracks", "particles"):
+        pd.testing.assert_frame_equal(getattr(res, name), getattr(ref, name))
+    pd.testing.assert_frame_equal(res.peaks, ref.peaks)
+
+
+def test_a_chunk_table_damaged_inside_is_a_one_line_error(drifting_series, tmp_path,
+                                                          monkeypatch):
+    import braggtrack.runner as runner
+
+    path, _ = drifting_series
+    out = tmp_path / "r"
+    run(path, out, config=FAST, track=NOREPORT, chunk_size=5, progress=False)
+    info = json.loads((out / "run.json").read_text())
+    bad = out / info["chunks"][0]["file"]
+    monkeypatch.setattr(runner, "_chunk_intact", lambda *a: True)  # footer intact, data not
+    bad.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
+    with pytest.raises(InputFileError, match=r"damaged chunk table.*delete it") as exc:
+        run(path, out, config=FAST, track=NOREPORT, chunk_size=5, progress=False)
+    assert str(bad) in str(exc.value)

@@ -254,3 +254,30 @@ def test_a_watch_stopped_by_an_error_leaves_no_linker_thread(tmp_path, monkeypat
               track=TrackConfig(report=False), chunk_size=2, poll_s=0.05, quiet_s=0.3,
               progress=False)
     assert not [t for t in set(threading.enumerate()) - before if t.name == "braggtrack-link"]
+
+
+def test_a_file_arriving_before_processed_ones_stops_the_watch(tmp_path, monkeypatch):
+    # Frame numbers are places in name order: frame_00001.tif arriving after frame_00002.tif
+    # was processed would shift every later frame and mislabel the frames done.
+    import numpy as np
+    import tifffile
+
+    import braggtrack.runner as runner
+    from braggtrack.errors import OptionError
+
+    folder = tmp_path / "scan"
+    folder.mkdir()
+    frame = np.random.default_rng(0).poisson(20.0, (64, 64)).astype(np.uint16)
+    for i in (0, 2, 3, 4, 5):
+        tifffile.imwrite(folder / f"frame_{i:05d}.tif", frame)
+    real = runner._detect_task
+
+    def detect_then_a_late_file(task, threads=1):
+        tifffile.imwrite(folder / "frame_00001.tif", frame)
+        return real(task, threads)
+
+    monkeypatch.setattr(runner, "_detect_task", detect_then_a_late_file)
+    with pytest.raises(OptionError, match=r"frame_00001\.tif arrived after later files"):
+        watch(folder, tmp_path / "run", config=FindConfig(localizer="centroid"),
+              track=TrackConfig(report=False), chunk_size=2, poll_s=0.05, quiet_s=5,
+              progress=False)

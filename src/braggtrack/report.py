@@ -172,6 +172,8 @@ def _load_run_dir(path: Path, *, frames, dataset) -> RunData:
         info = json.loads(run_json.read_text())
     except (OSError, ValueError) as exc:
         raise InputFileError(run_json, f"unreadable run.json ({exc.__class__.__name__})") from None
+    if not isinstance(info, dict):
+        raise InputFileError(run_json, "not a braggtrack run.json (not a JSON object)")
     peaks_path = path / "peaks.parquet"
     if not peaks_path.exists():
         raise InputFileError(path, "run folder without peaks.parquet (is the run finished?)")

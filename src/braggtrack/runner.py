@@ -383,6 +383,33 @@ def _pipelined(tasks: list[ChunkTask], on_done) -> None:
                 pending.cancel() or pending.exception()
 
 
+def _read_chunk_table(path: Path) -> pd.DataFrame:
+    """A chunk's table, or a one-line error naming the damaged file."""
+    from .io import _first_line
+
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
+        raise InputFileError(path, f"damaged chunk table ({_first_line(exc)}); delete it and "
+                             "run again to redo its frames") from None
+
+
+def _chunk_intact(out: Path, chunk: dict) -> bool:
+    """Whether a finished chunk's files are still there and their parquet footers readable
+    (a file cut short or overwritten since, e.g. by a full disk: its frames are redone)."""
+    import pyarrow.parquet as pq
+
+    files = [out / chunk["file"]]
+    if _frames_file(files[0]).exists():
+        files.append(_frames_file(files[0]))
+    try:
+        for f in files:
+            pq.read_metadata(f)
+    except Exception:  # noqa: BLE001 - missing, truncated, not parquet
+        return False
+    return True
+
+
 def _frames_file(chunk_file: str | Path) -> Path:
     p = Path(chunk_file)
     return p.with_name(p.name.replace("peaks-", "frames-"))
@@ -522,6 +549,26 @@ def _model_record(config: FindConfig) -> dict | None:
 _FINISH_ONLY = ("track",)
 
 
+def _calibration_record(files: dict) -> dict:
+    """Each calibration file (dark, flat, mask) by resolved path, size, modification time and
+    checksum: a dark replaced before a run is resumed would change only the chunks still to
+    come, and a relative path given from another folder may name another file.  (They are
+    single frames: hashing them costs milliseconds.)"""
+    from .io import file_checksum
+
+    def record(name: str) -> dict:
+        path = Path(name)
+        if not path.is_file():  # e.g. a pattern: recorded as given
+            return {"path": name}
+        st = path.stat()
+        return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "xxh3_128": file_checksum(path, algorithm="xxh3_128")}
+
+    return {kind: None if given is None
+            else [record(g) for g in given] if isinstance(given, list) else record(given)
+            for kind, given in files.items()}
+
+
 def _fingerprint(
     source: str, dataset: str | None, config: FindConfig, calibration: dict, chunk_size: int,
     track: TrackConfig,
@@ -577,6 +624,9 @@ def _prepare_run_dir(
         previous = json.loads(run_json.read_text())
     except (OSError, ValueError):
         raise OptionError(f"{run_json}: unreadable run.json; use --force to start over") from None
+    if not isinstance(previous, dict):
+        raise OptionError(f"{run_json}: not a braggtrack run.json (not a JSON object); use "
+                          "--force to start over")
     diff = _fingerprint_differences(previous.get("fingerprint") or {}, fingerprint)
     if diff:
         shown = ", ".join(diff[:4]) + (", ..." if len(diff) > 4 else "")
@@ -908,6 +958,7 @@ def watch(
             client = Client(cluster)
         bar = _run_progress(None, state.frames_done(), progress)
         last_new, last_report, seen = time.time(), 0.0, -1
+        processed: list[str] = []  # a folder's files of the frames done, in frame order
         try:
             while True:
                 try:
@@ -916,6 +967,8 @@ def watch(
                 except BraggTrackError:
                     time.sleep(poll_s)  # being rewritten right now: look again
                     continue
+                if folder:
+                    _refuse_reordered_files(source, processed, state.series.files)
                 n = len(state.series)
                 if n != seen:
                     seen, last_new = n, time.time()
@@ -925,6 +978,7 @@ def watch(
                 if tasks:
                     _execute(tasks, workers, scheduler, lambda r: state.record(r, bar),
                              client=client)
+                    processed = [str(f) for f in state.series.files[:state.done_until()]]
                     # What the tables now come from (the input grows by design: not checked).
                     state.info["inputs"] = _stat_record(state.series.files)
                     due = time.time() - last_report > report_every_s
@@ -959,6 +1013,21 @@ def watch(
         raise
     finally:
         state.series.close()
+
+
+def _refuse_reordered_files(source, processed: Sequence[str], files: Sequence) -> None:
+    """A folder's frame numbers are its files' places in name order: a file that arrives
+    after later ones were processed would shift every frame number after it, and the frames
+    done would be relabelled with other files' names."""
+    now = [str(f) for f in files[:len(processed)]]
+    if now == list(processed):
+        return
+    k = next((i for i, (a, b) in enumerate(zip(now, processed, strict=False)) if a != b),
+             len(now))
+    late = Path(now[k]).name if k < len(now) else "a file"
+    raise OptionError(f"{source}: {late} arrived after later files were processed (frame "
+                      f"{k} would change); the frames done so far are kept: rerun with "
+                      "--force once the folder is complete")
 
 
 @dataclass
@@ -1031,7 +1100,8 @@ class _RunState:
         _model(config)
         meta = check_track(track, None if live else len(series))
         resolved = str(Path(source).resolve()) if Path(source).exists() else source
-        fingerprint = _fingerprint(resolved, dataset, config, calib_files, chunk_size, track)
+        fingerprint = _fingerprint(resolved, dataset, config, _calibration_record(calib_files),
+                                   chunk_size, track)
         previous = _prepare_run_dir(out, source, fingerprint, force=force, resume=resume)
         inputs = _stat_record(series.files)
         expected = {}
@@ -1071,7 +1141,7 @@ class _RunState:
             "skipped_frames": [],
             "counts": {},
         }
-        done = [c for c in (previous or {}).get("chunks", []) if (out / c["file"]).exists()]
+        done = [c for c in (previous or {}).get("chunks", []) if _chunk_intact(out, c)]
         info["chunks"] = sorted(done, key=lambda c: c["start"])
         _write_json_atomic(out / RUN_JSON, info)
         # Hashing a multi-GB input takes seconds to minutes: it is done beside the frame work
@@ -1222,10 +1292,10 @@ class _RunState:
                 continue
             if c["start"] != end:
                 break
-            table = pd.read_parquet(self.out / c["file"])
+            table = _read_chunk_table(self.out / c["file"])
             rows = linkable(table)
             frames_file = _frames_file(self.out / c["file"])
-            frames = pd.read_parquet(frames_file) if frames_file.exists() else None
+            frames = _read_chunk_table(frames_file) if frames_file.exists() else None
             if self.linker is not None:
                 self.linker.add(rows)
             self.fed.append((c, table, rows[["frame", "x", "y"]], frames))
@@ -1300,7 +1370,7 @@ def _chunk_tables(out: Path, info: dict, read: dict | None = None):
             yield read.pop(c["file"])
         else:
             f, ff = out / c["file"], _frames_file(out / c["file"])
-            yield pd.read_parquet(f), (pd.read_parquet(ff) if ff.exists() else None)
+            yield _read_chunk_table(f), (_read_chunk_table(ff) if ff.exists() else None)
 
 
 class _PeakTableWriter:
