@@ -131,6 +131,16 @@ def test_interpolate_cycler_outside_and_frame_table():
         interpolate_cycler(log, [100.0], outside="error")
     with pytest.raises(OptionError):
         interpolate_cycler(log.iloc[:1], [10.0])
+    # No frame within the log at all: another clock, not an experiment that ran on
+    with pytest.raises(OptionError, match="every frame; are the log and the frames on the same"):
+        interpolate_cycler(log, [3600.0, 7200.0], source="cycler.csv")
+
+
+def test_interpolate_cycler_says_it_dropped_repeated_times(logged):
+    log = pd.DataFrame({"time_s": [0.0, 10.0, 10.0, 20.0], "voltage_V": [3.0, 3.5, 9.9, 4.0]})
+    out = interpolate_cycler(log, [10.0], source="cycler.csv")
+    assert float(out["voltage_V"][0]) == 3.5
+    assert "cycler.csv: 1 row(s) repeat an earlier row's time_s; the first of each kept" in logged
 
 
 def test_join_frame_meta():

@@ -352,6 +352,7 @@ def _poni(tmp_path, wavelength_A=1.0):
     ("missing_meta", "no such metadata file"),
     ("short_meta", "5 metadata rows for 12 frames"),
     ("cycler_without_time", "no time_s column"),
+    ("cycler_without_columns", "log.csv: branches needs"),
     ("reference_frame_beyond", "--reference-frame 12: the series has 12 frames (0..11)"),
     ("poni_wavelength_disagrees", "disagree"),
 ])
@@ -364,6 +365,11 @@ def test_bad_geometry_or_metadata_fails_before_any_frame_work(drifting_series, t
                                                                                    index=False)
     log = tmp_path / "log.csv"
     pd.DataFrame({"time_s": [0.0, 100.0], "voltage_V": [3.0, 4.0]}).to_csv(log, index=False)
+    if case == "cycler_without_columns":  # a log of temperatures only
+        pd.DataFrame({"time_s": [0.0, 100.0], "T_K": [300.0, 310.0]}).to_csv(log, index=False)
+    timed = tmp_path / "timed.csv"
+    pd.DataFrame({"frame": range(12), "time_s": np.linspace(0, 99, 12)}).to_csv(timed,
+                                                                                index=False)
     short = tmp_path / "short.csv"
     pd.DataFrame({"voltage_V": np.linspace(3, 4, 5)}).to_csv(short, index=False)
     options = {
@@ -376,6 +382,7 @@ def test_bad_geometry_or_metadata_fails_before_any_frame_work(drifting_series, t
         "missing_meta": dict(frame_meta=str(tmp_path / "nope.csv")),
         "short_meta": dict(frame_meta=str(short)),
         "cycler_without_time": dict(frame_meta=str(meta), cycler_log=str(log)),
+        "cycler_without_columns": dict(frame_meta=str(timed), cycler_log=str(log)),
         "reference_frame_beyond": dict(reference_frame=12),
         "poni_wavelength_disagrees": dict(poni=None, wavelength_A=0.7),
     }[case]

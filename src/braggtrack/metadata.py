@@ -425,7 +425,12 @@ def interpolate_cycler(
         _log.warning("%s: column %s: %d row(s) without a number (blank, or text) dropped",
                      where, time_col, int(no_time.sum()))
     log = log[~no_time]
-    log = log.sort_values(time_col, kind="stable").drop_duplicates(time_col)
+    log = log.sort_values(time_col, kind="stable")
+    repeated = log[time_col].duplicated()
+    if repeated.any():
+        _log.warning("%s: %d row(s) repeat an earlier row's %s; the first of each kept",
+                     where, int(repeated.sum()), time_col)
+        log = log[~repeated.to_numpy()]
     if len(log) < 2:
         raise OptionError(f"{where}: the cycler log needs at least two time points")
     lt = log[time_col].to_numpy(float)
@@ -456,6 +461,11 @@ def interpolate_cycler(
                f"({lt[0]:g}..{lt[-1]:g} s)")
         if outside == "error":
             raise OptionError(msg)
+        if out_of_range.all():
+            # Every frame would get the log's first or last values: the two clocks differ
+            # (another start time, or hours against seconds), not an experiment that ran on.
+            raise OptionError(msg + ": every frame; are the log and the frames on the same "
+                              "clock (start time, seconds)?")
         warnings.warn(msg + "; values held at the log's ends (cycler_outside=True)",
                       FrameMetaWarning, stacklevel=2)
     out = pd.DataFrame({"frame": frames, time_col: t})

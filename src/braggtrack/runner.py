@@ -1558,7 +1558,11 @@ def frame_metadata(track: TrackConfig, n_frames: int) -> pd.DataFrame:
     keep = [c for c in meta.columns if c == "frame" or c not in cycler.columns]
     merged = cycler.merge(meta[keep], on="frame", how="left")
     if "branch" not in merged:
-        merged = pd.concat([merged, branches(merged).reset_index(drop=True)], axis=1)
+        try:
+            labels = branches(merged)
+        except OptionError as exc:
+            raise OptionError(f"{track.cycler_log}: {exc}") from None
+        merged = pd.concat([merged, labels.reset_index(drop=True)], axis=1)
     return merged
 
 
