@@ -247,6 +247,21 @@ def bench_end_to_end(sizes: BenchSizes, workdir: Path) -> list[dict]:
             pairs.append((t_one, t_two))
         stages = [(chunk_stage(one.scheduler_address), chunk_stage(two.scheduler_address))
                   for _ in range(2)]
+    # The same chunk work in plain processes, no Dask and no driver work: what this
+    # machine's cores allow at best (a VM's two cores need not be two cores' worth).
+    with _process_pool(1) as p1, _process_pool(2) as p2:
+        for pool in (p1, p2):
+            list(pool.map(process_chunk, tasks[:2]))  # warm: imports, model, numba caches
+        plain = []  # (1 process, 2 processes), seconds a frame
+        for _ in range(2):
+            times = []
+            for pool in (p1, p2):
+                t0 = time.perf_counter()
+                list(pool.map(process_chunk, tasks))
+                times.append((time.perf_counter() - t0) / len(series))
+            plain.append(tuple(times))
+    plain_ratios = sorted(a / b for a, b in plain)
+    p_one, p_two = max(plain, key=lambda p: p[0] / p[1])
     t1w, t2 = (float(np.median([p[k] for p in pairs])) for k in (0, 1))
     scaling = sorted(a / b for a, b in pairs)
     driver_cpu = float(np.median(cpus))
@@ -265,11 +280,26 @@ def bench_end_to_end(sizes: BenchSizes, workdir: Path) -> list[dict]:
         _row("chunk stage alone (read, detect, localize, write) 1 -> 2 Dask workers",
              1 / stage2, "frames/s", 1 / stage1, "1 worker process", stage1 / stage2, "",
              note=f"{cores} cores; no linking"),
+        _row("the same chunk work in 1 -> 2 plain processes (no Dask, no driver): this "
+             "machine's ceiling", 1 / p_two, "frames/s", 1 / p_one, "1 process",
+             plain_ratios[-1], "", note=f"{cores} cores; best of {len(plain)} pairs, "
+                                        f"{plain_ratios[0]:.2f}-{plain_ratios[-1]:.2f}x"),
         _row("serial run (--workers 1, all cores) -> 2 worker processes", 1 / t2, "frames/s",
              1 / t1, "serial run", t1 / t2, "", note=f"{cores} cores"),
         bench_classic(sizes, series, t1),
     ]
     return rows
+
+
+def _process_pool(n: int):
+    """``n`` fresh worker processes of one thread each (spawned: no state copied from here)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .runner import _limit_threads
+
+    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_limit_threads)
 
 
 def bench_classic(sizes: BenchSizes, series, t_ours: float) -> dict:
