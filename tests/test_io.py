@@ -926,3 +926,228 @@ def test_checksum_mapped_a_window_at_a_time_equals_hashing_the_whole_file(tmp_pa
     blob.write_bytes(data)
     assert file_checksum(blob, chunk_size=1000) == hashlib.sha256(data).hexdigest()
     assert file_checksum(blob, algorithm="xxh3_128") == xxhash.xxh3_128(data).hexdigest()
+
+
+# ------------------------------------------------------------------ TIFF written page by page
+
+
+def _write_page_by_page(path, frames, **kwargs):
+    with tifffile.TiffWriter(path, **kwargs) as writer:
+        for fr in frames:
+            writer.write(fr)
+
+
+def test_tiff_written_page_by_page_reads_every_page(tmp_path, stack):
+    # tifffile reports one series per page here; series 0 alone would be 1 frame of 4
+    path = tmp_path / "loop.tif"
+    _write_page_by_page(path, stack)
+    series = open_frames(path)
+    assert "4 x 24 x 20 uint16" in series.source
+    _assert_series(series, stack)
+    np.testing.assert_array_equal(series.read(2), stack[2])  # read(i) is page i
+    clone = pickle.loads(pickle.dumps(series))  # reopened: still page by page
+    np.testing.assert_array_equal(clone[3], stack[3])
+    # one header for the whole stack (tifffile's truncate=True): the frames are contiguous
+    one_ifd = tmp_path / "one_ifd.tif"
+    tifffile.imwrite(one_ifd, stack, truncate=True, photometric="minisblack")
+    _assert_series(open_frames(one_ifd), stack)
+
+
+def test_tiff_pages_of_different_shape_or_dtype_are_refused(tmp_path, stack):
+    shapes = tmp_path / "shapes.tif"
+    _write_page_by_page(shapes, [stack[0], stack[1][:12, :10], stack[2]])
+    with pytest.raises(InputFileError, match="page 1 is 12 x 10 uint16, page 0 24 x 20 uint16"
+                       ) as exc:
+        open_frames(shapes)
+    _assert_names_file(exc, shapes)
+    dtypes = tmp_path / "dtypes.tif"
+    _write_page_by_page(dtypes, [stack[0], stack[1], stack[2].astype(np.float32)])
+    with pytest.raises(InputFileError, match="page 2 is 24 x 20 float32, page 0 24 x 20 uint16"
+                       ) as exc:
+        open_frames(dtypes)
+    _assert_names_file(exc, dtypes)
+
+
+@pytest.mark.parametrize("kind", ["shaped", "imagej"])
+def test_truncated_tiff_says_how_many_frames_were_promised(tmp_path, stack, kind):
+    # tifffile logs "invalid page offset" and returns the first page alone as the series
+    path = tmp_path / f"{kind}.tif"
+    tifffile.imwrite(path, stack, imagej=kind == "imagej", photometric="minisblack")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputFileError, match="promises 4 frames but only 1 is readable") as exc:
+        open_frames(path)
+    _assert_names_file(exc, path)
+
+
+def test_truncated_tiff_written_page_by_page_is_refused(tmp_path, stack):
+    path = tmp_path / "loop.tif"
+    _write_page_by_page(path, stack)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # each page holds only its own shape: no promise
+    with pytest.raises(InputFileError, match=r"page 2 lies beyond the end of the file.*only 2 "
+                       "pages readable") as exc:
+        open_frames(path)
+    _assert_names_file(exc, path)
+
+
+# ------------------------------------------------------------------ HDF5 data never written
+
+
+def test_hdf5_virtual_dataset_with_missing_source_is_refused(tmp_path, stack):
+    layout = h5py.VirtualLayout(shape=stack.shape, dtype=stack.dtype)
+    for k in range(2):
+        with h5py.File(tmp_path / f"part{k}.h5", "w") as f:
+            f["/data"] = stack[2 * k: 2 * k + 2]
+        layout[2 * k: 2 * k + 2] = h5py.VirtualSource(f"part{k}.h5", "/data", shape=(2, 24, 20))
+    path = tmp_path / "vds.h5"
+    with h5py.File(path, "w") as f:
+        f.create_virtual_dataset("/entry/data/data", layout, fillvalue=0)
+    (tmp_path / "part1.h5").unlink()  # HDF5 reads its frames as zeros, without an error
+    with pytest.raises(InputFileError, match="source file part1.h5, which is missing") as exc:
+        open_frames(path)
+    _assert_names_file(exc, path)
+
+
+def test_hdf5_frames_never_written_are_frame_read_errors(tmp_path, stack):
+    # an aborted acquisition: allocated for 4 frames, 2 written; the rest is the fill value
+    path = tmp_path / "aborted.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("/entry/data/data", shape=stack.shape, dtype=stack.dtype,
+                              chunks=(1, 24, 20))
+        ds[:2] = stack[:2]
+    series = open_frames(path)
+    assert len(series) == 4
+    np.testing.assert_array_equal(series[1], stack[1])
+    np.testing.assert_array_equal(series[0:2], stack[:2])
+    for i in (2, 3):
+        with pytest.raises(FrameReadError, match="never written") as exc:
+            series[i]
+        assert exc.value.index == i and "fill value" in exc.value.reason
+        _assert_names_file(exc, path)
+    with pytest.raises(FrameReadError, match="frame 2: never written"):
+        series[1:4]  # a block read names the first frame never written
+    tiles = tmp_path / "tiles.h5"  # a frame of 4 chunks, 1 of them written
+    with h5py.File(tiles, "w") as f:
+        ds = f.create_dataset("/entry/data/data", shape=stack.shape, dtype=stack.dtype,
+                              chunks=(1, 12, 10))
+        ds[:3] = stack[:3]
+        ds[3, :12, :10] = stack[3, :12, :10]
+    with pytest.raises(FrameReadError, match="3 of its 4 chunks never written") as exc:
+        open_frames(tiles)[3]
+    assert exc.value.index == 3
+    np.testing.assert_array_equal(open_frames(tiles)[2], stack[2])
+
+
+def test_hdf5_external_raw_file_missing_or_short_is_refused(tmp_path, stack):
+    path = tmp_path / "ext.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", shape=stack.shape, dtype="<u2",
+                         external=[("raw.bin", 0, stack.nbytes)])
+    with pytest.raises(InputFileError, match="external file raw.bin, which is missing") as exc:
+        open_frames(path)
+    _assert_names_file(exc, path)
+    (tmp_path / "raw.bin").write_bytes(stack.astype("<u2").tobytes()[: stack.nbytes // 2])
+    with pytest.raises(InputFileError, match=f"needs {stack.nbytes} bytes of its external file "
+                       f"raw.bin, which holds {stack.nbytes // 2}") as exc:
+        open_frames(path)
+    _assert_names_file(exc, path)
+    (tmp_path / "raw.bin").write_bytes(stack.astype("<u2").tobytes())
+    _assert_series(open_frames(path), stack)
+
+
+def test_hdf5_files_include_virtual_sources_and_external_raw_files(tmp_path, stack,
+                                                                  monkeypatch):
+    # what a resumed run checks for changes: the files holding the data, not only the index
+    layout = h5py.VirtualLayout(shape=stack.shape, dtype=stack.dtype)
+    for k in range(2):
+        with h5py.File(tmp_path / f"part{k}.h5", "w") as f:
+            f["/data"] = stack[2 * k: 2 * k + 2]
+        layout[2 * k: 2 * k + 2] = h5py.VirtualSource(f"part{k}.h5", "/data", shape=(2, 24, 20))
+    with h5py.File(tmp_path / "vds.h5", "w") as f:
+        f.create_virtual_dataset("/entry/data/data", layout)
+    stack.astype("<u2").tofile(tmp_path / "raw.bin")
+    with h5py.File(tmp_path / "ext.h5", "w") as f:
+        f.create_dataset("/entry/data/data", shape=stack.shape, dtype="<u2",
+                         external=[("raw.bin", 0, h5py.h5f.UNLIMITED)])
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # relative source names resolve against the file's folder
+    vds = open_frames(Path("..") / "vds.h5")
+    _assert_series(vds, stack)
+    assert [p.resolve() for p in vds.files] == [
+        tmp_path / "vds.h5", tmp_path / "part0.h5", tmp_path / "part1.h5"]
+    ext = open_frames(tmp_path / "ext.h5")
+    assert [p.resolve() for p in ext.files] == [tmp_path / "ext.h5", tmp_path / "raw.bin"]
+
+
+def test_hdf5_stack_stored_frames_last_warns(tmp_path, stack):
+    handler = _Collect()
+    logger = logging.getLogger("braggtrack")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        path = tmp_path / "hwn.h5"
+        with h5py.File(path, "w") as f:
+            f["/entry/data/data"] = np.zeros((32, 32, 4), np.uint16)  # 4 frames of 32 x 32
+            f["/entry/other/data"] = stack
+        series = open_frames(path)
+        assert len(series) == 32 and series.shape == (32, 4)  # read as stored
+        assert len(handler.messages) == 1
+        msg = handler.messages[0]
+        assert str(path) in msg and "/entry/data/data" in msg and "frames on the last axis" in msg
+        assert "4 x 32 x 32" in msg and "\n" not in msg
+        open_frames(path, dataset="/entry/other/data")  # 4 x 24 x 20: frames first, no warning
+        assert len(handler.messages) == 1
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+# ------------------------------------------------------------------ corrupt CBF, bracket globs
+
+
+def _corrupt_cbf(path):
+    """Change one byte of a CBF binary section whose pixels differ by less than 64 from
+    their neighbours: every byte is one byte-offset delta, so the damaged file still
+    decodes (into wrong pixels) and only the Content-MD5 tells."""
+    data = bytearray(path.read_bytes())
+    start = data.find(b"\x0c\x1a\x04\xd5") + 4
+    data[start + 100] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_cbf_not_matching_its_content_md5_is_a_frame_read_error(tmp_path, stack):
+    frames = (stack % 50).astype(np.int32)
+    for i, fr in enumerate(frames[:3]):
+        fabio.cbfimage.CbfImage(data=fr).write(str(tmp_path / f"f_{i}.cbf"))
+    bad = tmp_path / "f_1.cbf"
+    _corrupt_cbf(bad)
+    assert not np.array_equal(fabio.open(str(bad)).data, frames[1])  # fabio: garbage, no error
+    series = open_frames(tmp_path)
+    assert len(series) == 3
+    np.testing.assert_array_equal(series[0], frames[0])
+    np.testing.assert_array_equal(series[2], frames[2])
+    with pytest.raises(FrameReadError, match="does not match its Content-MD5") as exc:
+        series[1]
+    assert exc.value.index == 1
+    _assert_names_file(exc, bad)
+    with pytest.raises(FrameReadError, match="Content-MD5") as exc:
+        open_frames(bad)[0]
+    _assert_names_file(exc, bad)
+
+
+def test_glob_in_a_folder_whose_name_has_brackets(tmp_path, stack):
+    literal, plain = tmp_path / "scan[1]", tmp_path / "scan1"
+    for folder, frames in ((literal, stack[:3]), (plain, stack[3:])):
+        folder.mkdir()
+        for i, fr in enumerate(frames):
+            tifffile.imwrite(folder / f"img_{i}.tif", fr)
+    series = open_frames(str(literal / "*.tif"))  # the folder named so, not scan1/
+    assert len(series) == 3 and series.files[0].parent == literal
+    _assert_series(series, stack[:3])
+    nested = open_frames(str(literal / "img_[12].tif"))  # the file part is still a pattern
+    np.testing.assert_array_equal(nested[0], stack[1])
+    assert len(open_frames(str(plain / "*.tif"))) == 1
+    assert len(open_frames(str(tmp_path / "scan[12]" / "*.tif"))) == 1  # no such folder: glob

@@ -23,7 +23,17 @@ WRITER = textwrap.dedent(
     def frame(i):
         peaks = [(15.2 + 0.1 * i, 20.3, 1.0, 5000.0), (40.7, 44.1 - 0.1 * i, 1.1, 7000.0)]
         return rng.poisson(render_frame((64, 64), peaks, 20.0)).astype(np.uint16)
-    if kind == "h5":
+    if kind == "h5_allocated":  # the whole scan's dataset made first, frames written later
+        import h5py
+        with h5py.File(path, "w", libver="latest") as f:
+            ds = f.create_dataset("/entry/data/data", shape=(n, 64, 64), dtype=np.uint16,
+                                  chunks=(1, 64, 64))
+            f.swmr_mode = True
+            for i in range(n):
+                time.sleep(0.3)
+                ds[i] = frame(i)
+                ds.flush()
+    elif kind == "h5":
         import h5py
         with h5py.File(path, "w", libver="latest") as f:
             ds = f.create_dataset("/entry/data/data", shape=(1, 64, 64), maxshape=(None, 64, 64),
@@ -45,12 +55,12 @@ WRITER = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["h5", "folder"])
+@pytest.mark.parametrize("kind", ["h5", "h5_allocated", "folder"])
 def test_watch_processes_every_frame_appended_by_another_process(tmp_path, kind):
     import tests_path  # noqa: F401  (see conftest: makes the tests folder importable)
 
     n = 10
-    if kind == "h5":
+    if kind.startswith("h5"):
         source = tmp_path / "live.h5"
     else:
         source = tmp_path / "live"
@@ -73,7 +83,7 @@ def test_watch_processes_every_frame_appended_by_another_process(tmp_path, kind)
     from braggtrack.io import file_checksum
 
     inputs = json.loads((tmp_path / "run" / "run.json").read_text())["inputs"]
-    assert len(inputs) == (1 if kind == "h5" else n)
+    assert len(inputs) == (1 if kind.startswith("h5") else n)
     assert all(rec["xxh3_128"] == file_checksum(rec["path"], algorithm="xxh3_128") for rec in inputs)
     assert (res.peaks.groupby("frame").ok.sum() == 2).all()
     assert res.particles.shape[0] == 2

@@ -957,7 +957,7 @@ def watch(
             cluster = local_cluster(workers)
             client = Client(cluster)
         bar = _run_progress(None, state.frames_done(), progress)
-        last_new, last_report, seen = time.time(), 0.0, -1
+        last_new, last_report, seen = time.time(), 0.0, None
         processed: list[str] = []  # a folder's files of the frames done, in frame order
         try:
             while True:
@@ -970,10 +970,15 @@ def watch(
                 if folder:
                     _refuse_reordered_files(source, processed, state.series.files)
                 n = len(state.series)
-                if n != seen:
-                    seen, last_new = n, time.time()
+                # An HDF5 file allocated for the whole scan up front holds frames not yet
+                # written (they would read as zeros): what arrives is frames written.
+                written = n if folder else state.series.written_until(state.done_until())
+                if (n, written) != seen:
+                    seen, last_new = (n, written), time.time()
                 quiet = time.time() - last_new > quiet_s
-                ready = n if (quiet or not folder) else max(n - 1, 0)
+                # A folder's newest file may be half written. Once quiet, every frame is
+                # processed: one still unwritten then is skipped, with that reason.
+                ready = n if quiet else max(n - 1, 0) if folder else written
                 tasks = state.tasks(state.done_until(), ready, partial=quiet)
                 if tasks:
                     _execute(tasks, workers, scheduler, lambda r: state.record(r, bar),
