@@ -488,3 +488,33 @@ def test_unsafe_pickle_message_does_not_advise_weights_only_false(tmp_path):
         load_model(evil)
     message = str(info.value)
     assert "unsafe pickle" in message and "weights_only" not in message and "\n" not in message
+
+
+# -------------------------------------------------------------------- review 7 defects
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("name", ["m.safetensors", "m.pt"])
+def test_model_with_non_finite_weights_is_refused(tmp_path, bad, name):
+    """A NaN weight made every prediction NaN and every peak 'out_of_distribution'."""
+    model = BraggNN(BraggNNConfig(channels=(8, 8), dense=(16,)))
+    with torch.no_grad():
+        model.features[0].weight[0, 0, 1, 1] = bad
+    path = save_model(model, tmp_path / name)
+    path.with_suffix(".json").unlink()  # as the reviewer's file: the config inside it only
+    with pytest.raises(ModelError, match=f"{name}: weights hold NaN or infinite values "
+                                         r"\(tensor features\.0\.weight\)") as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+    # with its sidecar (sha256 matching) too: a diverged training writes such a pair
+    save_model(model, path)
+    with pytest.raises(ModelError, match="NaN or infinite"):
+        load_model(path)
+
+
+def test_export_into_a_file_used_as_folder_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(OptionError, match="afile/x.onnx: cannot create folder") as info:
+        export_model(BraggNN(), tmp_path / "afile" / "x.onnx", format="onnx")
+    assert "\n" not in str(info.value)
+    with pytest.raises(OptionError, match="unknown export format"):
+        export_model(BraggNN(), tmp_path / "new" / "m.x", format="keras")
+    assert not (tmp_path / "new").exists()  # refused before the folder is made

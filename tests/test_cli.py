@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -239,3 +240,143 @@ def test_patch_size_must_fit_the_network_and_train_makes_one_that_does(tmp_path)
     res = cli("train", "simulate", "-o", tmp_path / "x.safetensors", "--init", "default",
               "--patch", 9)
     _assert_one_line_error(res, "--patch cannot change")
+
+
+# -------------------------------------------------------------------- review 7 defects
+@pytest.fixture
+def main_in_process(monkeypatch, capsys):
+    """Run ``braggtrack.cli.main`` here (API functions can then be replaced) and return
+    ``(exit status, stderr)``; the logger settings main() makes are undone afterwards."""
+    import logging
+
+    from braggtrack import cli as cli_mod
+
+    names = ["braggtrack", "tifffile", "fabio", "fabio.edfimage", "fabio.cbfimage",
+             "fabio.openimage"]
+    saved = [(lg, lg.level, list(lg.handlers), lg.propagate)
+             for lg in map(logging.getLogger, names)]
+
+    def call(*args):
+        monkeypatch.setattr(sys, "argv", ["braggtrack", *map(str, args)])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            cli_mod.main()
+        return info.value.code, capsys.readouterr().err
+
+    yield call
+    for lg, level, handlers, propagate in saved:
+        lg.setLevel(level)  # setLevel, not the attribute: it clears the loggers' caches
+        lg.handlers[:] = handlers
+        lg.propagate = propagate
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("the work started although the output cannot be written")
+
+
+def _assert_one_line(code, err, *needles):
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for n in needles:
+        assert str(n) in lines[0], err
+
+
+def test_output_under_a_file_is_refused_before_any_work(tmp_path, monkeypatch, main_in_process):
+    """``-o afile/x.csv`` used to fail with a FileExistsError traceback after all the work."""
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    series = tmp_path / "good.h5"
+    with h5py.File(series, "w") as f:
+        f["/entry/data/data"] = np.ones((2, 16, 16), np.uint16)
+    peaks = tmp_path / "peaks.csv"
+    pd.DataFrame({"frame": [0, 1], "x": [5.0, 5.1], "y": [6.0, 6.0], "ok": True}).to_csv(
+        peaks, index=False)
+    monkeypatch.setattr("braggtrack.pipeline.find", _never)
+    monkeypatch.setattr("braggtrack.runner.link_and_measure", _never)
+    monkeypatch.setattr("braggtrack.runner.run", _never)
+    monkeypatch.setattr("braggtrack.braggnn.load_model", _never)
+    cases = [
+        (["find", series, "-o", "afile/x.csv", "-q"], "afile/x.csv"),
+        (["find", series, "-o", "afile/deeper/x.csv", "-q"], "afile/deeper/x.csv"),
+        (["track", peaks, "-o", "afile/t.csv"], "afile/t.csv"),
+        (["track", peaks, "-o", "t.csv", "--particles", "afile/p.csv"], "afile/p.csv"),
+        (["export", "afile/x.onnx"], "afile/x.onnx"),
+        (["run", series, "-o", "afile/sub", "-q"], "afile/sub"),
+    ]
+    for args, named in cases:
+        code, err = main_in_process(*args)
+        _assert_one_line(code, err, f"error: {named}: afile exists and is not a folder")
+    code, err = main_in_process("run", series, "-o", "afile", "-q")
+    _assert_one_line(code, err, "error: afile: exists and is not a folder")
+    assert not (tmp_path / "t.csv").exists()
+
+
+def _unwritable_folder(tmp_path):
+    """A folder in which no file can be made, or None: a read-only one (not for root, who
+    writes there anyway), else /sys, where even root cannot create a file."""
+    import os
+
+    candidates = [tmp_path / "ro", Path("/sys")]
+    candidates[0].mkdir()
+    candidates[0].chmod(0o555)
+    for folder in candidates:
+        try:
+            (folder / "probe").write_text("")
+        except OSError:
+            return folder
+        os.unlink(folder / "probe")
+    return None
+
+
+def test_output_in_an_unwritable_folder_is_refused_before_any_work(
+        tmp_path, monkeypatch, main_in_process):
+    folder = _unwritable_folder(tmp_path)
+    if folder is None:
+        pytest.skip("no folder here refuses new files")
+    series = tmp_path / "good.h5"
+    with h5py.File(series, "w") as f:
+        f["/entry/data/data"] = np.ones((2, 16, 16), np.uint16)
+    monkeypatch.setattr("braggtrack.pipeline.find", _never)
+    try:
+        code, err = main_in_process("find", series, "-o", folder / "x.csv", "-q")
+        _assert_one_line(code, err, f"{folder / 'x.csv'}: cannot write in folder {folder}")
+        code, err = main_in_process("find", series, "-o", folder / "new" / "x.csv", "-q")
+        _assert_one_line(code, err, f"cannot write in folder {folder}")
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+
+
+@pytest.mark.parametrize("exc,line", [
+    (PermissionError(13, "Permission denied", "/data/x.csv"), "error: /data/x.csv: Permission denied"),
+    # os.replace(tmp, out): the file the user named is the second one
+    (IsADirectoryError(21, "Is a directory", "/d/.x.csv.tmp-1", None, "/d/x.csv"),
+     "error: /d/x.csv: Is a directory"),
+    # h5py and pyarrow raise OSErrors of their own text, sometimes over several lines
+    (OSError("Unable to create file\n(disk full)"), "error: Unable to create file (disk full)"),
+])
+def test_an_os_error_escaping_a_command_is_one_line(tmp_path, monkeypatch, main_in_process,
+                                                    exc, line):
+    series = tmp_path / "good.h5"
+    with h5py.File(series, "w") as f:
+        f["/entry/data/data"] = np.ones((2, 16, 16), np.uint16)
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr("braggtrack.pipeline.find", fail)
+    code, err = main_in_process("find", series, "-o", tmp_path / "x.csv", "-q")
+    _assert_one_line(code, err)
+    assert err.strip() == line
+
+
+@pytest.mark.parametrize("lr", ["nan", "inf", "-1", "0"])
+def test_train_refuses_a_learning_rate_that_is_not_finite_and_positive(
+        tmp_path, monkeypatch, main_in_process, lr):
+    monkeypatch.setattr("braggtrack.train._fit", _never)
+    code, err = main_in_process("train", "simulate", "-o", tmp_path / "m.safetensors", "-q",
+                                "--lr", lr)
+    _assert_one_line(code, err, "--lr must be a finite number > 0", f"got {float(lr)}")
+    assert not (tmp_path / "m.safetensors").exists()

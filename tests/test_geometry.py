@@ -337,3 +337,57 @@ def test_table_steps_leave_the_callers_table_unchanged(simple):
     add_strain(geo)
     add_radial_shift(t, (10.0, 50.0))
     pd.testing.assert_frame_equal(t, before)
+
+
+# -------------------------------------------------------------------- review 7 defects
+def _with_line(tmp_path, name, key, line):
+    """A copy of a good pyFAI PONI file with its ``key:`` line replaced by ``line``."""
+    good = _poni(tmp_path, "good.poni", wavelength=1e-10).read_text()
+    assert f"{key}:" in good
+    path = tmp_path / name
+    path.write_text("\n".join(line if ln.startswith(key + ":") else ln
+                              for ln in good.splitlines()) + "\n")
+    return path
+
+
+def test_poni_wavelength_zero_is_an_error_not_no_wavelength(tmp_path):
+    path = _with_line(tmp_path, "zero.poni", "Wavelength", "Wavelength: 0")
+    with pytest.raises(InputFileError, match=r"zero.poni: Wavelength: 0 is not a wavelength"):
+        Geometry.from_poni(path)
+    # a file without the line is still a geometry without a wavelength
+    assert Geometry.from_poni(_poni(tmp_path, "nowl.poni")).wavelength_m is None
+
+
+@pytest.mark.parametrize("value", ["0.5", "-5e-11", "1e-13", "2e-8"])
+def test_poni_wavelength_outside_the_x_ray_range_says_metres(tmp_path, value):
+    # 0.5: a wavelength in angstrom where metres belong gave d-spacings of 1e11 angstrom
+    path = _with_line(tmp_path, "unit.poni", "Wavelength", f"Wavelength: {value}")
+    with pytest.raises(InputFileError, match="unit.poni: Wavelength: .* m is outside the X-ray "
+                       r"range 1e-12\.\.1e-08 m") as info:
+        Geometry.from_poni(path)
+    assert "PONI wavelengths are in metres (0.5 angstrom is 5e-11)" in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["1.5e-12", "5e-11", "9e-9"])
+def test_poni_wavelengths_of_real_sources_are_read(tmp_path, value):
+    path = _with_line(tmp_path, "ok.poni", "Wavelength", f"Wavelength: {value}")
+    assert Geometry.from_poni(path).wavelength_m == pytest.approx(float(value))
+
+
+def test_malformed_poni_gives_no_pyfai_log_output(tmp_path, caplog):
+    """pyFAI logged two whole tracebacks before braggtrack's one-line error."""
+    import logging
+
+    path = _with_line(tmp_path, "badcfg.poni", "Detector_config", "Detector_config: {garbage")
+    child = logging.getLogger("pyFAI.detectors._common")
+    child.setLevel(logging.INFO)  # a child with a level of its own is silenced too
+    parent_level = logging.getLogger("pyFAI").level
+    try:
+        with caplog.at_level(logging.DEBUG):
+            with pytest.raises(InputFileError, match="badcfg.poni: not a readable PONI file"):
+                Geometry.from_poni(path)
+        assert not [r for r in caplog.records if r.name.startswith("pyFAI")], caplog.text
+        assert child.level == logging.INFO  # levels are put back
+        assert logging.getLogger("pyFAI").level == parent_level
+    finally:
+        child.setLevel(logging.NOTSET)

@@ -209,3 +209,82 @@ def test_far_apart_peaks_are_not_crowded():
     for localizer in ("centroid", "pvoigt"):
         table = find_peaks(frame, localizer=localizer)
         assert table.ok.sum() == 2 and "crowded" not in set(table.reason)
+
+
+# -------------------------------------------------------------------- review 7 defects
+def _stack_of_distinct_frames(three_peak_frame, n=4):
+    """``n`` frames, frame ``i`` holding its three peaks shifted right by ``i`` pixels, so
+    that a table's x values tell which frame was really processed."""
+    frame, _ = three_peak_frame
+    return np.stack([np.roll(frame, i, axis=1) for i in range(n)])
+
+
+def test_frames_selects_by_real_frame_number(three_peak_frame):
+    stack = _stack_of_distinct_frames(three_peak_frame)
+    every = find(stack, localizer="centroid", progress=False)
+    for frames in ([3, 1], np.array([2], np.int64), [2.0], slice(-2, None)):
+        table = find(stack, localizer="centroid", progress=False, frames=frames)
+        wanted = list(range(4))[frames] if isinstance(frames, slice) else \
+            [int(i) for i in frames]
+        assert sorted(set(table.frame)) == sorted(wanted)
+        for i in wanted:  # the peaks of frame i are those of frame i, labelled i
+            np.testing.assert_allclose(np.sort(table[table.frame == i].x),
+                                       np.sort(every[every.frame == i].x))
+        assert table.attrs["frames"]["frame"].tolist() == wanted
+
+
+@pytest.mark.parametrize("frames,needle", [
+    ([-1], "frames: -1 is negative"),
+    ([4], "frames: 4 is not a frame of this series"),
+    ([0, 100], "frames: 100 is not a frame"),
+    ([0, 0], "frames: 0 is given twice"),
+    ([1.5], "frames: 1.5 is not a whole frame number"),
+    ([float("nan")], "frames: nan is not a whole frame number"),
+    (np.ones(4, bool), "frames: True is a boolean"),
+    ([True], "frames: True is a boolean"),
+    (["1"], "frames: '1' is not a whole frame number"),
+    (3, "frames must be a sequence of frame numbers or a slice"),
+    ("01", "frames must be a sequence"),
+    (slice(0, 4, 0), "is not a usable slice"),
+])
+def test_frames_refuses_what_is_not_a_list_of_distinct_frame_numbers(
+        three_peak_frame, frames, needle):
+    stack = _stack_of_distinct_frames(three_peak_frame)
+    with pytest.raises(OptionError, match=needle) as info:
+        find(stack, localizer="centroid", progress=False, frames=frames)
+    message = str(info.value)
+    assert "\n" not in message
+    if not isinstance(frames, (int, str, slice)):
+        assert "the series has 4 frames, 0..3" in message
+
+
+@pytest.mark.parametrize("options,needle", [
+    ({"threshold": "x"}, "--threshold must be a number or None, got 'x'"),
+    ({"min_snr": None}, "--min-snr must be a number, got None"),
+    ({"max_peaks": True}, "--max-peaks must be a whole number, got True"),
+    ({"edge": 1.5}, "--edge must be a whole number, got 1.5"),
+    ({"auto_mask": "no"}, "--auto-mask must be True or False"),
+    ({"localizer": 3}, "--localizer must be a string"),
+    ({"treshold": 5.0}, "unknown option 'treshold'; the options are threshold, "),
+])
+def test_wrong_option_types_are_one_line_option_errors(three_peak_frame, options, needle):
+    frame, _ = three_peak_frame
+    options = {"localizer": "centroid", **options}
+    with pytest.raises(OptionError, match=needle):
+        find(frame[None], progress=False, **options)
+    with pytest.raises(OptionError, match=needle):
+        find_peaks(frame, **options)
+
+
+def test_config_must_be_a_find_config(three_peak_frame):
+    frame, _ = three_peak_frame
+    with pytest.raises(OptionError, match="config must be a FindConfig, got dict"):
+        find_peaks(frame, config={"localizer": "centroid"}, threshold=1.0)
+
+
+def test_whole_float_options_are_integers(three_peak_frame):
+    frame, _ = three_peak_frame
+    a = find_peaks(frame, localizer="centroid", patch=11.0, max_peaks=2.0)
+    b = find_peaks(frame, localizer="centroid", patch=11, max_peaks=2)
+    pd.testing.assert_frame_equal(a, b)
+    assert len(a) == 2

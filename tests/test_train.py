@@ -460,3 +460,61 @@ def test_force_overwrites_an_existing_model(tmp_path):
     again = _tiny(tmp_path, "m.safetensors", epochs=1, seed=4, force=True)
     assert again.model_path == first.model_path
     assert load_model(again.model_path).config.patch == 11
+
+
+# -------------------------------------------------------------------- review 7 defects
+@pytest.mark.parametrize("option,value,needle", [
+    ("lr", float("nan"), "--lr must be a finite number > 0, got nan"),
+    ("lr", float("inf"), "--lr must be a finite number > 0, got inf"),
+    ("lr", 0.0, "--lr must be a finite number > 0"),
+    ("lr", "0.001", "--lr must be a finite number > 0, got '0.001'"),
+    ("noise", float("nan"), "--noise must be a finite number >= 0, got nan"),
+    ("noise", -0.1, "--noise must be a finite number >= 0"),
+    ("beta", float("inf"), "--beta must be a finite number >= 0, got inf"),
+    ("beta", -0.5, "--beta must be a finite number >= 0"),
+    ("sparse", float("nan"), r"--sparse must be a finite number in \[0, 1\], got nan"),
+    ("garbage", 1.0, r"--garbage must be a finite number in \[0, 1\), got 1.0"),
+    ("val_fraction", float("nan"), r"val_fraction must be a finite number in \[0, 1\)"),
+    ("max_minutes", float("nan"), "--max-minutes must be a finite number > 0, got nan"),
+    ("max_minutes", 0, "--max-minutes must be a finite number > 0"),
+])
+def test_float_options_must_be_finite_and_in_range(tmp_path, monkeypatch, option, value, needle):
+    """``lr <= 0`` let NaN through (a traceback later) and inf trained a NaN model: every
+    float option is refused up front unless it is a finite number in its range."""
+    from braggtrack import train as train_mod
+
+    monkeypatch.setattr(train_mod, "_fit", _never_fit)
+    source = SimulatorSource(n_train=64, n_val=16, chunk=64, simulate=gaussian_patches)
+    with pytest.raises(OptionError, match=needle) as info:
+        train_model(source, tmp_path / "m.safetensors", epochs=1, progress=False,
+                    **{option: value})
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_float_options_in_range_still_train(tmp_path):
+    # The bounds themselves are allowed where the interval is closed.
+    result = _tiny(tmp_path, "m.safetensors", epochs=1, noise=0.0, beta=0.0, sparse=1.0,
+                   garbage=0.0, val_fraction=0.0, max_minutes=60)
+    assert result.epochs_run == 1
+
+
+def test_output_in_a_folder_that_refuses_new_files_is_refused(tmp_path, monkeypatch):
+    """os.access says yes to root in /sys, where no file can be made: train tries one."""
+    from pathlib import Path
+
+    from braggtrack import train as train_mod
+
+    folder = Path("/sys")
+    if not folder.is_dir():
+        pytest.skip("no /sys here")
+    try:
+        (folder / "probe").write_text("")
+    except OSError:
+        pass
+    else:  # pragma: no cover - an odd system
+        os.unlink(folder / "probe")
+        pytest.skip("/sys takes new files here")
+    monkeypatch.setattr(train_mod, "_fit", _never_fit)
+    with pytest.raises(OptionError, match="folder /sys is not writable"):
+        train_model("simulate", folder / "m.safetensors", epochs=1, progress=False)

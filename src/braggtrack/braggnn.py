@@ -501,8 +501,9 @@ def load_model(path: str | os.PathLike | None = None, device: str = "cpu") -> Br
     Raises
     ------
     ModelError
-        Missing or unreadable file, unsafe pickle, checksum mismatch or wrong tensors, or a
-        TorchScript / ONNX file from :func:`export_model` (those are for other tools).
+        Missing or unreadable file, unsafe pickle, checksum mismatch, wrong or non-finite
+        (NaN, inf) tensors, or a TorchScript / ONNX file from :func:`export_model` (those
+        are for other tools).
 
     Examples
     --------
@@ -572,6 +573,12 @@ def load_model(path: str | os.PathLike | None = None, device: str = "cpu") -> Br
     except (OptionError, RuntimeError, TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelError(f"{path}: model config or weights refused: {first}") from None
+    # A NaN weight makes every prediction NaN, which the out-of-distribution flag then
+    # marks on every peak: refuse the file instead (a diverged training writes such files).
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelError(f"{path}: weights hold NaN or infinite values (tensor {name}); "
+                             "the model is unusable (did its training diverge?)")
     return model.to(dev).eval()
 
 
@@ -952,7 +959,13 @@ def export_model(model: BraggNN, path: str | os.PathLike, format: str = "onnx") 
     True
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if format not in ("onnx", "torchscript"):
+        raise OptionError(f"unknown export format {format!r}; use 'onnx' or 'torchscript'")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way of the folder, a read-only place
+        raise OptionError(
+            f"{path}: cannot create folder {path.parent} ({exc.strerror or exc})") from None
     net = _Exportable(model.to("cpu").eval()).eval()
     size = model.config.patch
     example = torch.rand(2, 1, size, size)
@@ -960,7 +973,7 @@ def export_model(model: BraggNN, path: str | os.PathLike, format: str = "onnx") 
         with torch.no_grad():
             traced = torch.jit.trace(net, example)
         traced.save(str(path))
-    elif format == "onnx":
+    else:  # onnx
         with torch.no_grad():
             torch.onnx.export(
                 net,
@@ -972,6 +985,4 @@ def export_model(model: BraggNN, path: str | os.PathLike, format: str = "onnx") 
                 opset_version=17,
                 dynamo=False,
             )
-    else:
-        raise OptionError(f"unknown export format {format!r}; use 'onnx' or 'torchscript'")
     return path

@@ -2,12 +2,16 @@
 
 Every command calls one API function (named in its help).  Problems with the user's input
 raise :class:`braggtrack.errors.BraggTrackError`; :func:`main` prints them as one line on
-stderr and exits with status 2.  Exit status 3 means the run finished but skipped frames
-that could not be read.
+stderr and exits with status 2, and so it does for an ``OSError`` (a disk that is full or
+read-only, a folder that cannot be made): ``error: <path>: <reason>``.  Output paths are
+checked before any work starts (:func:`_check_output_file`, :func:`_check_output_folder`),
+so that a bad ``-o`` does not throw away a finished computation.  Exit status 3 means the
+run finished but skipped frames that could not be read.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -108,6 +112,86 @@ def _command_line() -> str:
     return " ".join(["braggtrack", *sys.argv[1:]])
 
 
+def _check_output_file(path: Path) -> None:
+    """Refuse, before any work, an output file that could not be written.
+
+    Parameters
+    ----------
+    path : Path
+        The file a command will write (its folder is created when missing).
+
+    Raises
+    ------
+    OptionError
+        One line naming ``path`` and why it cannot be written.
+    """
+    from .errors import OptionError
+
+    if path.is_dir():
+        raise OptionError(f"{path}: is a folder; give a file name")
+    _check_output_folder(path.parent, path)
+
+
+def _check_output_folder(folder: Path, target: Path | None = None) -> None:
+    """Refuse, before any work, a folder that cannot be created or written in.
+
+    The writers create missing folders (``mkdir(parents=True)``), so the nearest existing
+    path at or above ``folder`` must be a folder in which a file (``folder`` itself exists)
+    or a sub-folder (it does not) can be created.  That is tried for real, with a temporary
+    entry removed at once: ``os.access`` says yes to root on file systems that refuse every
+    new file, such as ``/sys``.
+
+    Parameters
+    ----------
+    folder : Path
+        The folder the output goes into (or, for a run folder, the output itself).
+    target : Path, optional
+        The output named in the message [default: ``folder``].
+
+    Raises
+    ------
+    OptionError
+        One line naming ``target`` and the folder that is in the way.
+    """
+    import tempfile
+
+    from .errors import OptionError
+
+    target = folder if target is None else target
+    existing = folder
+    # lexists: a dangling symlink is in the way of mkdir as much as a file is
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == target:
+            raise OptionError(f"{target}: exists and is not a folder")
+        raise OptionError(f"{target}: {existing} exists and is not a folder")
+    try:
+        if existing == folder:
+            fd, probe = tempfile.mkstemp(prefix=".braggtrack-probe-", dir=existing)
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".braggtrack-probe-", dir=existing))
+    except OSError as exc:
+        raise OptionError(
+            f"{target}: cannot write in folder {existing} ({exc.strerror or exc})") from None
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``<path>: <reason>`` of an ``OSError``, on one line.
+
+    The second file name of a two-path call (``os.replace(tmp, out)``) is the one the user
+    asked for, so it is preferred; errors without a file name (h5py, pyarrow) keep their
+    own text, with its line breaks folded.
+    """
+    path = exc.filename2 if exc.filename2 is not None else exc.filename
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    if path is None:
+        return reason
+    return f"{os.fsdecode(path) if isinstance(path, bytes) else path}: {reason}"
+
+
 # ----------------------------------------------------------------------------- commands
 
 
@@ -129,6 +213,7 @@ def simulate(
 
     if out.exists() and not force:
         raise OptionError(f"{out}: exists; use --force to overwrite")
+    _check_output_file(out)
     path = simulate_to_file(out, frames=frames, shape=tuple(shape), peaks=peaks, messy=messy,
                             seed=seed)
     typer.echo(f"wrote {path} ({frames} frames of {shape[0]}x{shape[1]}, truth in /entry/truth)")
@@ -170,6 +255,7 @@ def find(
     table_format(out)
     if out.exists() and not force:
         raise OptionError(f"{out}: exists; use --force to overwrite")
+    _check_output_file(out)  # before the frames are processed, not after
     config = _find_config(locals())
     peaks = find_api(input, config=config, dataset=dataset,
                      calibration=_calibration(dark, flat, mask), chunk_size=chunk_size,
@@ -215,6 +301,10 @@ def track(
     table_format(out)
     if out.exists() and not force:
         raise OptionError(f"{out}: exists; use --force to overwrite")
+    _check_output_file(out)
+    if particles_out:
+        table_format(particles_out)
+        _check_output_file(particles_out)
     table = read_table(peaks)
     missing = {"frame", "x", "y", "ok"} - set(table.columns)
     if missing:
@@ -363,6 +453,9 @@ def run(
         from .errors import OptionError
 
         raise OptionError(f"--quiet-period must be > 0 seconds, got {quiet_period}")
+    # runner makes the folder only after it opened the input; a file in the way of -o
+    # would then end in a NotADirectoryError traceback.
+    _check_output_folder(out)
     try:
         if watch:  # Ctrl-C ends a watch normally; a second one, while it finishes, lands below
             from .runner import watch as watch_api
@@ -439,6 +532,7 @@ def demo(
     """Run the whole pipeline on an embedded real sample (braggtrack.runner.demo)."""
     from .runner import demo as demo_api
 
+    _check_output_folder(out)
     result = demo_api(out, sample=sample, force=force, progress=not quiet)
     _print_run_summary(result)
     report = result.paths.get("report")
@@ -455,6 +549,8 @@ def report(
     """Write the self-contained HTML report of a run (braggtrack.make_report)."""
     from .report import make_report
 
+    if out is not None:
+        _check_output_folder(out)
     path = make_report(run_dir, out)
     typer.echo(f"wrote {path}")
 
@@ -469,8 +565,11 @@ def compare(
     """Compare the localizers peak by peak on a run's own frames (braggtrack.compare)."""
     from .compare import compare_localizers, compare_report
 
+    out = out or Path(run_dir) / "compare"
+    if Path(run_dir).is_dir():  # else compare_localizers says what is wrong with RUN_DIR
+        _check_output_folder(out)
     result = compare_localizers(run_dir, max_peaks=max_peaks)
-    path = compare_report(result, out or Path(run_dir) / "compare")
+    path = compare_report(result, out)
     typer.echo(f"wrote {path}")
 
 
@@ -563,6 +662,7 @@ def export(
     fmt = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}.get(out.suffix.lower())
     if fmt is None:
         raise OptionError(f"{out}: use a .onnx or .pt (TorchScript) file name")
+    _check_output_file(out)
     export_model(load_model(model), out, format=fmt)
     typer.echo(f"wrote {out} ({fmt})")
 
@@ -583,7 +683,7 @@ def bench(
 
 
 def main() -> None:
-    """Entry point: run the app, turning user errors into one line and exit status 2."""
+    """Entry point: run the app, turning user and OS errors into one line and exit status 2."""
     import logging
 
     # Skipped frames and similar warnings: one line each on stderr.
@@ -603,6 +703,11 @@ def main() -> None:
     except BraggTrackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # A write that failed after the up-front checks (disk full, a folder made read-only
+        # meanwhile) or a reader's OS error: the path and the reason, not a traceback.
+        print(f"error: {_os_error_line(exc)}", file=sys.stderr)
+        sys.exit(BraggTrackError.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

@@ -34,9 +34,13 @@ ours by up to one pixel, and chi keeps pyFAI's convention, not LaueTools'.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import numbers
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +67,55 @@ _STEP = 1e-3
 # A wavelength given beside a PONI file that has one must agree to this relative tolerance:
 # what a user types (0.6888 A) matches a calibrated 6.8877e-11 m to about 1e-4.
 _WAVELENGTH_RTOL = 1e-4
+# Wavelengths a PONI file may hold, metres: 0.01 .. 100 angstrom spans every X-ray source
+# (hard X-rays to soft); outside it the file's number is in the wrong unit (0.5 for 0.5 A).
+_PONI_WAVELENGTH_M = (1e-12, 1e-8)
+
+
+@contextlib.contextmanager
+def _quiet_pyfai() -> Iterator[None]:
+    """Silence pyFAI's loggers ("pyFAI" and its children) while a PONI file is read.
+
+    On a malformed file pyFAI logs whole tracebacks before it raises; braggtrack's own
+    one-line error says what is wrong, so those would only bury it.  Levels are restored.
+    """
+    names = ["pyFAI"] + [n for n in logging.root.manager.loggerDict if n.startswith("pyFAI.")]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _poni_wavelength(path: Path, value: object) -> float | None:
+    """The wavelength (metres) pyFAI read from the PONI file ``path``, checked.
+
+    ``None`` when the file has no ``Wavelength:`` line.  pyFAI reads ``Wavelength: 0`` as
+    0.0 (and old versions give 0 for a missing line, hence the look at the file itself);
+    a zero, a non-finite number or one outside 0.01..100 angstrom is an InputFileError:
+    ``--wavelength 0`` is refused too, and ``Wavelength: 0.5`` (angstrom written where
+    metres belong) gave d-spacings of 1e11 angstrom.
+    """
+    if value is None:
+        return None
+    wavelength = float(value)
+    if wavelength == 0:
+        text = path.read_text(errors="replace")
+        if not re.search(r"^\s*wavelength\s*:", text, re.IGNORECASE | re.MULTILINE):
+            return None
+        raise InputFileError(path, "Wavelength: 0 is not a wavelength; give the X-ray "
+                             "wavelength in metres (0.5 angstrom is 5e-11), or remove the "
+                             "line for a geometry without one")
+    low, high = _PONI_WAVELENGTH_M
+    if not (low <= wavelength <= high):
+        raise InputFileError(
+            path, f"Wavelength: {wavelength:g} m is outside the X-ray range {low:g}..{high:g} "
+            "m (0.01..100 angstrom); PONI wavelengths are in metres (0.5 angstrom is 5e-11)")
+    return wavelength
 
 
 def _finite(value, name: str, *, positive: bool = False) -> float:
@@ -204,6 +257,13 @@ class Geometry:
             another wavelength is not silently reused.  Neither: a geometry without a
             wavelength (two_theta and chi only; strain from two_theta, see :func:`add_strain`).
 
+        Raises
+        ------
+        InputFileError
+            A missing or malformed file (pyFAI's own log output is silenced meanwhile),
+            non-finite or nonsense values, or a ``Wavelength:`` of 0 or outside 1e-12 ..
+            1e-8 m (0.01 .. 100 angstrom; PONI wavelengths are in metres).
+
         Examples
         --------
         >>> import tempfile, os
@@ -218,22 +278,24 @@ class Geometry:
         path = Path(path)
         if not path.is_file():
             raise InputFileError(path, "no such PONI file")
-        import pyFAI
+        with _quiet_pyfai():
+            import pyFAI
 
-        try:
-            ai = pyFAI.load(str(path))
-            det = ai.detector
-            pixel1, pixel2 = float(det.pixel1), float(det.pixel2)
-            shape = det.max_shape
-            values = dict(
-                distance_m=float(ai.dist), poni1_m=float(ai.poni1), poni2_m=float(ai.poni2),
-                pixel1_m=pixel1, pixel2_m=pixel2,
-                rot1=float(ai.rot1), rot2=float(ai.rot2), rot3=float(ai.rot3),
-            )
-            # pyFAI gives None (or 0 in old versions) without a Wavelength line
-            wavelength = float(ai.wavelength) if ai.wavelength else None
-        except Exception as exc:  # pyFAI raises many kinds on a malformed file
-            raise InputFileError(path, f"not a readable PONI file ({exc.__class__.__name__})") from None
+            try:
+                ai = pyFAI.load(str(path))
+                det = ai.detector
+                pixel1, pixel2 = float(det.pixel1), float(det.pixel2)
+                shape = det.max_shape
+                values = dict(
+                    distance_m=float(ai.dist), poni1_m=float(ai.poni1),
+                    poni2_m=float(ai.poni2), pixel1_m=pixel1, pixel2_m=pixel2,
+                    rot1=float(ai.rot1), rot2=float(ai.rot2), rot3=float(ai.rot3),
+                )
+                raw_wavelength = ai.wavelength
+            except Exception as exc:  # pyFAI raises many kinds on a malformed file
+                raise InputFileError(
+                    path, f"not a readable PONI file ({exc.__class__.__name__})") from None
+        wavelength = _poni_wavelength(path, raw_wavelength)
         if wavelength_A is not None:
             given = _finite(wavelength_A, "wavelength_A", positive=True) * 1e-10
             if wavelength is not None and abs(given - wavelength) > _WAVELENGTH_RTOL * wavelength:
@@ -317,7 +379,8 @@ class Geometry:
         from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
         if self.poni_path is not None and Path(self.poni_path).is_file():
-            ai = pyFAI.load(self.poni_path)
+            with _quiet_pyfai():
+                ai = pyFAI.load(self.poni_path)
             if self.wavelength_m is not None:  # pyFAI refuses None (a PONI without one)
                 ai.wavelength = self.wavelength_m
             return ai

@@ -334,9 +334,119 @@ def load_localizer_model(config: FindConfig):
     return model
 
 
+def _option_kind(annotation: str) -> tuple[str, bool]:
+    """``(base type name, None allowed)`` of a FindConfig field annotation (a string, as
+    the module uses postponed annotations), e.g. ``"float | None"`` -> ``("float", True)``."""
+    parts = [p.strip() for p in str(annotation).split("|")]
+    return next(p for p in parts if p != "None"), "None" in parts
+
+
+def _check_option(name: str, value: object, annotation: str) -> None:
+    """Refuse an option value of the wrong type with one line naming it.
+
+    FindConfig compares values with numbers, which raises a bare TypeError for a string
+    (``threshold='x'``) and lets a bool through as a number (``max_peaks=True`` kept one
+    peak per frame); integer options also refuse fractions (``edge=1.5``).
+    """
+    kind, optional = _option_kind(annotation)
+    if value is None and optional:
+        return
+    if kind == "bool":
+        ok, want = isinstance(value, (bool, np.bool_)), "True or False"
+    elif kind == "int":
+        ok, want = _is_whole(value), "a whole number"
+    elif kind == "float":
+        ok, want = _is_number(value), "a number"
+    else:  # str; a model file may also be given as a path
+        ok = isinstance(value, str) or (name == "model" and isinstance(value, os.PathLike))
+        want = "a string"
+    if not ok:
+        flag = "--" + name.replace("_", "-")
+        raise OptionError(f"{flag} must be {want}{' or None' if optional else ''}, got {value!r}")
+
+
+def _is_number(value: object) -> bool:
+    """A real number that is not a bool (True is 1 to Python, never to a user)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_))
+
+
+def _is_whole(value: object) -> bool:
+    """A number with no fractional part: ``3``, ``np.int64(3)`` or ``3.0``, not ``3.5``."""
+    if not _is_number(value):
+        return False
+    return isinstance(value, (int, np.integer)) or float(value).is_integer()
+
+
 def _config_from(config: FindConfig | None, overrides: dict) -> FindConfig:
+    """``config`` (default FindConfig()) with the keyword ``overrides`` of find/find_peaks,
+    each checked by name and type so that a mistake is one OptionError line."""
+    if config is not None and not isinstance(config, FindConfig):
+        raise OptionError(f"config must be a FindConfig, got {type(config).__name__}")
     config = config or FindConfig()
-    return dataclasses.replace(config, **overrides) if overrides else config
+    if not overrides:
+        return config
+    fields = {f.name: f.type for f in dataclasses.fields(FindConfig)}
+    clean = {}
+    for name, value in overrides.items():
+        if name not in fields:
+            raise OptionError(
+                f"unknown option {name!r}; the options are {', '.join(fields)}")
+        _check_option(name, value, fields[name])
+        if value is not None and _option_kind(fields[name])[0] == "int":
+            value = int(value)  # patch=11.0 is patch 11, not a float in later arithmetic
+        elif name == "model" and isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        clean[name] = value
+    return dataclasses.replace(config, **clean)
+
+
+def _frame_indices(frames: object, n: int) -> list[int]:
+    """The frame numbers ``frames`` selects in a series of ``n`` frames.
+
+    ``None`` is every frame and a slice keeps Python's meaning (``slice(-3, None)``: the
+    last three, by their real numbers).  A sequence must hold distinct whole numbers
+    ``0 <= i < n``: a negative number would label the peaks with it rather than with the
+    frame it picks, a boolean mask would be read as frames 0 and 1, and a repeated number
+    would put the same peaks in the table twice.
+
+    Raises
+    ------
+    OptionError
+        Naming the first value refused and the length of the series.
+    """
+    if frames is None:
+        return list(range(n))
+    if isinstance(frames, slice):
+        try:
+            return list(range(n))[frames]
+        except (TypeError, ValueError) as exc:  # float bounds, step 0
+            raise OptionError(f"frames: {frames} is not a usable slice ({exc})") from None
+    if (isinstance(frames, (str, bytes)) or not isinstance(frames, Iterable)
+            or (isinstance(frames, np.ndarray) and frames.ndim == 0)):
+        raise OptionError(
+            f"frames must be a sequence of frame numbers or a slice, got {frames!r}")
+    where = f"the series has {n} frame{'s' if n != 1 else ''}" + (f", 0..{n - 1}" if n else "")
+    seen: set[int] = set()
+    indices: list[int] = []
+    for value in frames:
+        if isinstance(value, (bool, np.bool_)):
+            raise OptionError(
+                f"frames: {bool(value)} is a boolean, not a frame number (for a mask, give "
+                f"np.flatnonzero(mask)); {where}")
+        if not _is_whole(value):
+            raise OptionError(f"frames: {value!r} is not a whole frame number; {where}")
+        index = int(value)
+        if index < 0:
+            raise OptionError(f"frames: {index} is negative; frames are numbered from 0 "
+                              f"(not counted from the end); {where}")
+        if index >= n:
+            raise OptionError(f"frames: {index} is not a frame of this series; {where}")
+        if index in seen:
+            raise OptionError(f"frames: {index} is given twice; {where}")
+        seen.add(index)
+        indices.append(index)
+    return indices
 
 
 def find_peaks(
@@ -495,7 +605,8 @@ def find(
     config, options :
         As in :func:`find_peaks`.
     frames : sequence of int or slice, optional
-        Which frames to process (default all).
+        Which frames to process (default all): distinct frame numbers ``0 <= i < len``
+        (negative numbers, booleans, fractions and repeats are refused), or a slice.
     chunk_size : int
         Frames localized together in one batch, >= 1.
     strict : bool
@@ -517,13 +628,7 @@ def find(
     config = _config_from(config, options)
     check_chunk_size(chunk_size)  # before any file is opened
     series = as_series(source, dataset=dataset)
-    n = len(series)
-    if frames is None:
-        indices = list(range(n))
-    elif isinstance(frames, slice):
-        indices = list(range(n))[frames]
-    else:
-        indices = [int(i) for i in frames]
+    indices = _frame_indices(frames, len(series))
     model = load_localizer_model(config)
     bar = _progress(len(indices), progress)
     tables, statuses = [], []

@@ -39,6 +39,7 @@ from .config import FindConfig
 from .errors import BraggTrackError, InputFileError, OptionError
 from .pipeline import (
     Calibration,
+    _is_number,
     detect_chunk,
     empty_peak_table,
     load_localizer_model,
@@ -180,11 +181,6 @@ class TrackConfig:
             d["hkl"] = list(d["hkl"])
         d["formats"] = list(d["formats"])
         return d
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_))
 
 
 def _is_integer(value) -> bool:

@@ -38,7 +38,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -691,6 +693,53 @@ def _evaluate(model, batches, device, patch, nll, beta, sparse=0.0):
     return float(np.average(losses, weights=weights)), np.concatenate(errs), np.concatenate(stds)
 
 
+def _real_option(
+    value, name: str, low: float, high: float = math.inf, *, low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a finite float within ``low .. high``, or a one-line OptionError.
+
+    Written as one positive test (``low <= v <= high`` and finite) because NaN fails every
+    comparison: ``lr <= 0`` let ``lr=nan`` through to a traceback, and ``lr=inf`` trained a
+    model of NaN weights.
+
+    Parameters
+    ----------
+    value : object
+        The option as given.
+    name : str
+        Its name in the message (the command-line flag where there is one).
+    low, high : float
+        Bounds of the accepted interval.
+    low_open, high_open : bool
+        Exclude the bound itself.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    OptionError
+        Not a real number, not finite, or out of bounds.
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    number = float(value) if ok else math.nan
+    inside = (
+        math.isfinite(number)
+        and (number > low if low_open else number >= low)
+        and (number < high if high_open else number <= high)
+    )
+    if not inside:
+        if high == math.inf:
+            bounds = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            bounds = (f"in {'(' if low_open else '['}{low:g}, {high:g}"
+                      f"{')' if high_open else ']'}")
+        raise OptionError(f"{name} must be a finite number {bounds}, got {value!r}")
+    return number
+
+
 def _checkpoint_path(checkpoint_dir: Path) -> Path:
     return checkpoint_dir / "checkpoint.pt"
 
@@ -735,6 +784,13 @@ def _check_output(
         raise OptionError(f"{path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OptionError(f"{path}: folder {parent} is not writable")
+    try:
+        # os.access says yes to root where no file can be made (/sys): try one for real.
+        fd, probe = tempfile.mkstemp(prefix=".braggtrack-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OptionError(f"{path}: folder {parent} is not writable ({exc.strerror or exc})") from None
     sidecar = path.with_suffix(".json")
     if sidecar.is_dir():
         raise OptionError(f"{sidecar}: is a directory, but the model's .json config goes there")
@@ -791,7 +847,7 @@ def train_model(
         and the training summary is written beside it.  Checked before training starts:
         its folder must exist and be writable, and neither file may exist unless ``force``.
     epochs, batch_size, lr, seed : int, int, float, int
-        Optimisation settings (Adam).
+        Optimisation settings (Adam); ``lr`` must be finite and > 0.
     val_fraction : float
         Fraction of frames held out for validation (file sources).  For the simulator
         the validation set is ``SimulatorSource.n_val`` patches from an independent seed.
@@ -846,6 +902,13 @@ def train_model(
     -------
     TrainResult
 
+    Raises
+    ------
+    OptionError
+        Before any data is read: an unusable ``out``, or a float option that is not a
+        finite number in its range (``lr``, ``max_minutes`` > 0; ``noise``, ``beta`` >= 0;
+        ``val_fraction``, ``garbage`` in [0, 1); ``sparse`` in [0, 1]).
+
     Examples
     --------
     >>> result = train_model("simulate", "model.safetensors", epochs=1)   # doctest: +SKIP
@@ -858,10 +921,17 @@ def train_model(
         raise OptionError(
             "source must be 'simulate', SimulatorSource, PeakTableSource or BraggNNLayoutSource"
         )
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise OptionError("epochs and batch_size must be >= 1 and lr > 0")
-    if not 0 <= val_fraction < 1:
-        raise OptionError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if epochs < 1 or batch_size < 1:
+        raise OptionError("epochs and batch_size must be >= 1")
+    # Every float option, before the output is checked or any data read.
+    lr = _real_option(lr, "--lr", 0.0, low_open=True)
+    val_fraction = _real_option(val_fraction, "val_fraction", 0.0, 1.0, high_open=True)
+    noise = _real_option(noise, "--noise", 0.0)
+    beta = _real_option(beta, "--beta", 0.0)
+    sparse = _real_option(sparse, "--sparse", 0.0, 1.0)
+    garbage = _real_option(garbage, "--garbage", 0.0, 1.0, high_open=True)
+    if max_minutes is not None:
+        max_minutes = _real_option(max_minutes, "--max-minutes", 0.0, low_open=True)
     out = _check_output(out, force, checkpoint_dir)
     init_state = None
     if init is not None:
@@ -881,8 +951,6 @@ def train_model(
     config = config or BraggNNConfig()
     if symmetries is not None:
         config = dataclasses.replace(config, symmetries=int(symmetries))
-    if not (0 <= sparse <= 1 and 0 <= garbage < 1):
-        raise OptionError(f"sparse and garbage must be fractions in [0, 1], got {sparse}, {garbage}")
     dev = resolve_device(device)
     warmup = max(1, epochs // 4) if warmup_epochs is None else int(warmup_epochs)
     old_threads = torch.get_num_threads()
