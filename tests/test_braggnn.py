@@ -518,3 +518,16 @@ def test_export_into_a_file_used_as_folder_is_one_line(tmp_path):
     with pytest.raises(OptionError, match="unknown export format"):
         export_model(BraggNN(), tmp_path / "new" / "m.x", format="keras")
     assert not (tmp_path / "new").exists()  # refused before the folder is made
+
+
+@settings(max_examples=10, deadline=None)
+@given(exponent=st.integers(-14, 6))
+def test_positions_do_not_depend_on_the_intensity_unit(exponent):
+    # Frames normalized to the incident flux (~1e-10) or in keV are as good as counts: min-max
+    # normalization makes the network unit-free, and "flat" is judged relative to the patch.
+    model = load_model()
+    patches = gaussian_patches(5 + np.linspace(-0.8, 0.8, 6), np.full(6, 4.7), seed=3)
+    ref = braggnn.predict(model, patches)
+    scaled = braggnn.predict(model, patches * np.float32(10.0 ** exponent))
+    assert scaled["converged"].all() and (scaled["reason"] == "").all()
+    np.testing.assert_allclose(scaled[["dx", "dy"]], ref[["dx", "dy"]], atol=2e-4)

@@ -288,3 +288,29 @@ def test_whole_float_options_are_integers(three_peak_frame):
     b = find_peaks(frame, localizer="centroid", patch=11, max_peaks=2)
     pd.testing.assert_frame_equal(a, b)
     assert len(a) == 2
+
+
+def test_dark_subtracted_integer_frames_warn_that_auto_mask_hides_them():
+    # Negative values of a signed integer frame are detector flags to auto-mask (Pilatus gaps
+    # -1, bad pixels -2); counts dark-subtracted upstream and stored as int32 have ~half their
+    # pixels negative, and masking them silently rejected most peaks.
+    import logging
+
+    rng = np.random.default_rng(1)
+    frames = (rng.poisson(20.0, (2, 48, 48)) - 20).astype(np.int32)
+    frames[:, 20:23, 20:23] += 500
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("braggtrack")
+    logger.addHandler(handler)
+    try:
+        find(frames, progress=False, localizer="centroid")
+        assert any("% of the pixels of the first frame are negative" in m
+                   and "--no-auto-mask" in m for m in messages), messages
+        messages.clear()
+        find(frames, progress=False, localizer="centroid", auto_mask=False)
+        find(np.abs(frames), progress=False, localizer="centroid")
+        assert not [m for m in messages if "negative" in m]
+    finally:
+        logger.removeHandler(handler)

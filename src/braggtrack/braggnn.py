@@ -606,9 +606,11 @@ def normalize_patches(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lo = np.where(finite, p, np.inf).min(axis=(1, 2), keepdims=True)
         p = np.where(finite, p, np.where(np.isfinite(lo), lo, 0.0)).astype(np.float32)
     lo = p.min(axis=(1, 2), keepdims=True)
-    span = p.max(axis=(1, 2), keepdims=True) - lo
-    scale = np.maximum(np.abs(lo), 1.0)
-    flat = (span <= 1e-6 * scale)[:, 0, 0]
+    hi = p.max(axis=(1, 2), keepdims=True)
+    span = hi - lo
+    # Flat relative to the patch's own magnitude (float32 rounding), not to 1 count: frames
+    # normalized to the incident flux (values ~1e-10) are no flatter than counts.
+    flat = (span <= 1e-6 * np.maximum(np.abs(lo), np.abs(hi)))[:, 0, 0]
     normed = np.where(flat[:, None, None], 0.0, (p - lo) / np.where(span > 0, span, 1.0))
     return normed.astype(np.float32), flat
 

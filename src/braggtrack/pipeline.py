@@ -629,6 +629,8 @@ def find(
     check_chunk_size(chunk_size)  # before any file is opened
     series = as_series(source, dataset=dataset)
     indices = _frame_indices(frames, len(series))
+    if indices:
+        warn_negative_flags(series, indices[0], config)
     model = load_localizer_model(config)
     bar = _progress(len(indices), progress)
     tables, statuses = [], []
@@ -647,6 +649,26 @@ def find(
         pd.concat(statuses, ignore_index=True) if statuses else pd.DataFrame()
     )
     return peaks
+
+
+def warn_negative_flags(series, index: int, config: FindConfig) -> None:
+    """Warn (once per call, on the braggtrack logger) when frame ``index`` looks like counts
+    that auto-mask would take for detector flags (see
+    :func:`braggtrack.preprocess.negative_flag_warning`); a frame that cannot be read is left
+    to the frame work to report."""
+    import logging
+
+    from .errors import BraggTrackError
+    from .preprocess import negative_flag_warning
+
+    if not config.auto_mask or not 0 <= index < len(series):
+        return
+    try:
+        message = negative_flag_warning(series[index], str(getattr(series, "path", series)))
+    except BraggTrackError:
+        return
+    if message:
+        logging.getLogger("braggtrack").warning("%s", message)
 
 
 def log_skipped(source: str, frame: int, reason: str) -> None:

@@ -53,6 +53,7 @@ __all__ = [
     "full_to_binned",
     "Preprocessor",
     "PreparedFrame",
+    "negative_flag_warning",
 ]
 
 _MAD_TO_SIGMA = 1.4826
@@ -372,6 +373,36 @@ def _neighbour_range(frame, cand):  # pragma: no cover - compiled
             low[k] = lo
             high[k] = hi
     return is_max, low, high
+
+
+#: Above this fraction of negative pixels, a signed integer frame's negative values are
+#: unlikely to be detector flags (a Pilatus 6M's module gaps are ~8 % of its pixels).
+NEGATIVE_FLAGS_MAX_FRACTION = 0.2
+
+
+def negative_flag_warning(frame: np.ndarray, where: str) -> str | None:
+    """A one-line warning when a signed integer frame has so many negative pixels that
+    masking them as detector flags (what ``auto_mask`` does) would hide data, e.g. frames
+    dark-subtracted upstream and stored as integers; None otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> noise = np.random.default_rng(0).normal(0, 5, (32, 32)).round().astype(np.int32)
+    >>> negative_flag_warning(noise, "scan.h5").split(":")[0]
+    'scan.h5'
+    >>> negative_flag_warning(np.abs(noise), "scan.h5") is None
+    True
+    """
+    frame = np.asarray(frame)
+    if frame.dtype.kind != "i" or frame.size == 0:
+        return None
+    fraction = np.count_nonzero(frame < 0) / frame.size
+    if fraction <= NEGATIVE_FLAGS_MAX_FRACTION:
+        return None
+    return (f"{where}: {100 * fraction:.0f} % of the pixels of the first frame are negative; "
+            "auto-mask takes a signed integer frame's negative values for detector flags and "
+            "masks them (use --no-auto-mask if they are counts, e.g. dark-subtracted frames)")
 
 
 def saturated_mask(frame: np.ndarray, saturation: float | None = None) -> np.ndarray:
