@@ -61,3 +61,21 @@ def drifting_series(tmp_path):
     with h5py.File(path, "w") as h:
         h.create_dataset("/entry/data/data", data=np.stack(frames), chunks=(1, 64, 64))
     return path, np.array(truth)
+
+
+@pytest.fixture
+def logged():
+    """Messages of the braggtrack logger, caught on it directly: the command line turns off
+    its propagation to the root logger (where caplog listens) once main() has run."""
+    import logging
+
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("braggtrack")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    yield messages
+    logger.removeHandler(handler)
+    logger.setLevel(level)

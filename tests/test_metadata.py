@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import h5py
 import numpy as np
 import pandas as pd
@@ -192,22 +190,6 @@ def test_branches_against_simulator_if_available():
 
 
 # -------------------------------------------------------------------- review 6 defects
-@pytest.fixture
-def logged():
-    """Messages of the braggtrack logger, caught on it directly: the command line turns off
-    its propagation to the root logger (where caplog listens) once main() has run."""
-    messages: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("braggtrack")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    yield messages
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 def charge_discharge_log(path, blank=None, text=None):
     """Cycler CSV: 2 mA for t <= 600 s, then -2 mA, every 10 s to 1200 s; voltage 3 + t/4800.
 

@@ -290,27 +290,45 @@ def test_whole_float_options_are_integers(three_peak_frame):
     assert len(a) == 2
 
 
-def test_dark_subtracted_integer_frames_warn_that_auto_mask_hides_them():
+def test_dark_subtracted_integer_frames_warn_that_auto_mask_hides_them(logged):
     # Negative values of a signed integer frame are detector flags to auto-mask (Pilatus gaps
     # -1, bad pixels -2); counts dark-subtracted upstream and stored as int32 have ~half their
     # pixels negative, and masking them silently rejected most peaks.
-    import logging
-
     rng = np.random.default_rng(1)
     frames = (rng.poisson(20.0, (2, 48, 48)) - 20).astype(np.int32)
     frames[:, 20:23, 20:23] += 500
-    messages: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("braggtrack")
-    logger.addHandler(handler)
-    try:
-        find(frames, progress=False, localizer="centroid")
-        assert any("% of the pixels of the first frame are negative" in m
-                   and "--no-auto-mask" in m for m in messages), messages
-        messages.clear()
-        find(frames, progress=False, localizer="centroid", auto_mask=False)
-        find(np.abs(frames), progress=False, localizer="centroid")
-        assert not [m for m in messages if "negative" in m]
-    finally:
-        logger.removeHandler(handler)
+    find(frames, progress=False, localizer="centroid")
+    assert any("% of the pixels of the first frame are negative" in m
+               and "--no-auto-mask" in m for m in logged), logged
+    logged.clear()
+    find(frames, progress=False, localizer="centroid", auto_mask=False)
+    find(np.abs(frames), progress=False, localizer="centroid")
+    assert not [m for m in logged if "negative" in m]
+
+
+def test_a_dark_above_the_frames_everywhere_warns(logged):
+    # e.g. a dark of a longer exposure: every corrected pixel is 0 and nothing is found
+    from braggtrack.pipeline import Calibration
+
+    frames = np.full((2, 32, 32), 20.0, np.float32)
+    frames[:, 10:13, 10:13] = 60.0
+    dark = Calibration(dark=np.full((32, 32), 100.0, np.float32))
+    assert len(find(frames, calibration=dark, progress=False, localizer="centroid")) == 0
+    assert any("the dark is at or above frame 0 at 100.0 % of its pixels" in m for m in logged)
+    logged.clear()
+    find(frames, calibration=Calibration(dark=np.full((32, 32), 15.0, np.float32)),
+         progress=False, localizer="centroid")
+    assert not logged
+
+
+def test_a_frame_of_no_finite_pixel_is_skipped_not_empty():
+    # a failed readout is not "a frame without peaks"
+    frames = np.full((3, 32, 32), 20.0, np.float32)
+    frames[1] = np.nan
+    frames[2, 0, 0] = np.nan  # one NaN pixel only: processed
+    peaks = find(frames, progress=False, localizer="centroid")
+    status = peaks.attrs["frames"].set_index("frame")
+    assert status.loc[1, "status"] == "skipped" and "no finite pixel" in status.loc[1, "reason"]
+    assert (status.loc[[0, 2], "status"] == "ok").all()
+    with pytest.raises(FrameReadError, match="frame 1: no finite pixel"):
+        find(frames, progress=False, localizer="centroid", strict=True)

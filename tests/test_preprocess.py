@@ -65,6 +65,20 @@ def test_load_dark_median_of_files(tmp_path):
     np.testing.assert_array_equal(load_dark(stack), np.full((3, 3), 6.0))
 
 
+def test_load_dark_refuses_no_finite_pixel_and_says_how_many_are_not(tmp_path, logged):
+    from braggtrack.errors import InputFileError
+
+    np.save(tmp_path / "nan.npy", np.full((8, 8), np.nan, np.float32))
+    with pytest.raises(InputFileError, match="no finite value") as exc:
+        load_dark(tmp_path / "nan.npy")
+    assert "nan.npy" in str(exc.value)
+    some = np.zeros((10, 10), np.float32)
+    some[0, :5] = np.nan  # 5 % of the pixels: each is masked
+    np.save(tmp_path / "some.npy", some)
+    assert np.isnan(load_dark(tmp_path / "some.npy")).sum() == 5
+    assert any("5.0 % of the dark's pixels are not finite" in m for m in logged)
+
+
 def test_apply_flat_normalised_and_bad_pixels():
     frame = np.full((2, 3), 12.0)
     flat = np.array([[1.0, 2.0, 4.0], [2.0, 0.0, np.nan]])

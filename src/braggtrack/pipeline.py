@@ -552,6 +552,16 @@ def detect_chunk(
                     raise
                 status.append((int(i), "skipped", f"{exc.path}: {exc.reason}"))
                 continue
+            if (image.dtype.kind == "f" and image.size and not np.isfinite(image.flat[0])
+                    and not np.isfinite(image).any()):
+                # A failed readout, not a frame without peaks (the full test runs only when
+                # the first pixel is already not finite).
+                if strict:
+                    raise FrameReadError(getattr(series, "path", None) or "frames", int(i),
+                                         "no finite pixel")
+                status.append((int(i), "skipped",
+                               f"{getattr(series, 'path', None) or 'frames'}: no finite pixel"))
+                continue
             status.append((int(i), "ok", ""))
             yield int(i), image
 
@@ -630,7 +640,8 @@ def find(
     series = as_series(source, dataset=dataset)
     indices = _frame_indices(frames, len(series))
     if indices:
-        warn_negative_flags(series, indices[0], config)
+        warn_about_first_frame(series, indices[0], config,
+                               calibration.dark if calibration is not None else None)
     model = load_localizer_model(config)
     bar = _progress(len(indices), progress)
     tables, statuses = [], []
@@ -651,24 +662,36 @@ def find(
     return peaks
 
 
-def warn_negative_flags(series, index: int, config: FindConfig) -> None:
-    """Warn (once per call, on the braggtrack logger) when frame ``index`` looks like counts
-    that auto-mask would take for detector flags (see
-    :func:`braggtrack.preprocess.negative_flag_warning`); a frame that cannot be read is left
-    to the frame work to report."""
+def warn_about_first_frame(series, index: int, config: FindConfig,
+                           dark: np.ndarray | None = None) -> None:
+    """Warn (on the braggtrack logger) when frame ``index`` shows a setting that would hide
+    the data without an error: counts that auto-mask would take for detector flags (see
+    :func:`braggtrack.preprocess.negative_flag_warning`), or a ``dark`` above the frame
+    nearly everywhere (another exposure time or gain: every corrected pixel would be 0).
+    A frame that cannot be read is left to the frame work to report."""
     import logging
 
     from .errors import BraggTrackError
     from .preprocess import negative_flag_warning
 
-    if not config.auto_mask or not 0 <= index < len(series):
+    if not 0 <= index < len(series):
         return
+    where = str(getattr(series, "path", None) or series)
     try:
-        message = negative_flag_warning(series[index], str(getattr(series, "path", series)))
+        frame = series[index]
     except BraggTrackError:
         return
+    log = logging.getLogger("braggtrack")
+    message = negative_flag_warning(frame, where) if config.auto_mask else None
     if message:
-        logging.getLogger("braggtrack").warning("%s", message)
+        log.warning("%s", message)
+    if dark is not None and dark.shape == frame.shape:
+        with np.errstate(invalid="ignore"):
+            below = np.count_nonzero(frame <= dark) / frame.size
+        if below > 0.99:
+            log.warning("%s: the dark is at or above frame %d at %.1f %% of its pixels, so "
+                        "almost nothing is left after subtracting it (a dark of another "
+                        "exposure time or gain?)", where, index, 100 * below)
 
 
 def log_skipped(source: str, frame: int, reason: str) -> None:

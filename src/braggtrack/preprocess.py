@@ -145,9 +145,20 @@ def load_dark(path: str | os.PathLike | Sequence[str | os.PathLike]) -> np.ndarr
                 )
             for i in range(len(series)):
                 frames.append(series[i].astype(np.float32))
-    if len(frames) == 1:
-        return frames[0]
-    return np.median(np.stack(frames), axis=0).astype(np.float32)
+    dark = frames[0] if len(frames) == 1 else np.median(np.stack(frames), axis=0).astype(
+        np.float32)
+    where = paths[0] if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more)"
+    finite = np.isfinite(dark)
+    if not finite.any():
+        raise InputFileError(where, "the dark holds no finite value")
+    if finite.mean() < 0.99:
+        # Each such pixel is masked (a NaN dark pixel makes the corrected pixel NaN).
+        import logging
+
+        logging.getLogger("braggtrack").warning(
+            "%s: %.1f %% of the dark's pixels are not finite; they are masked", where,
+            100 * (1 - finite.mean()))
+    return dark
 
 
 def apply_flat(frame: np.ndarray, flat: np.ndarray) -> np.ndarray:

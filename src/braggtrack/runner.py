@@ -45,7 +45,7 @@ from .pipeline import (
     load_localizer_model,
     localize_chunk,
     log_skipped,
-    warn_negative_flags,
+    warn_about_first_frame,
 )
 from .tables import read_table, write_table
 
@@ -1097,8 +1097,8 @@ class _RunState:
                        "mask": None if mask is None else str(mask)}
         # Fail on a bad dark/mask/model, geometry or metadata file now: not inside a worker,
         # not after every frame was processed, and before --force deletes the old run.
-        _calibration(dark_t, calib_files["flat"], calib_files["mask"])
-        warn_negative_flags(series, 0, config)
+        calibration = _calibration(dark_t, calib_files["flat"], calib_files["mask"])
+        warn_about_first_frame(series, 0, config, calibration.dark)
         model_rec = _model_record(config)
         _model(config)
         meta = check_track(track, None if live else len(series))
