@@ -263,7 +263,11 @@ def main_in_process(monkeypatch, capsys):
             cli_mod.main()
         return info.value.code, capsys.readouterr().err
 
+    import warnings
+
+    shown = warnings.showwarning
     yield call
+    warnings.showwarning = shown
     for lg, level, handlers, propagate in saved:
         lg.setLevel(level)  # setLevel, not the attribute: it clears the loggers' caches
         lg.handlers[:] = handlers
@@ -380,3 +384,22 @@ def test_train_refuses_a_learning_rate_that_is_not_finite_and_positive(
                                 "--lr", lr)
     _assert_one_line(code, err, "--lr must be a finite number > 0", f"got {float(lr)}")
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_metadata_warnings_are_one_line(logged):
+    import logging
+    import warnings
+
+    from braggtrack.cli import _one_line_warnings
+    from braggtrack.metadata import FrameMetaWarning
+
+    shown = warnings.showwarning
+    try:
+        _one_line_warnings(logging.getLogger("braggtrack"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("meta.csv: no metadata for 2 of 12 frames", FrameMetaWarning,
+                          stacklevel=1)
+    finally:
+        warnings.showwarning = shown
+    assert logged == ["meta.csv: no metadata for 2 of 12 frames"]

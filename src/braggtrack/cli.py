@@ -696,6 +696,7 @@ def main() -> None:
     # Readers of damaged files log their own tracebacks-in-words; our one-line errors say it.
     for name in ("tifffile", "fabio", "fabio.edfimage", "fabio.cbfimage", "fabio.openimage"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    _one_line_warnings(logger)
     try:
         # Without standalone mode click returns typer.Exit's code instead of exiting.
         code = app(standalone_mode=False)
@@ -722,6 +723,25 @@ def main() -> None:
         if isinstance(exc, abort):
             sys.exit(1)
         raise
+
+
+def _one_line_warnings(logger) -> None:
+    """braggtrack's own Python warnings (FrameMetaWarning: metadata filled or dropped) as one
+    ``warning:`` line, like the logged ones, instead of a file name, line number and source
+    line; other libraries' warnings are shown as Python shows them."""
+    import warnings
+
+    from .metadata import FrameMetaWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, FrameMetaWarning):
+            logger.warning("%s", message)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
