@@ -694,3 +694,16 @@ def test_a_chunk_table_damaged_inside_is_a_one_line_error(drifting_series, tmp_p
     with pytest.raises(InputFileError, match=r"damaged chunk table.*delete it") as exc:
         run(path, out, config=FAST, track=NOREPORT, chunk_size=5, progress=False)
     assert str(bad) in str(exc.value)
+
+
+def test_a_poni_of_another_detector_shape_warns(drifting_series, tmp_path, logged):
+    import pyFAI.detectors
+    from pyFAI.geometry import Geometry as PyFAIGeometry
+
+    path, _ = drifting_series
+    poni = tmp_path / "pilatus.poni"
+    PyFAIGeometry(dist=0.1, poni1=0.01, poni2=0.01, wavelength=1e-10,
+                  detector=pyFAI.detectors.detector_factory("Pilatus1M")).save(str(poni))
+    run(path, tmp_path / "r", config=FAST, progress=False,
+        track=TrackConfig(report=False, poni=str(poni)))
+    assert any("its detector is 1043 x 981 pixels, the frames 64 x 64" in m for m in logged)

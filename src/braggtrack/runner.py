@@ -1101,7 +1101,7 @@ class _RunState:
         warn_about_first_frame(series, 0, config, calibration.dark)
         model_rec = _model_record(config)
         _model(config)
-        meta = check_track(track, None if live else len(series))
+        meta = check_track(track, None if live else len(series), tuple(series.shape))
         resolved = str(Path(source).resolve()) if Path(source).exists() else source
         fingerprint = _fingerprint(resolved, dataset, config, _calibration_record(calib_files),
                                    chunk_size, track)
@@ -1593,7 +1593,8 @@ def make_geometry(track: TrackConfig):
     return None
 
 
-def check_track(track: TrackConfig, n_frames: int | None) -> pd.DataFrame | None:
+def check_track(track: TrackConfig, n_frames: int | None,
+                frame_shape: tuple[int, int] | None = None) -> pd.DataFrame | None:
     """Check what ``track`` names before any frame work, so that a bad PONI file, a
     lattice that cannot be computed or a bad metadata file fails in a second, not after
     every frame was processed.
@@ -1606,6 +1607,10 @@ def check_track(track: TrackConfig, n_frames: int | None) -> pd.DataFrame | None
         Frames of the series, to check ``--frame-meta`` / ``--cycler-log`` against; None
         for a growing series (watch), whose metadata files are then only read, their
         alignment with the frames being checked each time the tables are written.
+    frame_shape : (int, int), optional
+        The frames' rows and columns: a geometry file whose detector has another shape
+        (a PONI file of another detector, or frames cropped to a region) is warned about,
+        since positions are then taken as pixels of that detector counted from its corner.
 
     Returns
     -------
@@ -1617,6 +1622,14 @@ def check_track(track: TrackConfig, n_frames: int | None) -> pd.DataFrame | None
         raise OptionError(f"--reference-frame {track.reference_frame}: the series has "
                           f"{n_frames} frames (0..{n_frames - 1})")
     geometry = make_geometry(track)
+    if (geometry is not None and geometry.shape is not None and frame_shape is not None
+            and tuple(geometry.shape) != tuple(frame_shape)):
+        import logging
+
+        logging.getLogger("braggtrack").warning(
+            "%s: its detector is %d x %d pixels, the frames %d x %d; positions are taken as "
+            "that detector's pixels from its corner (a cropped frame shifts every angle)",
+            track.poni, *geometry.shape, *frame_shape)
     needs_d = [o for o, v in (("--d-ref", track.d_ref), ("--hkl", track.hkl)) if v is not None]
     if needs_d and (geometry is None or geometry.wavelength_A is None):
         verb = "needs" if len(needs_d) == 1 else "need"
