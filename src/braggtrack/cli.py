@@ -52,7 +52,10 @@ MinPersistence = Annotated[float, typer.Option(
     "--min-persistence", help="Minimum persistence, counts.")]
 Patch = Annotated[int, typer.Option("--patch", help="Odd patch size for localization, pixels.")]
 Localizer = Annotated[str, typer.Option(
-    "--localizer", help="Sub-pixel localizer: braggnn, pvoigt, gauss or centroid.")]
+    "--localizer", help="Sub-pixel localizer: braggnn, pvoigt, gauss or centroid. The "
+    "positions of all four do not depend on the intensity unit; centroid's x_err/y_err "
+    "assume the pixels are counts (Poisson), so frames scaled to other units get wrong "
+    "centroid errors (and 'uncertain' rejections) there.")]
 Edge = Annotated[int, typer.Option(
     "--edge", help="A peak is rejected 'edge' when its maximum is closer than max(--edge, "
     "--patch // 2) pixels to the frame's border (its patch must fit inside the frame), and "
