@@ -674,15 +674,16 @@ def warn_about_first_frame(series, index: int, config: FindConfig,
     from .errors import BraggTrackError
     from .preprocess import negative_flag_warning
 
-    if not 0 <= index < len(series):
-        return
+    signed = config.auto_mask and np.dtype(getattr(series, "dtype", np.float32)).kind == "i"
+    if not 0 <= index < len(series) or not (signed or dark is not None):
+        return  # nothing to check: the frame is not even read
     where = str(getattr(series, "path", None) or series)
     try:
         frame = series[index]
     except BraggTrackError:
         return
     log = logging.getLogger("braggtrack")
-    message = negative_flag_warning(frame, where) if config.auto_mask else None
+    message = negative_flag_warning(frame, where) if signed else None
     if message:
         log.warning("%s", message)
     if dark is not None and dark.shape == frame.shape:
