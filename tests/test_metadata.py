@@ -279,3 +279,12 @@ def test_frame_times_finite_and_increasing_name_the_file(tmp_path):
         interpolate_cycler(log, [5.0, 4.0])
     with pytest.raises(OptionError, match="c.csv: the cycler log has no 'time_s'"):
         interpolate_cycler(log.rename(columns={"time_s": "Time"}), [1.0], source="c.csv")
+
+
+def test_frame_meta_from_a_european_spreadsheet(tmp_path):
+    # ";" between cells and "," as the decimal mark: read as one text column before
+    p = tmp_path / "meta.csv"
+    p.write_text("frame;voltage_V;step\n0;3,5;CC,CV\n1;3,75;CC,CV\n2;4;rest\n")
+    meta = load_frame_meta(p, n_frames=3)
+    assert meta["voltage_V"].tolist() == [3.5, 3.75, 4.0]
+    assert meta["step"].tolist() == ["CC,CV", "CC,CV", "rest"]

@@ -260,7 +260,9 @@ def load_frame_meta(
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            meta = pd.read_csv(path)
+            from .tables import read_csv
+
+            meta = read_csv(path)
         elif suffix == ".parquet":
             meta = pd.read_parquet(path)
         elif suffix in _HDF5_SUFFIXES:

@@ -130,6 +130,34 @@ def _write_h5_table(df: pd.DataFrame, path: Path) -> None:
                 g.create_dataset(col, data=values)
 
 
+def read_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """A CSV file as a table, also when a spreadsheet in a European locale wrote it (``;``
+    between cells, ``,`` as the decimal mark), which a plain read takes for one column of
+    text.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "m.csv"
+    >>> _ = p.write_text("frame;voltage_V\\n0;3,5\\n1;3,75\\n")
+    >>> read_csv(p)["voltage_V"].tolist()
+    [3.5, 3.75]
+    """
+    table = pd.read_csv(path)
+    if table.shape[1] != 1 or ";" not in str(table.columns[0]):
+        return table
+    table = pd.read_csv(path, sep=";")
+    for col in table.columns:
+        if table[col].dtype.kind in "biufcmM":
+            continue
+        # "3,5": a decimal comma, when every cell of the column reads as a number with it
+        text = table[col].astype("string").str.strip()
+        numbers = pd.to_numeric(text.str.replace(",", ".", regex=False), errors="coerce")
+        if numbers[text.notna() & (text != "")].notna().all():
+            table[col] = numbers.astype(float)
+    return table
+
+
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a table written by :func:`write_table`."""
     path = Path(path)
@@ -140,7 +168,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         if fmt == ".parquet":
             return pd.read_parquet(path)
         if fmt == ".csv":
-            return pd.read_csv(path)
+            return read_csv(path)
         import h5py
 
         with h5py.File(path, "r", locking=False) as f:
