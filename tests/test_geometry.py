@@ -391,3 +391,17 @@ def test_malformed_poni_gives_no_pyfai_log_output(tmp_path, caplog):
         assert logging.getLogger("pyFAI").level == parent_level
     finally:
         child.setLevel(logging.NOTSET)
+
+
+def test_poni_of_a_binned_detector_has_the_binned_shape(tmp_path):
+    # pyFAI's Perkin is 2048 x 2048 pixels of 200 um at 2 x 2 binning (max_shape 4096 x 4096):
+    # the frames have the binned shape, the one the pixel size belongs to
+    import pyFAI.detectors
+    from pyFAI.geometry import Geometry as PyFAIGeometry
+
+    poni = tmp_path / "perkin.poni"
+    PyFAIGeometry(dist=0.5, poni1=0.2, poni2=0.2, wavelength=1e-10,
+                  detector=pyFAI.detectors.detector_factory("Perkin")).save(str(poni))
+    g = Geometry.from_poni(poni)
+    assert g.shape == (2048, 2048)
+    assert g.pixel1_m == pytest.approx(200e-6)

@@ -132,6 +132,9 @@ def test_interpolate_cycler_outside_and_frame_table():
     # No frame within the log at all: another clock, not an experiment that ran on
     with pytest.raises(OptionError, match="every frame; are the log and the frames on the same"):
         interpolate_cycler(log, [3600.0, 7200.0], source="cycler.csv")
+    with pytest.warns(FrameMetaWarning, match="2 of 2"):  # a live run before the log starts
+        held = interpolate_cycler(log, [0.0, 5.0], outside="hold")
+    assert held["cycler_outside"].all() and held["voltage_V"].tolist() == [3.0, 3.0]
 
 
 def test_interpolate_cycler_says_it_dropped_repeated_times(logged):

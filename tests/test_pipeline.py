@@ -314,10 +314,17 @@ def test_a_dark_above_the_frames_everywhere_warns(logged):
     frames[:, 10:13, 10:13] = 60.0
     dark = Calibration(dark=np.full((32, 32), 100.0, np.float32))
     assert len(find(frames, calibration=dark, progress=False, localizer="centroid")) == 0
-    assert any("the dark is at or above frame 0 at 100.0 % of its pixels" in m for m in logged)
+    assert any("the dark is at or above frame 0 at 100.0 % of the pixels that hold counts"
+               in m for m in logged)
     logged.clear()
     find(frames, calibration=Calibration(dark=np.full((32, 32), 15.0, np.float32)),
          progress=False, localizer="centroid")
+    # sparse photon counting: frame and closed-shutter dark are 0 almost everywhere
+    sparse = np.zeros((2, 32, 32), np.int32)
+    sparse[:, 10:13, 10:13] = 40
+    closed = np.zeros((32, 32), np.float32)
+    closed[0, 0] = 3.0
+    find(sparse, calibration=Calibration(dark=closed), progress=False, localizer="centroid")
     assert not logged
 
 

@@ -607,7 +607,7 @@ def test_peak_table_written_chunk_by_chunk_equals_the_chunks_joined(drifting_ser
     path, _ = drifting_series
     meta = tmp_path / "meta.csv"
     pd.DataFrame({"frame": range(12), "voltage_V": np.linspace(3.5, 4.1, 12),
-                  "label": ["a", "b"] * 6}).to_csv(meta, index=False)
+                  "label": ["a", "b"] * 6, "score": 1.0}).to_csv(meta, index=False)
     res = run(path, tmp_path / "r", config=FAST, progress=False, chunk_size=5,
               track=TrackConfig(report=False, frame_meta=str(meta)))
     info = json.loads((tmp_path / "r" / "run.json").read_text())
@@ -617,6 +617,7 @@ def test_peak_table_written_chunk_by_chunk_equals_the_chunks_joined(drifting_ser
     written = pd.read_parquet(tmp_path / "r" / "peaks.parquet")
     pd.testing.assert_frame_equal(written, expected)
     assert pq.ParquetFile(tmp_path / "r" / "peaks.parquet").num_row_groups == len(chunks)
+    assert "score_meta" in written  # a metadata column named like a peak column
     # RunResult reads the table back when asked for it
     pd.testing.assert_frame_equal(res.peaks, expected)
     assert info["counts"]["peaks"] == len(expected)
@@ -707,3 +708,31 @@ def test_a_poni_of_another_detector_shape_warns(drifting_series, tmp_path, logge
     run(path, tmp_path / "r", config=FAST, progress=False,
         track=TrackConfig(report=False, poni=str(poni)))
     assert any("its detector is 1043 x 981 pixels, the frames 64 x 64" in m for m in logged)
+
+
+def test_run_result_refuses_peaks_rewritten_by_a_later_run(drifting_series, tmp_path):
+    path, _ = drifting_series
+    first = run(path, tmp_path / "r", config=FAST, track=NOREPORT, progress=False)
+    run(path, tmp_path / "r", config=FindConfig(localizer="centroid"), track=NOREPORT,
+        progress=False, force=True)
+    with pytest.raises(InputFileError, match="rewritten since this result was made"):
+        first.peaks  # noqa: B018 - the property reads the file
+    assert "peaks" in repr(first)  # the counts come from run.json's record, no file read
+
+
+def test_no_temporary_peak_file_is_left_by_an_interrupted_end(drifting_series, tmp_path,
+                                                              monkeypatch):
+    import braggtrack.runner as runner
+
+    path, _ = drifting_series
+    seen = []
+
+    def interrupted(self, fallback):  # Ctrl-C once every chunk is in the temporary file
+        seen.append(self.tmp.exists())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner._PeakTableWriter, "close", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(path, tmp_path / "r", config=FAST, track=NOREPORT, progress=False)
+    assert seen == [True]
+    assert not list((tmp_path / "r").glob(".peaks.parquet.tmp-*"))

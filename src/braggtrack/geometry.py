@@ -285,7 +285,9 @@ class Geometry:
                 ai = pyFAI.load(str(path))
                 det = ai.detector
                 pixel1, pixel2 = float(det.pixel1), float(det.pixel2)
-                shape = det.max_shape
+                # The shape of the pixels the frames have: a binned detector (pyFAI's Perkin
+                # is 2048 x 2048 at 2 x 2) has max_shape unbinned but pixel1/2 binned.
+                shape = getattr(det, "shape", None) or det.max_shape
                 values = dict(
                     distance_m=float(ai.dist), poni1_m=float(ai.poni1),
                     poni2_m=float(ai.poni2), pixel1_m=pixel1, pixel2_m=pixel2,

@@ -371,10 +371,12 @@ def interpolate_cycler(
         and ``time_col`` (e.g. from :func:`load_frame_meta`).
     time_col, voltage_col, current_col, capacity_col : str
         Column names.
-    outside : {"clip", "error"}
+    outside : {"clip", "hold", "error"}
         Frame times outside the log: hold the first/last logged values and flag
-        ``cycler_outside=True`` with a :class:`FrameMetaWarning` ("clip"), or raise
-        :class:`~braggtrack.errors.OptionError` ("error").
+        ``cycler_outside=True`` with a :class:`FrameMetaWarning` ("clip"; but when no frame
+        at all falls within the log, an :class:`~braggtrack.errors.OptionError`: the two
+        clocks differ), the same without that error ("hold": a live run whose first frames
+        come before the cycler's log starts), or raise an OptionError ("error").
     source : path-like, optional
         The log's file, named in warnings and errors (default: ``log.attrs["source"]``, else
         "cycler log").  Frame times are named by ``frame_times.attrs["source"]`` (set by
@@ -398,8 +400,8 @@ def interpolate_cycler(
     >>> float(out.voltage_V[0]), float(out.capacity_mAh[0])
     (3.5, 0.5)
     """
-    if outside not in ("clip", "error"):
-        raise OptionError(f"outside must be 'clip' or 'error', got {outside!r}")
+    if outside not in ("clip", "hold", "error"):
+        raise OptionError(f"outside must be 'clip', 'hold' or 'error', got {outside!r}")
     if not isinstance(log, pd.DataFrame):
         raise OptionError(f"cycler log must be a table, not {type(log).__name__}")
     where = str(source) if source is not None else str(log.attrs.get("source", "cycler log"))
@@ -463,7 +465,7 @@ def interpolate_cycler(
                f"({lt[0]:g}..{lt[-1]:g} s)")
         if outside == "error":
             raise OptionError(msg)
-        if out_of_range.all():
+        if out_of_range.all() and outside == "clip":
             # Every frame would get the log's first or last values: the two clocks differ
             # (another start time, or hours against seconds), not an experiment that ran on.
             raise OptionError(msg + ": every frame; are the log and the frames on the same "

@@ -687,12 +687,16 @@ def warn_about_first_frame(series, index: int, config: FindConfig,
     if message:
         log.warning("%s", message)
     if dark is not None and dark.shape == frame.shape:
+        # Over the pixels where either holds something: in sparse photon-counting frames
+        # most pixels are 0 in the frame and in the dark alike, which says nothing.
         with np.errstate(invalid="ignore"):
-            below = np.count_nonzero(frame <= dark) / frame.size
-        if below > 0.99:
-            log.warning("%s: the dark is at or above frame %d at %.1f %% of its pixels, so "
-                        "almost nothing is left after subtracting it (a dark of another "
-                        "exposure time or gain?)", where, index, 100 * below)
+            some = (frame > 0) | (dark > 0)
+            n = np.count_nonzero(some)
+            below = np.count_nonzero((frame <= dark) & some) / n if n else 0.0
+        if n >= 0.1 * frame.size and below > 0.99:
+            log.warning("%s: the dark is at or above frame %d at %.1f %% of the pixels that "
+                        "hold counts, so almost nothing is left after subtracting it (a dark "
+                        "of another exposure time or gain?)", where, index, 100 * below)
 
 
 def log_skipped(source: str, frame: int, reason: str) -> None:

@@ -276,13 +276,28 @@ class RunResult:
     paths: dict[str, Path] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     _peaks: pd.DataFrame | None = field(default=None, repr=False)
+    _peaks_stat: tuple[int, int, str] | None = field(default=None, repr=False)
 
     @property
     def peaks(self) -> pd.DataFrame:
         """Every detected peak, rejected ones included: read from ``peaks.parquet`` when first
-        asked for, because a long run does not keep it in memory while its tracks are made."""
+        asked for, because a long run does not keep it in memory while its tracks are made.
+        A file rewritten since (another run into the same folder) is refused, not read."""
         if self._peaks is None:
-            self._peaks = read_table(self.paths["peaks"])
+            path = Path(self.paths["peaks"])
+            try:
+                st = path.stat()
+            except OSError:
+                raise InputFileError(path, "no longer there (the run folder was removed or "
+                                     "overwritten since this result was made)") from None
+            if self._peaks_stat is not None and (
+                    (st.st_size, st.st_mtime_ns) != self._peaks_stat[:2]
+                    and _file_xxh3(path) != self._peaks_stat[2]):
+                # (Rewritten with the same bytes, as a rerun that changes only the linking
+                # does, is fine.)
+                raise InputFileError(path, "rewritten since this result was made (another run "
+                                     "into the same folder)")
+            self._peaks = read_table(path)
         return self._peaks
 
     @property
@@ -290,10 +305,10 @@ class RunResult:
         return int((self.frames["status"] != "ok").sum()) if len(self.frames) else 0
 
     def __repr__(self) -> str:
+        counts = self.info.get("counts", {})
         return (
-            f"RunResult({self.run_dir}: {len(self.frames)} frames, {len(self.peaks)} peaks, "
-            f"{int(self.peaks['ok'].sum()) if len(self.peaks) else 0} accepted, "
-            f"{len(self.particles)} particles)"
+            f"RunResult({self.run_dir}: {len(self.frames)} frames, {counts.get('peaks')} peaks, "
+            f"{counts.get('peaks_ok')} accepted, {len(self.particles)} particles)"
         )
 
 
@@ -378,6 +393,12 @@ def _pipelined(tasks: list[ChunkTask], on_done) -> None:
         finally:
             if pending is not None:  # an error: let the chunk in flight finish cleanly
                 pending.cancel() or pending.exception()
+
+
+def _file_xxh3(path) -> str:
+    from .io import file_checksum
+
+    return file_checksum(path, algorithm="xxh3_128")
 
 
 def _read_chunk_table(path: Path) -> pd.DataFrame:
@@ -1376,6 +1397,30 @@ def _chunk_tables(out: Path, info: dict, read: dict | None = None):
             yield _read_chunk_table(f), (_read_chunk_table(ff) if ff.exists() else None)
 
 
+def _frame_meta_joiner(meta: pd.DataFrame) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """``join_frame_meta(table, meta)`` for the tables of many chunks, ``meta`` holding every
+    frame of the series once, in order (as :func:`~braggtrack.metadata.join_frame_meta`
+    makes it for all the frames): its rows are looked up by frame number, instead of a merge
+    that copies, sorts and checks all of ``meta`` for every chunk (which grew as chunks x
+    frames).  A table with a frame ``meta`` lacks, or no rows, takes the full join."""
+    from .metadata import join_frame_meta
+
+    frames = meta["frame"].to_numpy(np.int64)
+    values = meta.drop(columns=["frame"])
+
+    def join(table: pd.DataFrame) -> pd.DataFrame:
+        wanted = np.asarray(table["frame"], dtype=np.int64) if len(table) else None
+        pos = None if wanted is None else np.searchsorted(frames, wanted)
+        if pos is None or (pos >= len(frames)).any() or (frames[pos] != wanted).any():
+            return join_frame_meta(table, meta)
+        out = table.reset_index(drop=True).assign(frame=wanted)
+        extra = values.take(pos).reset_index(drop=True)
+        extra = extra.rename(columns={c: f"{c}_meta" for c in extra.columns if c in out.columns})
+        return pd.concat([out, extra], axis=1)
+
+    return join
+
+
 class _PeakTableWriter:
     """``peaks.parquet`` written chunk by chunk (one row group each), never concatenated in
     memory: a long run's peak table would otherwise be held whole, twice while it is built,
@@ -1455,30 +1500,33 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
         from .metadata import join_frame_meta
 
         if meta is None:
-            meta = frame_metadata(track, int(info["n_frames"]))
+            meta = frame_metadata(track, int(info["n_frames"]), live=bool(info.get("live")))
         # Filled once for every frame of the series, so that joining it chunk by chunk gives
         # what joining the whole table gives (and warns once about frames it lacks).
         meta = join_frame_meta(pd.DataFrame({"frame": np.arange(int(info["n_frames"]))}), meta)
-    peak_writer = _PeakTableWriter(out / "peaks.parquet")
-    rows, frame_tables = [], []
-    try:
-        for peak_table, frame_table in _chunk_tables(out, info, read):
-            if meta is not None:
-                peak_table = join_frame_meta(peak_table, meta)
-            peak_writer.add(peak_table)
-            rows.append(linkable(peak_table))
-            if frame_table is not None:
-                frame_tables.append(frame_table)
-    except BaseException:
-        peak_writer.discard()
-        raise
-    peak_table = None  # the last chunk's: not held while the tracks are made
+        join_meta = _frame_meta_joiner(meta)
 
     def whole_peak_table() -> pd.DataFrame:
         tables = [t for t, _ in _chunk_tables(out, info)]
         peaks = (pd.concat(tables, ignore_index=True) if tables
                  else empty_peak_table(config.localizer))
         return join_frame_meta(peaks, meta) if meta is not None else peaks
+
+    peak_writer = _PeakTableWriter(out / "peaks.parquet")
+    rows, frame_tables = [], []
+    try:
+        for peak_table, frame_table in _chunk_tables(out, info, read):
+            if meta is not None:
+                peak_table = join_meta(peak_table)
+            peak_writer.add(peak_table)
+            rows.append(linkable(peak_table))
+            if frame_table is not None:
+                frame_tables.append(frame_table)
+        peak_table = None  # the last chunk's: not held while the tracks are made
+        peaks_path = peak_writer.close(whole_peak_table)
+    except BaseException:
+        peak_writer.discard()  # no temporary file left behind, whatever stopped it
+        raise
 
     frames = pd.concat(frame_tables, ignore_index=True) if frame_tables else pd.DataFrame(
         {"frame": [], "status": [], "reason": [], "n_peaks": [], "n_ok": []})
@@ -1501,9 +1549,8 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
                 writes[f"{name}_{fmt}"] = pool.submit(write_table, table, out / f"{name}.{fmt}")
 
         def peaks_as(fmt: str) -> Path:  # from the parquet file: the table is not in memory
-            return write_table(read_table(writes["peaks"].result()), out / f"peaks.{fmt}")
+            return write_table(read_table(peaks_path), out / f"peaks.{fmt}")
 
-        writes["peaks"] = pool.submit(peak_writer.close, whole_peak_table)
         for fmt in extra:
             writes[f"peaks_{fmt}"] = pool.submit(peaks_as, fmt)
         n_peaks, n_ok = peak_writer.n_peaks, peak_writer.n_ok
@@ -1521,7 +1568,7 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
         write("tracks", tracks)
         write("particles", particles)
         # Every write is awaited, and the first error raised, before run.json says finished.
-        paths = {name: fut.result() for name, fut in writes.items()}
+        paths = {"peaks": peaks_path, **{name: fut.result() for name, fut in writes.items()}}
     skipped = frames[frames["status"] != "ok"] if len(frames) else frames
     info["skipped_frames"] = [
         {"frame": int(r.frame), "reason": str(r.reason)} for r in skipped.itertuples()
@@ -1543,12 +1590,16 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
         from .report import make_report
 
         paths["report"] = make_report(out)
+    st = Path(paths["peaks"]).stat()
     return RunResult(run_dir=out, tracks=tracks, particles=particles,
-                     frames=frames, paths=paths, info=info)
+                     frames=frames, paths=paths, info=info,
+                     _peaks_stat=(st.st_size, st.st_mtime_ns, _file_xxh3(paths["peaks"])))
 
 
-def frame_metadata(track: TrackConfig, n_frames: int) -> pd.DataFrame:
-    """Per-frame metadata of a run: the frame table, with a cycler log put on its time base."""
+def frame_metadata(track: TrackConfig, n_frames: int | None,
+                   live: bool = False) -> pd.DataFrame:
+    """Per-frame metadata of a run: the frame table, with a cycler log put on its time base
+    (``live``: frames so far of a watch, which may all come before the log starts)."""
     from .metadata import branches, interpolate_cycler, load_frame_meta
 
     meta = load_frame_meta(track.frame_meta, n_frames=n_frames)
@@ -1557,7 +1608,8 @@ def frame_metadata(track: TrackConfig, n_frames: int) -> pd.DataFrame:
     if "time_s" not in meta:
         raise OptionError(f"{track.frame_meta}: no time_s column to put the cycler log on")
     log = read_table(track.cycler_log)
-    cycler = interpolate_cycler(log, meta[["frame", "time_s"]], source=track.cycler_log)
+    cycler = interpolate_cycler(log, meta[["frame", "time_s"]], source=track.cycler_log,
+                                outside="hold" if live else "clip")
     keep = [c for c in meta.columns if c == "frame" or c not in cycler.columns]
     merged = cycler.merge(meta[keep], on="frame", how="left")
     if "branch" not in merged:
@@ -1656,7 +1708,7 @@ def check_track(track: TrackConfig, n_frames: int | None,
         with warnings.catch_warnings():
             # Said when the tables are written, for the frames there are by then.
             warnings.simplefilter("ignore", FrameMetaWarning)
-            frame_metadata(track, None)
+            frame_metadata(track, None, live=True)
     elif not Path(track.frame_meta).is_file():
         raise InputFileError(track.frame_meta, "no such metadata file")
     elif track.cycler_log is not None:
