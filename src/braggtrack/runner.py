@@ -1496,8 +1496,11 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
     :func:`link_and_measure`); ``meta``: the per-frame metadata when already read (by
     :func:`check_track`).
 
-    This is the serial tail of a parallel run (every worker is idle by now), so the tables
-    are written on threads (pyarrow and h5py release the GIL) while the next one is computed.
+    The peak table goes to ``peaks.parquet`` chunk by chunk and is never whole in memory
+    (:class:`_PeakTableWriter`); only each chunk's linkable rows are kept, for the tracks.
+    This is the serial tail of a parallel run (every worker is idle by now), so the other
+    tables are written on threads (pyarrow and h5py release the GIL) while the next one is
+    computed.
     """
     from concurrent.futures import ThreadPoolExecutor
 
