@@ -1428,9 +1428,14 @@ def _frame_meta_joiner(meta: pd.DataFrame) -> Callable[[pd.DataFrame], pd.DataFr
     return join
 
 
+#: Rows of the peak table written (and made linkable) at a time at the end of a run: enough
+#: that per-step costs vanish, few enough (~10 MB) not to matter beside the track table.
+_PEAK_BATCH_ROWS = 65_536
+
+
 class _PeakTableWriter:
-    """``peaks.parquet`` written chunk by chunk (one row group each), never concatenated in
-    memory: a long run's peak table would otherwise be held whole, twice while it is built,
+    """``peaks.parquet`` written a few chunks at a time (one row group each), never
+    concatenated whole in memory: a long run's peak table would otherwise be held whole, twice while it is built,
     beside the tracks made from it.  The linkable rows of each chunk are kept for linking.
     A chunk whose columns do not fit the first one's (a chunk file of another version of
     braggtrack) makes :meth:`close` fall back to concatenating them all."""
@@ -1523,16 +1528,32 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
         return join_frame_meta(peaks, meta) if meta is not None else peaks
 
     peak_writer = _PeakTableWriter(out / "peaks.parquet")
-    rows, frame_tables = [], []
+    rows, frame_tables, batch = [], [], []
+
+    def flush() -> None:
+        # A few chunks at a time: each pandas/arrow step costs ~1 ms however small its table,
+        # which a live run's many small chunks (4 frames) would pay at every update.
+        table = pd.concat(batch, ignore_index=True) if len(batch) > 1 else batch[0]
+        batch.clear()
+        if meta is not None:
+            table = join_meta(table)
+        peak_writer.add(table)
+        rows.append(linkable(table))
+
     try:
+        peak_table = None
         for peak_table, frame_table in _chunk_tables(out, info, read):
-            if meta is not None:
-                peak_table = join_meta(peak_table)
-            peak_writer.add(peak_table)
-            rows.append(linkable(peak_table))
+            if len(peak_table):
+                batch.append(peak_table)
+                if sum(map(len, batch)) >= _PEAK_BATCH_ROWS:
+                    flush()
             if frame_table is not None:
                 frame_tables.append(frame_table)
+        if not batch and not rows and peak_table is not None:
+            batch.append(peak_table)  # no peak at all: the columns still come from a chunk
         peak_table = None  # the last chunk's: not held while the tracks are made
+        if batch:
+            flush()
         peaks_path = peak_writer.close(whole_peak_table)
     except BaseException:
         peak_writer.discard()  # no temporary file left behind, whatever stopped it
