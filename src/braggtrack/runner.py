@@ -869,7 +869,9 @@ def run(
     Returns
     -------
     RunResult
-        Tables (peaks, tracks, particles, frames) and the paths written.
+        Tables (peaks, tracks, particles, frames) and the paths written; ``peaks`` is read
+        from ``peaks.parquet`` when first asked for (a long run's peak table is not kept in
+        memory), and refused if a later run has rewritten that file.
 
     Examples
     --------
