@@ -156,9 +156,8 @@ def _check_output_folder(folder: Path, target: Path | None = None) -> None:
     OptionError
         One line naming ``target`` and the folder that is in the way.
     """
-    import tempfile
-
     from .errors import OptionError
+    from .tables import try_creating_in
 
     target = folder if target is None else target
     existing = folder
@@ -170,12 +169,7 @@ def _check_output_folder(folder: Path, target: Path | None = None) -> None:
             raise OptionError(f"{target}: exists and is not a folder")
         raise OptionError(f"{target}: {existing} exists and is not a folder")
     try:
-        if existing == folder:
-            fd, probe = tempfile.mkstemp(prefix=".braggtrack-probe-", dir=existing)
-            os.close(fd)
-            os.unlink(probe)
-        else:
-            os.rmdir(tempfile.mkdtemp(prefix=".braggtrack-probe-", dir=existing))
+        try_creating_in(existing, folder_entry=existing != folder)
     except OSError as exc:
         raise OptionError(
             f"{target}: cannot write in folder {existing} ({exc.strerror or exc})") from None

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -607,3 +608,25 @@ def branches(
     cycle = 1 + np.cumsum(starts)
     return pd.DataFrame({"branch": label.astype(str), "cycle": cycle.astype(np.int64)},
                         index=meta.index)
+
+
+def _frame_meta_joiner(meta: pd.DataFrame) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """``join_frame_meta(table, meta)`` for the tables of many chunks, ``meta`` holding every
+    frame of the series once, in order (as :func:`join_frame_meta`
+    makes it for all the frames): its rows are looked up by frame number, instead of a merge
+    that copies, sorts and checks all of ``meta`` for every chunk (which grew as chunks x
+    frames).  A table with a frame ``meta`` lacks, or no rows, takes the full join."""
+    frames = meta["frame"].to_numpy(np.int64)
+    values = meta.drop(columns=["frame"])
+
+    def join(table: pd.DataFrame) -> pd.DataFrame:
+        wanted = np.asarray(table["frame"], dtype=np.int64) if len(table) else None
+        pos = None if wanted is None else np.searchsorted(frames, wanted)
+        if pos is None or (pos >= len(frames)).any() or (frames[pos] != wanted).any():
+            return join_frame_meta(table, meta)
+        out = table.reset_index(drop=True).assign(frame=wanted)
+        extra = values.take(pos).reset_index(drop=True)
+        extra = extra.rename(columns={c: f"{c}_meta" for c in extra.columns if c in out.columns})
+        return pd.concat([out, extra], axis=1)
+
+    return join

@@ -284,6 +284,8 @@ class RunResult:
         asked for, because a long run does not keep it in memory while its tracks are made.
         A file rewritten since (another run into the same folder) is refused, not read."""
         if self._peaks is None:
+            from .io import file_checksum
+
             path = Path(self.paths["peaks"])
             try:
                 st = path.stat()
@@ -292,7 +294,7 @@ class RunResult:
                                      "overwritten since this result was made)") from None
             if self._peaks_stat is not None and (
                     (st.st_size, st.st_mtime_ns) != self._peaks_stat[:2]
-                    and _file_xxh3(path) != self._peaks_stat[2]):
+                    and file_checksum(path, algorithm="xxh3_128") != self._peaks_stat[2]):
                 # (Rewritten with the same bytes, as a rerun that changes only the linking
                 # does, is fine.)
                 raise InputFileError(path, "rewritten since this result was made (another run "
@@ -393,19 +395,6 @@ def _pipelined(tasks: list[ChunkTask], on_done) -> None:
         finally:
             if pending is not None:  # an error: let the chunk in flight finish cleanly
                 pending.cancel() or pending.exception()
-
-
-def _file_xxh3(path) -> str:
-    """xxh3-128 of a run's own table file, read in 4 MiB blocks: io.file_checksum maps the
-    file instead (fastest for multi-GB inputs), which would add the whole table file to the
-    driver's resident memory at the end of the run."""
-    import xxhash
-
-    digest = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_chunk_table(path: Path) -> pd.DataFrame:
@@ -579,15 +568,9 @@ def _calibration_record(files: dict) -> dict:
     checksum: a dark replaced before a run is resumed would change only the chunks still to
     come, and a relative path given from another folder may name another file.  (They are
     single frames: hashing them costs milliseconds.)"""
-    from .io import file_checksum
-
     def record(name: str) -> dict:
-        path = Path(name)
-        if not path.is_file():  # e.g. a pattern: recorded as given
-            return {"path": name}
-        st = path.stat()
-        return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                "xxh3_128": file_checksum(path, algorithm="xxh3_128")}
+        # a pattern is recorded as given; a file as an input is (_input_record)
+        return _input_record([Path(name)])[0] if Path(name).is_file() else {"path": name}
 
     return {kind: None if given is None
             else [record(g) for g in given] if isinstance(given, list) else record(given)
@@ -1406,41 +1389,17 @@ def _chunk_tables(out: Path, info: dict, read: dict | None = None):
             yield _read_chunk_table(f), (_read_chunk_table(ff) if ff.exists() else None)
 
 
-def _frame_meta_joiner(meta: pd.DataFrame) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    """``join_frame_meta(table, meta)`` for the tables of many chunks, ``meta`` holding every
-    frame of the series once, in order (as :func:`~braggtrack.metadata.join_frame_meta`
-    makes it for all the frames): its rows are looked up by frame number, instead of a merge
-    that copies, sorts and checks all of ``meta`` for every chunk (which grew as chunks x
-    frames).  A table with a frame ``meta`` lacks, or no rows, takes the full join."""
-    from .metadata import join_frame_meta
-
-    frames = meta["frame"].to_numpy(np.int64)
-    values = meta.drop(columns=["frame"])
-
-    def join(table: pd.DataFrame) -> pd.DataFrame:
-        wanted = np.asarray(table["frame"], dtype=np.int64) if len(table) else None
-        pos = None if wanted is None else np.searchsorted(frames, wanted)
-        if pos is None or (pos >= len(frames)).any() or (frames[pos] != wanted).any():
-            return join_frame_meta(table, meta)
-        out = table.reset_index(drop=True).assign(frame=wanted)
-        extra = values.take(pos).reset_index(drop=True)
-        extra = extra.rename(columns={c: f"{c}_meta" for c in extra.columns if c in out.columns})
-        return pd.concat([out, extra], axis=1)
-
-    return join
-
-
 #: Rows of the peak table written (and made linkable) at a time at the end of a run: enough
 #: that per-step costs vanish, few enough (~10 MB) not to matter beside the track table.
 _PEAK_BATCH_ROWS = 65_536
 
 
 class _PeakTableWriter:
-    """``peaks.parquet`` written a few chunks at a time (one row group each), never
-    concatenated whole in memory: a long run's peak table would otherwise be held whole, twice while it is built,
-    beside the tracks made from it.  The linkable rows of each chunk are kept for linking.
-    A chunk whose columns do not fit the first one's (a chunk file of another version of
-    braggtrack) makes :meth:`close` fall back to concatenating them all."""
+    """``peaks.parquet`` written a batch of chunks at a time (one row group each), never
+    concatenated whole in memory: a long run's peak table would otherwise be held whole,
+    twice while it is built, beside the tracks made from it.  A batch whose columns do not
+    fit the first one's (a chunk file of another version of braggtrack) makes :meth:`close`
+    fall back to concatenating them all."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -1503,8 +1462,9 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
     :func:`link_and_measure`); ``meta``: the per-frame metadata when already read (by
     :func:`check_track`).
 
-    The peak table goes to ``peaks.parquet`` chunk by chunk and is never whole in memory
-    (:class:`_PeakTableWriter`); only each chunk's linkable rows are kept, for the tracks.
+    The peak table goes to ``peaks.parquet`` ~:data:`_PEAK_BATCH_ROWS` rows at a time and
+    is never whole in memory (:class:`_PeakTableWriter`); only the linkable rows of each
+    batch are kept, for the tracks.
     This is the serial tail of a parallel run (every worker is idle by now), so the other
     tables are written on threads (pyarrow and h5py release the GIL) while the next one is
     computed.
@@ -1514,7 +1474,7 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
     from .track import linkable
 
     if track.frame_meta:
-        from .metadata import join_frame_meta
+        from .metadata import _frame_meta_joiner, join_frame_meta
 
         if meta is None:
             meta = frame_metadata(track, int(info["n_frames"]), live=bool(info.get("live")))
@@ -1623,10 +1583,13 @@ def _finish(out: Path, info: dict, config: FindConfig, track: TrackConfig, serie
         from .report import make_report
 
         paths["report"] = make_report(out)
+    from .io import file_checksum
+
     st = Path(paths["peaks"]).stat()
     return RunResult(run_dir=out, tracks=tracks, particles=particles,
                      frames=frames, paths=paths, info=info,
-                     _peaks_stat=(st.st_size, st.st_mtime_ns, _file_xxh3(paths["peaks"])))
+                     _peaks_stat=(st.st_size, st.st_mtime_ns,
+                                  file_checksum(paths["peaks"], algorithm="xxh3_128")))
 
 
 def frame_metadata(track: TrackConfig, n_frames: int | None,

@@ -95,6 +95,20 @@ def table_format(path: str | os.PathLike) -> str:
     return {".hdf5": ".h5"}.get(suffix, suffix)
 
 
+def try_creating_in(folder: str | os.PathLike, *, folder_entry: bool = False) -> None:
+    """Create a file (a sub-folder when ``folder_entry``) in ``folder`` and remove it at once,
+    raising the OSError that a writer would meet there.  Tried for real because
+    ``os.access`` says yes to root on file systems that refuse every new file (``/sys``)."""
+    import tempfile
+
+    if folder_entry:
+        os.rmdir(tempfile.mkdtemp(prefix=".braggtrack-probe-", dir=folder))
+    else:
+        fd, probe = tempfile.mkstemp(prefix=".braggtrack-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+
+
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write ``df`` atomically (temporary file, then rename) in the format of ``path``'s suffix."""
     path = Path(path)

@@ -40,7 +40,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from torch.utils.data import IterableDataset
 
 from .braggnn import BraggNN, BraggNNConfig, normalize_patches, resolve_device, save_model
 from .errors import InputFileError, ModelError, OptionError
+from .tables import try_creating_in
 
 __all__ = [
     "SimulatorSource",
@@ -785,10 +785,7 @@ def _check_output(
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OptionError(f"{path}: folder {parent} is not writable")
     try:
-        # os.access says yes to root where no file can be made (/sys): try one for real.
-        fd, probe = tempfile.mkstemp(prefix=".braggtrack-probe-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
+        try_creating_in(parent)  # os.access says yes to root where no file can be made (/sys)
     except OSError as exc:
         raise OptionError(f"{path}: folder {parent} is not writable ({exc.strerror or exc})") from None
     sidecar = path.with_suffix(".json")
