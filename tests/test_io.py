@@ -994,15 +994,24 @@ def test_truncated_tiff_written_page_by_page_is_refused(tmp_path, stack):
 # ------------------------------------------------------------------ HDF5 data never written
 
 
-def test_hdf5_virtual_dataset_with_missing_source_is_refused(tmp_path, stack):
+def _two_part_vds(folder, stack):
+    """``folder/vds.h5``: a virtual dataset of ``stack`` whose halves are ``part0.h5`` and
+    ``part1.h5`` beside it, named relative to it."""
     layout = h5py.VirtualLayout(shape=stack.shape, dtype=stack.dtype)
+    half = len(stack) // 2
     for k in range(2):
-        with h5py.File(tmp_path / f"part{k}.h5", "w") as f:
-            f["/data"] = stack[2 * k: 2 * k + 2]
-        layout[2 * k: 2 * k + 2] = h5py.VirtualSource(f"part{k}.h5", "/data", shape=(2, 24, 20))
-    path = tmp_path / "vds.h5"
+        with h5py.File(folder / f"part{k}.h5", "w") as f:
+            f["/data"] = stack[half * k: half * (k + 1)]
+        layout[half * k: half * (k + 1)] = h5py.VirtualSource(
+            f"part{k}.h5", "/data", shape=(half, *stack.shape[1:]))
+    path = folder / "vds.h5"
     with h5py.File(path, "w") as f:
         f.create_virtual_dataset("/entry/data/data", layout, fillvalue=0)
+    return path
+
+
+def test_hdf5_virtual_dataset_with_missing_source_is_refused(tmp_path, stack):
+    path = _two_part_vds(tmp_path, stack)
     (tmp_path / "part1.h5").unlink()  # HDF5 reads its frames as zeros, without an error
     with pytest.raises(InputFileError, match="source file part1.h5, which is missing") as exc:
         open_frames(path)
@@ -1059,13 +1068,7 @@ def test_hdf5_external_raw_file_missing_or_short_is_refused(tmp_path, stack):
 def test_hdf5_files_include_virtual_sources_and_external_raw_files(tmp_path, stack,
                                                                   monkeypatch):
     # what a resumed run checks for changes: the files holding the data, not only the index
-    layout = h5py.VirtualLayout(shape=stack.shape, dtype=stack.dtype)
-    for k in range(2):
-        with h5py.File(tmp_path / f"part{k}.h5", "w") as f:
-            f["/data"] = stack[2 * k: 2 * k + 2]
-        layout[2 * k: 2 * k + 2] = h5py.VirtualSource(f"part{k}.h5", "/data", shape=(2, 24, 20))
-    with h5py.File(tmp_path / "vds.h5", "w") as f:
-        f.create_virtual_dataset("/entry/data/data", layout)
+    _two_part_vds(tmp_path, stack)
     stack.astype("<u2").tofile(tmp_path / "raw.bin")
     with h5py.File(tmp_path / "ext.h5", "w") as f:
         f.create_dataset("/entry/data/data", shape=stack.shape, dtype="<u2",
