@@ -55,7 +55,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from .errors import OptionError
+from .errors import OptionError, checked_number
 
 __all__ = [
     "link",
@@ -81,26 +81,6 @@ def _check_columns(table: pd.DataFrame, columns: list[str], what: str) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise OptionError(f"{what} lacks column(s) {', '.join(missing)}")
-
-
-def _number(value, name: str, *, integer: bool = False, minimum: float | None = None,
-            above: float | None = None, below: float | None = None) -> float:
-    """``value`` as a float (an int when ``integer``), or a one-line OptionError.
-
-    Strings are refused rather than parsed: ``search_range="5"`` is a mistake in the
-    caller's code, and parsing it would hide the next one ("5px")."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    number = float(value) if ok else float("nan")
-    kind = "an integer" if integer else "a number"
-    if not np.isfinite(number) or (integer and number != round(number)):
-        raise OptionError(f"{name} must be {kind}, got {value!r}")
-    if minimum is not None and number < minimum:
-        raise OptionError(f"{name} must be {kind} >= {minimum:g}, got {value!r}")
-    if above is not None and not number > above:
-        raise OptionError(f"{name} must be {kind} > {above:g}, got {value!r}")
-    if below is not None and not number < below:
-        raise OptionError(f"{name} must be {kind} < {below:g}, got {value!r}")
-    return int(round(number)) if integer else number
 
 
 def _shown(value) -> str:
@@ -259,7 +239,7 @@ def link(
     _check_columns(peaks, ["frame", "x", "y"], "peak table")
     linker = FrameLinker(search_range=search_range, memory=memory, predict=predict,
                          adaptive_stop=adaptive_stop, adaptive_step=adaptive_step)
-    min_length = _number(min_length, "min_length", integer=True, minimum=1)
+    min_length = checked_number(min_length, "min_length", integer=True, low=1)
     table = linkable(peaks, only_ok=only_ok)
     # trackpy takes the frames in order; a stable sort keeps each frame's row order.
     order = np.argsort(table["frame"].to_numpy(), kind="stable")
@@ -358,11 +338,13 @@ class FrameLinker:
 
     def __init__(self, *, search_range: float = 3.0, memory: int = 3, predict: bool = True,
                  adaptive_stop: float | None = None, adaptive_step: float = 0.95) -> None:
-        search_range = _number(search_range, "search_range (pixels)", above=0)
-        memory = _number(memory, "memory (frames)", integer=True, minimum=0)
-        adaptive_step = _number(adaptive_step, "adaptive_step", above=0, below=1)
+        search_range = checked_number(search_range, "search_range (pixels)", low=0, low_open=True)
+        memory = checked_number(memory, "memory (frames)", integer=True, low=0)
+        adaptive_step = checked_number(adaptive_step, "adaptive_step", low=0, low_open=True,
+                                       high=1, high_open=True)
         adaptive_stop = (0.1 * search_range if adaptive_stop is None
-                         else _number(adaptive_stop, "adaptive_stop (pixels)", above=0))
+                         else checked_number(adaptive_stop, "adaptive_stop (pixels)", low=0,
+                                         low_open=True))
         self.search_range = search_range
         self.memory = memory
         self.options = dict(
@@ -857,11 +839,11 @@ def split_on_shape_change(
     [0, 0, 0, 0, 1, 1, 1, 1]
     """
     _check_columns(tracks, ["frame", "particle", "x", "y"], "track table")
-    intensity_ratio = _number(intensity_ratio, "intensity_ratio", above=1)
-    width_ratio = _number(width_ratio, "width_ratio", above=1)
-    nsigma = _number(nsigma, "nsigma", above=0)
-    window = _number(window, "window", integer=True, minimum=1)
-    min_common = _number(min_common, "min_common", integer=True, minimum=2)
+    intensity_ratio = checked_number(intensity_ratio, "intensity_ratio", low=1, low_open=True)
+    width_ratio = checked_number(width_ratio, "width_ratio", low=1, low_open=True)
+    nsigma = checked_number(nsigma, "nsigma", low=0, low_open=True)
+    window = checked_number(window, "window", integer=True, low=1)
+    min_common = checked_number(min_common, "min_common", integer=True, low=2)
     if len(tracks) == 0:
         return tracks.sort_values(["particle", "frame"]).reset_index(drop=True)
     # The computation runs on arrays in trajectory order; the whole table is reordered once,

@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -51,7 +50,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from .braggnn import BraggNN, BraggNNConfig, normalize_patches, resolve_device, save_model
-from .errors import InputFileError, ModelError, OptionError
+from .errors import InputFileError, ModelError, OptionError, checked_number
 from .tables import try_creating_in
 
 __all__ = [
@@ -693,53 +692,6 @@ def _evaluate(model, batches, device, patch, nll, beta, sparse=0.0):
     return float(np.average(losses, weights=weights)), np.concatenate(errs), np.concatenate(stds)
 
 
-def _real_option(
-    value, name: str, low: float, high: float = math.inf, *, low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    """``value`` as a finite float within ``low .. high``, or a one-line OptionError.
-
-    Written as one positive test (``low <= v <= high`` and finite) because NaN fails every
-    comparison: ``lr <= 0`` let ``lr=nan`` through to a traceback, and ``lr=inf`` trained a
-    model of NaN weights.
-
-    Parameters
-    ----------
-    value : object
-        The option as given.
-    name : str
-        Its name in the message (the command-line flag where there is one).
-    low, high : float
-        Bounds of the accepted interval.
-    low_open, high_open : bool
-        Exclude the bound itself.
-
-    Returns
-    -------
-    float
-
-    Raises
-    ------
-    OptionError
-        Not a real number, not finite, or out of bounds.
-    """
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    number = float(value) if ok else math.nan
-    inside = (
-        math.isfinite(number)
-        and (number > low if low_open else number >= low)
-        and (number < high if high_open else number <= high)
-    )
-    if not inside:
-        if high == math.inf:
-            bounds = f"{'>' if low_open else '>='} {low:g}"
-        else:
-            bounds = (f"in {'(' if low_open else '['}{low:g}, {high:g}"
-                      f"{')' if high_open else ']'}")
-        raise OptionError(f"{name} must be a finite number {bounds}, got {value!r}")
-    return number
-
-
 def _checkpoint_path(checkpoint_dir: Path) -> Path:
     return checkpoint_dir / "checkpoint.pt"
 
@@ -921,14 +873,15 @@ def train_model(
     if epochs < 1 or batch_size < 1:
         raise OptionError("epochs and batch_size must be >= 1")
     # Every float option, before the output is checked or any data read.
-    lr = _real_option(lr, "--lr", 0.0, low_open=True)
-    val_fraction = _real_option(val_fraction, "val_fraction", 0.0, 1.0, high_open=True)
-    noise = _real_option(noise, "--noise", 0.0)
-    beta = _real_option(beta, "--beta", 0.0)
-    sparse = _real_option(sparse, "--sparse", 0.0, 1.0)
-    garbage = _real_option(garbage, "--garbage", 0.0, 1.0, high_open=True)
+    lr = checked_number(lr, "--lr", low=0.0, low_open=True)
+    val_fraction = checked_number(val_fraction, "val_fraction", low=0.0, high=1.0,
+                                  high_open=True)
+    noise = checked_number(noise, "--noise", low=0.0)
+    beta = checked_number(beta, "--beta", low=0.0)
+    sparse = checked_number(sparse, "--sparse", low=0.0, high=1.0)
+    garbage = checked_number(garbage, "--garbage", low=0.0, high=1.0, high_open=True)
     if max_minutes is not None:
-        max_minutes = _real_option(max_minutes, "--max-minutes", 0.0, low_open=True)
+        max_minutes = checked_number(max_minutes, "--max-minutes", low=0.0, low_open=True)
     out = _check_output(out, force, checkpoint_dir)
     init_state = None
     if init is not None:
