@@ -339,3 +339,39 @@ def test_a_frame_of_no_finite_pixel_is_skipped_not_empty():
     assert (status.loc[[0, 2], "status"] == "ok").all()
     with pytest.raises(FrameReadError, match="frame 1: no finite pixel"):
         find(frames, progress=False, localizer="centroid", strict=True)
+
+
+def _streak_frame(seed: int = 8, n: int = 9, size: int = 128):
+    """Streaks (sigma 5 x 0.7 px along a random angle, 60,000 counts, background 20, Poisson),
+    rendered here by 9 x 9 sub-pixel sampling: each can hold two maxima 3 px or more apart."""
+    rng = np.random.default_rng(seed)
+    centres = [(24.0 + 40 * i + rng.uniform(-3, 3), 24.0 + 40 * j + rng.uniform(-3, 3))
+               for i in range(3) for j in range(3)][:n]
+    sub = (np.arange(9) + 0.5) / 9 - 0.5
+    ys, xs = np.mgrid[0:size, 0:size]
+    fine_x = (xs[..., None, None] + sub[None, None, None, :]).astype(np.float64)
+    fine_y = (ys[..., None, None] + sub[None, None, :, None]).astype(np.float64)
+    lam = np.full((size, size), 20.0)
+    for x0, y0 in centres:
+        c, s = np.cos(a := rng.uniform(0, np.pi)), np.sin(a)
+        u = c * (fine_x - x0) + s * (fine_y - y0)
+        v = -s * (fine_x - x0) + c * (fine_y - y0)
+        g = np.exp(-0.5 * (u / 5.0) ** 2 - 0.5 * (v / 0.7) ** 2).mean(axis=(2, 3))
+        lam += 60000 * g / (2 * np.pi * 5.0 * 0.7)
+    return rng.poisson(lam).astype(np.uint16), np.array(centres)
+
+
+@pytest.mark.parametrize("seed", [8, 9])
+def test_a_streak_found_twice_is_accepted_once(seed):
+    frame, centres = _streak_frame(seed)
+    table = find_peaks(frame)  # default localizer (braggnn)
+    ok = table[table.ok]
+    nearest = np.argmin(np.hypot(ok.x.to_numpy()[:, None] - centres[:, 0],
+                                 ok.y.to_numpy()[:, None] - centres[:, 1]), axis=1)
+    assert np.bincount(nearest, minlength=len(centres)).tolist() == [1] * len(centres)
+    gaps = np.hypot(ok.x.to_numpy()[:, None] - ok.x.to_numpy(), ok.y.to_numpy()[:, None] - ok.y.to_numpy())
+    assert (gaps[np.triu_indices(len(ok), 1)] >= 1.5).all()
+    # The second rows are kept, marked, next to the row that was accepted.
+    dup = table[table.reason == "duplicate"]
+    for x, y in zip(dup.x, dup.y, strict=True):
+        assert np.hypot(ok.x - x, ok.y - y).min() < 1.5

@@ -268,6 +268,8 @@ def _localize_detected(
                       reason)
     uncertain = np.maximum(cols["x_err"], cols["y_err"]) > config.max_error
     reason = np.where((reason == "") & uncertain, "uncertain", reason)
+    duplicate = _duplicates(cols["frame"], cols["x"], cols["y"], cols["birth"], reason == "")
+    reason = np.where(duplicate, "duplicate", reason)
     cols["reason"] = reason
     cols["ok"] = reason == ""
     table = pd.DataFrame({c: cols[c] for c in PEAK_COLUMNS})
@@ -292,6 +294,45 @@ def _crowded(localizer: str, neighbour: np.ndarray, loc: pd.DataFrame) -> np.nda
         return neighbour
     moved = np.hypot(loc["dx"].to_numpy(np.float64), loc["dy"].to_numpy(np.float64)) > 1.0
     return neighbour & moved
+
+
+#: Two accepted peaks of a frame localized closer than this (px) are one peak found twice.
+DUPLICATE_DISTANCE = 1.5
+
+
+def _duplicates(frame: np.ndarray, x: np.ndarray, y: np.ndarray, birth: np.ndarray,
+                ok: np.ndarray) -> np.ndarray:
+    """True for the fainter of two accepted peaks of one frame whose localized centres lie
+    within :data:`DUPLICATE_DISTANCE` of each other.
+
+    Detection keeps maxima at least ``min_distance`` (3 px) apart, but two maxima of one
+    object (the two ends of a streak, the shoulders of a broad or split peak, an equal pair
+    closer than the localizer can resolve) each get a patch holding the whole object, and a
+    localizer that finds its centre puts both rows there: the same peak counted twice, and
+    two tracks that swap. The brighter maximum (higher ``birth``) keeps the row.
+
+    Examples
+    --------
+    >>> _duplicates(np.array([0, 0, 0, 1]), np.array([10.0, 10.8, 30.0, 10.2]),
+    ...             np.array([5.0, 5.3, 5.0, 5.0]), np.array([9.0, 7.0, 8.0, 6.0]),
+    ...             np.ones(4, bool)).tolist()
+    [False, True, False, False]
+    """
+    out = np.zeros(len(x), bool)
+    idx = np.flatnonzero(ok)
+    if len(idx) < 2:
+        return out
+    from scipy.spatial import cKDTree
+
+    # Frames far apart along a third axis: a pair is always within one frame.
+    span = 4.0 * DUPLICATE_DISTANCE + float(np.ptp(x[idx]) + np.ptp(y[idx]))
+    pts = np.column_stack([x[idx], y[idx], frame[idx].astype(np.float64) * span])
+    pairs = cKDTree(pts).query_pairs(DUPLICATE_DISTANCE, output_type="ndarray")
+    if len(pairs):
+        i, j = idx[pairs[:, 0]], idx[pairs[:, 1]]
+        fainter = np.where((birth[i] < birth[j]) | ((birth[i] == birth[j]) & (i > j)), i, j)
+        out[fainter] = True
+    return out
 
 
 def _no_nan(table: pd.DataFrame) -> pd.DataFrame:

@@ -945,6 +945,7 @@ def _gallery_sections(run: RunData, showcase: int, image: np.ndarray, gallery_si
             "brightest pixel is not near the patch centre; <i>flat</i> = no contrast; "
             "<i>not_converged</i> = the localizer failed; <i>crowded</i> = a second peak in the "
             "patch pulled a one-peak localizer (centroid, gauss, pvoigt) off; "
+            "<i>duplicate</i> = the same peak found from a second maximum (a streak's other end); "
             "<i>min_score</i>/<i>low_score</i> = too "
             "weak; <i>too_close</i> = a stronger peak nearby. The diamond is the position the "
             "run recorded.", "rejected patches"))

@@ -34,7 +34,7 @@ COLUMNS: dict[str, str] = {
     "sigma_y": "peak width (Gaussian sigma equivalent) along y, pixels",
     "localizer": "method that gave x, y: braggnn, pvoigt, gauss or centroid",
     "ok": "True when the peak passed every filter and the localizer converged",
-    "reason": "why ok is False: edge, mask, flat, off_centre, not_converged, bad_fit, crowded (a second peak in the patch moved a one-peak localizer), out_of_distribution, uncertain (error above --max-error), non_finite; empty when ok",
+    "reason": "why ok is False: edge, mask, flat, off_centre, not_converged, bad_fit, crowded (a second peak in the patch moved a one-peak localizer), out_of_distribution, uncertain (error above --max-error), duplicate (a brighter accepted peak of the frame localized within 1.5 px: one peak detected twice), non_finite; empty when ok",
     "particle": "trajectory id after linking (one particle = one trajectory)",
     "two_theta": "scattering angle 2-theta, degrees",
     "two_theta_err": "1-sigma uncertainty of two_theta, degrees",
