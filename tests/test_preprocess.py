@@ -344,7 +344,14 @@ def _dense_chain(prep: Preprocessor, frame: np.ndarray):
         bad |= ~(np.isfinite(prep.flat) & (prep.flat > 0))
     bad |= ~np.isfinite(full)
     full[bad] = 0
-    stats = robust_sigma(full, bad)
+    # The statistics see the dark-subtracted values before the clip to 0.
+    unclipped = full
+    if prep.dark is not None:
+        unclipped = frame.astype(np.float32) - prep.dark.astype(np.float32)
+        if prep.flat is not None:
+            unclipped = apply_flat(unclipped, prep.flat)
+        unclipped[bad] = 0
+    stats = robust_sigma(unclipped, bad)
     if prep.auto_mask:
         hot = hot_pixels(full, stats=stats, bad=bad, hot_sigma=prep.hot_sigma)
         bad |= hot
@@ -401,6 +408,25 @@ def test_fused_pass_equals_the_dense_chain(seed, dtype, large, sparse, dark, fla
             assert out.intensity_range == float(image.max()) - float(image.min())
     else:
         assert out.above is None
+
+
+def test_a_dark_level_frame_keeps_its_noise_and_only_its_peaks():
+    # Frames at the dark's level (offset 100 +- 3 counts): after subtraction half the
+    # background is below 0. Clipped before the statistics, the frame had looked sparse
+    # (median and MAD 0): threshold ~0.2 counts, and every noise pixel a candidate.
+    rng = np.random.default_rng(7)
+    shape = (256, 256)
+    dark = 100 + rng.normal(0, 1, shape)  # the mean of 10 dark frames
+    peaks = [(60.3, 70.6), (180.8, 40.2), (128.4, 200.9)]
+    signal = sum(3000 * gaussian(shape, x, y, 1.2) for x, y in peaks)
+    frame = np.round(100 + rng.normal(0, 3, shape) + signal).astype(np.uint16)
+    prepared = Preprocessor(dark=dark)(frame)
+    assert 2.7 < prepared.noise < 3.6  # sqrt(3**2 + 1**2) = 3.16
+    assert 10 < prepared.threshold < 25  # 5 sigma above a median of ~0
+    from braggtrack.pipeline import Calibration, find_peaks
+
+    table = find_peaks(frame, calibration=Calibration(dark=dark), localizer="centroid")
+    assert len(table) == 3 and table.ok.all()
 
 
 def test_foreign_byte_order_and_odd_dtypes_give_the_native_result():
