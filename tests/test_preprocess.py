@@ -394,7 +394,7 @@ def test_fused_pass_equals_the_dense_chain(seed, dtype, large, sparse, dark, fla
         dark=rng.uniform(0, 20, (h, w)) if dark else None,
         flat=rng.uniform(0.5, 1.5, (h, w)) if flat else None,
         mask=rng.random((h, w)) < 0.03 if mask else None,
-        threshold=threshold, auto_mask=auto, bin=binning,
+        threshold=threshold, auto_mask=auto, bin=binning, background="global",
     )
     out = prep(frame)
     full, bad, t, image = _dense_chain(prep, frame)
@@ -457,3 +457,81 @@ def test_mask_from_an_eiger_master_is_its_pixel_mask(tmp_path):
         f["/entry/instrument/detector/pixel_mask"] = pixel_mask
     bad = load_mask(path)
     assert bad.sum() == 16 and bad[3].all()
+
+
+# ------------------------------------------------------------------ local background
+
+
+def _ramp_frame(seed=1, size=384, low=10.0, high=1000.0, peaks=()):
+    """Poisson frame on a left-to-right ramp of background (air scatter), with peaks."""
+    rng = np.random.default_rng(seed)
+    ramp = low + (high - low) * np.arange(size)[None, :] / (size - 1) * np.ones((size, 1))
+    lam = ramp + sum(a * gaussian((size, size), x, y, 1.2) for x, y, a in peaks)
+    return rng.poisson(lam).astype(np.uint32), ramp
+
+
+def test_local_background_follows_a_ramp_and_measures_poisson_noise():
+    from braggtrack.preprocess import local_background
+
+    frame, ramp = _ramp_frame()
+    bg = local_background(frame)
+    centres = (np.arange(bg.level.shape[1]) + 0.5) * bg.tile - 0.5
+    expected = 10 + 990 * centres / 383  # the ramp at the tile centres
+    np.testing.assert_allclose(np.median(bg.level, axis=0), expected, rtol=0.03, atol=2)
+    # Poisson: sigma = sqrt(level); the tile's MAD alone would measure the slope (~3x).
+    np.testing.assert_allclose(np.median(bg.noise, axis=0), np.sqrt(expected), rtol=0.25)
+    # threshold_at and threshold_map agree, and `above` is the map compared with the frame
+    from braggtrack.preprocess import Preprocessor
+
+    prepared = Preprocessor(background="local")(frame)
+    tmap = prepared.background.threshold_map(frame.shape)
+    rows, cols = np.divmod(np.arange(0, frame.size, 997), frame.shape[1])
+    np.testing.assert_allclose(prepared.background.threshold_at(rows, cols), tmap[rows, cols],
+                               rtol=1e-5)
+    expected_above = np.flatnonzero((prepared.full > tmap) & ~prepared.mask)
+    np.testing.assert_array_equal(prepared.above, expected_above)
+
+
+def test_peaks_on_a_ramp_are_found_where_one_global_threshold_misses_them():
+    # 36 peaks of local SNR 30 (peak height 30 sqrt(local background)) on a 10 -> 1,000
+    # count ramp: the frame's MAD measures the slope, and its median + 5 sigma lies above
+    # every peak on the dim two thirds of the frame.
+    from braggtrack.pipeline import find_peaks
+
+    grid = [(32.3 + 64 * i, 32.7 + 64 * j) for i in range(6) for j in range(6)]
+    ramp = 10 + 990 * np.array([x for x, _ in grid]) / 383
+    volume = 30 * np.sqrt(ramp) / (gaussian((9, 9), 4, 4, 1.2)[4, 4])  # height -> volume
+    frame, _ = _ramp_frame(peaks=[(x, y, v) for (x, y), v in zip(grid, volume, strict=True)])
+    truth = np.array(grid)
+
+    def recall(table):
+        ok = table[table.ok]
+        if ok.empty:
+            return 0.0, 0
+        d = np.hypot(ok.x.to_numpy()[:, None] - truth[:, 0], ok.y.to_numpy()[:, None] - truth[:, 1])
+        return (d.min(axis=0) < 1.0).mean(), int((d.min(axis=1) > 3).sum())
+
+    found, false = recall(find_peaks(frame, localizer="centroid"))
+    assert found == 1.0 and false == 0
+    found_global, _ = recall(find_peaks(frame, localizer="centroid", background="global"))
+    assert found_global < 0.5
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), level=st.sampled_from([3.0, 50.0, 1000.0]),
+       dtype=st.sampled_from([np.uint16, np.float32]))
+def test_a_flat_frame_keeps_the_global_threshold(seed, level, dtype):
+    # The local estimate must cost nothing and change nothing where the background is flat
+    # (here with up to one peak per ~100 x 100 pixels).
+    rng = np.random.default_rng(seed)
+    shape = tuple(rng.integers(96, 400, 2))
+    lam = np.full(shape, level)
+    for _ in range(rng.integers(0, 1 + shape[0] * shape[1] // 10_000)):
+        lam += rng.uniform(50, 5000) * gaussian(shape, rng.uniform(0, shape[1]),
+                                                rng.uniform(0, shape[0]), rng.uniform(0.5, 2.5))
+    frame = rng.poisson(lam).astype(dtype)
+    auto = Preprocessor()(frame)
+    assert auto.background is None
+    plain = Preprocessor(background="global")(frame)
+    assert auto.threshold == plain.threshold and auto.noise == plain.noise
+    np.testing.assert_array_equal(auto.above, plain.above)

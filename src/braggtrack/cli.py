@@ -80,6 +80,11 @@ TrainDevice = Annotated[str, typer.Option(
     "available, else cpu).")]
 AutoMask = Annotated[bool, typer.Option(
     "--auto-mask/--no-auto-mask", help="Mask saturated and hot pixels automatically.")]
+Background = Annotated[str, typer.Option(
+    "--background", help="auto, local or global: how the automatic threshold and the noise "
+    "of --min-snr follow the background. auto: per 16 x 16 pixel tile where a frame's "
+    "background is not flat (air scatter, a diffuse ring, a beam-stop shadow), else one value "
+    "per frame; local: always per tile; global: always one value per frame.")]
 Dark = Annotated[list[str] | None, typer.Option(
     "--dark", help="Dark frame file; repeat for several (their median is used).")]
 Flat = Annotated[str | None, typer.Option("--flat", help="Flat-field file.")]
@@ -236,6 +241,7 @@ def find(
     model: Model = None,
     device: Device = _D.device,
     auto_mask: AutoMask = _D.auto_mask,
+    background: Background = _D.background,
     dark: Dark = None,
     flat: Flat = None,
     mask: Mask = None,
@@ -366,6 +372,7 @@ def run(
     model: Model = None,
     device: Device = _D.device,
     auto_mask: AutoMask = _D.auto_mask,
+    background: Background = _D.background,
     dark: Dark = None,
     flat: Flat = None,
     mask: Mask = None,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .errors import OptionError
 
 LOCALIZERS = ("braggnn", "pvoigt", "gauss", "centroid")
+BACKGROUNDS = ("auto", "global", "local")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ class FindConfig:
         numba engine, on CUDA the torch engine); the centroid always runs on the CPU.
     auto_mask : bool
         Mask saturated and hot pixels automatically.
+    background : str
+        ``auto`` (default): where a frame's background is not flat (air scatter, a diffuse
+        halo, a beam-stop shadow), the automatic threshold and the noise of ``min_snr`` are
+        taken per 16 x 16 pixel tile instead of once for the frame; ``local``: always;
+        ``global``: never (one median and sigma per frame).
     """
 
     threshold: float | None = None
@@ -79,6 +85,7 @@ class FindConfig:
     model: str | None = None
     device: str = "cpu"
     auto_mask: bool = True
+    background: str = "auto"
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not (self.threshold >= 0):
@@ -109,6 +116,9 @@ class FindConfig:
             raise OptionError(f"--max-error must be > 0 pixels, got {self.max_error}")
         if self.max_peaks < 1:
             raise OptionError(f"--max-peaks must be >= 1, got {self.max_peaks}")
+        if self.background not in BACKGROUNDS:
+            raise OptionError(f"--background must be one of {', '.join(BACKGROUNDS)}, "
+                              f"got {self.background!r}")
         if self.device not in ("cpu", "cuda", "auto") and not str(self.device).startswith("cuda:"):
             raise OptionError(f"--device must be cpu, cuda or auto, got {self.device!r}")
 

@@ -75,6 +75,7 @@ def _preprocessor(config: FindConfig, calibration: Calibration):
         auto_mask=config.auto_mask,
         bin=config.bin,
         threshold=config.threshold,
+        background=config.background,
     )
 
 
@@ -126,15 +127,31 @@ def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _D
     else:
         image = _as_image(prepared.image)
         span = None
-    raw = _persistence_columns(image, prepared.threshold, 8, prepared.above)
+    local = prepared.background
+    # With a local threshold, the image passed holds only pixels above it (binned) or
+    # `above` lists them, so 0 is below every member and marks the components still alive.
+    raw = _persistence_columns(image, prepared.threshold if local is None else 0.0, 8,
+                               prepared.above)
     if span is None and len(raw["y"]):
         span = _intensity_range(image)
+    # Binning sums b*b pixels, so the noise of a binned pixel is b times larger.
+    min_persistence = max(config.min_persistence, config.min_snr * prepared.noise * b)
+    selectable = raw["persistence"]
+    if local is not None and len(raw["y"]):
+        # An isolated peak dies at the threshold where it stands, and must rise min_snr
+        # times the noise there, not the frame's median noise.
+        fy, fx = raw["y"] * b + (b - 1) / 2, raw["x"] * b + (b - 1) / 2
+        alive = raw["death"] == 0.0
+        raw["death"] = np.where(alive, local.threshold_at(fy, fx), raw["death"])
+        raw["persistence"] = raw["birth"] - raw["death"]
+        strong = raw["persistence"] >= config.min_snr * local.noise_at(fy, fx) * b
+        selectable = np.where(strong, raw["persistence"], 0.0)
+        min_persistence = config.min_persistence
     # Edge and mask flags are set below at full resolution: in binned coordinates the
     # bins cropped off a frame that b does not divide would count as outside the frame.
     keep, score, _, _ = _select_rows(
-        raw["persistence"], raw["y"], raw["x"], image.shape, span or 0.0, None,
-        # Binning sums b*b pixels, so the noise of a binned pixel is b times larger.
-        min_persistence=max(config.min_persistence, config.min_snr * prepared.noise * b),
+        selectable, raw["y"], raw["x"], image.shape, span or 0.0, None,
+        min_persistence=min_persistence,
         min_score=config.min_score,
         edge=0,
         min_distance=config.min_distance / b,
