@@ -16,14 +16,19 @@ one-line :class:`~braggtrack.errors.InputFileError` messages that name the file.
 
 Dtypes: frames keep their stored dtype, except ``int8`` and ``float16`` (converted to
 ``float32``, which numba kernels and numpy reductions handle without overflow or
-precision surprises) and ``bool`` (converted to ``uint8``, for masks).  Complex,
-string and structured data are refused.  NaN and inf pixels are returned as stored;
+precision surprises), ``bool`` (converted to ``uint8``, for masks) and HDF5 datasets
+with CF ``scale_factor``/``add_offset`` attributes (``float32`` values, the attributes
+applied).  Complex, string and structured data are refused, and so is a frame of a
+folder series whose dtype the series' dtype (the first file's) cannot hold without
+changing values.  NaN and inf pixels are returned as stored;
 :mod:`braggtrack.preprocess` masks them.
 
 Safety (paths in input files never lead outside what the user named): an HDF5 external
-link, external-storage dataset or virtual dataset is only followed when its target file
-lies inside the directory of the file the user named (or below it); otherwise
-:func:`open_frames` raises :class:`~braggtrack.errors.InputFileError`.
+link, external-storage dataset, virtual dataset or OME-TIFF companion file is only
+followed when its path, as stored and normalised (``..`` climbing out counts, symlinks
+do not: a symlink in the folder is the user's doing), lies inside the directory of the
+file the user named (or below it); otherwise :func:`open_frames` raises
+:class:`~braggtrack.errors.InputFileError`.
 
 Data that was never written: HDF5 returns its fill value (zeros) without an error for a
 virtual dataset's missing source file, for the part of an external raw file beyond its
@@ -57,6 +62,7 @@ __all__ = [
     "as_series",
     "load_image",
     "load_mask_file",
+    "load_flat_file",
     "file_checksum",
     "HDF5_SUFFIXES",
     "TIFF_SUFFIXES",
@@ -158,10 +164,25 @@ def _read_magic(path: Path, n: int = 8) -> bytes:
         raise InputFileError(path, f"cannot be read ({_first_line(exc)})") from None
 
 
+def _lexical_root(path: Path) -> Path:
+    """The folder of ``path`` as named (absolute, normalised, symlinks kept)."""
+    return Path(os.path.normpath(os.path.abspath(path))).parent
+
+
 def _inside(target: Path, root: Path) -> bool:
+    """Whether ``target`` names a path inside folder ``root``, compared as written.
+
+    Lexically (``..`` resolved against the names, symlinks not followed): a path stored
+    in a file may not climb out of the folder the user named (``../x.h5``, ``/abs/x.h5``),
+    but a symlink that the user placed in that folder is the user's choice, as it is
+    for a folder of symlinked TIFF files.  HDF5 itself opens relative link targets
+    against the name the file was opened by, not its resolved path.
+    """
     try:
-        target.resolve().relative_to(root.resolve())
-    except (ValueError, OSError, RuntimeError):
+        Path(os.path.normpath(os.path.abspath(target))).relative_to(
+            os.path.normpath(os.path.abspath(root))
+        )
+    except (ValueError, OSError):
         return False
     return True
 
@@ -420,15 +441,20 @@ class _TiffBackend(_Backend):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._handle = None
-        self._mode = "series"  # "series": tifffile series 0; "pages": every page; "contiguous"
+        # "series": tifffile series 0; "pages": every page; "contiguous"; "multifile": the
+        # pages of a multi-file OME-TIFF series, each read from its own file
+        self._mode = "series"
         self._offset = 0
+        self._companions: list[Path] = []
+        self._planes: list[tuple[int, int]] = []  # multi-file OME-TIFF: (file, page)
+        self._extra: dict[int, Any] = {}  # open companion files
         tif = self._open()
         try:
             self._inspect(tif)
         except InputFileError:
             self.close()
             raise
-        self.files = [path]
+        self.files = [path, *self._companions]
         self.meta = {}
 
     def _inspect(self, tif) -> None:
@@ -465,8 +491,17 @@ class _TiffBackend(_Backend):
                 pass
         if len(all_series) == 1:
             series = all_series[0]
+            self._check_axes(series)
             n = frames_of(series)
-            if n > n_pages:
+            spread = self._companion_files(tif, series)
+            if spread:
+                # A multi-file OME-TIFF: the series' pages lie in this and other files;
+                # each frame is read from its file's page (tifffile's series reads pages
+                # of closed companion files, warning each time).
+                self._mode = "multifile"
+                n = len(self._planes)
+                self._companions = spread
+            elif n > n_pages:
                 # One header for the whole stack: the frames lie one after the other.
                 offset = series.dataoffset
                 frame_bytes = h * w * dtype.itemsize
@@ -493,7 +528,104 @@ class _TiffBackend(_Backend):
             raise InputFileError(path, broken)
         self.n, self.shape, self.stored_dtype = n, (h, w), dtype
         self._file_dtype = dtype.newbyteorder(tif.byteorder)
-        self.source = f"TIFF {path} ({self.n} x {h} x {w} {dtype})"
+        spread = f", {len(self._companions) + 1} files" if self._companions else ""
+        self.source = f"TIFF {path} ({self.n} x {h} x {w} {dtype}{spread})"
+
+    def _check_axes(self, series) -> None:
+        """Refuse a hyperstack: a series with more than one axis besides the frame's two.
+
+        An ImageJ or OME hyperstack (axes ``TCYX``, ``TZCYX``, ...) stores its planes
+        interleaved (frame 0 channel 0, frame 0 channel 1, ...); read plane by plane, the
+        channels would become frames of the series.  Axes of length 1 do not count, and
+        one extra axis of any name (``TYX``, ``ZYX``, ``IYX``, ``QYX``) is the frame axis.
+        """
+        axes = str(getattr(series, "axes", "") or "")
+        shape = tuple(int(v) for v in series.shape)
+        if len(axes) != len(shape):
+            return
+        extra = [(a, v) for a, v in zip(axes, shape, strict=True) if a not in "YXS" and v > 1]
+        if len(extra) <= 1:
+            return
+        names = {"T": "time", "C": "channel", "Z": "depth", "I": "image", "Q": "unknown",
+                 "R": "tile", "H": "lifetime", "E": "lambda", "A": "angle", "P": "phase"}
+        listed = ", ".join(f"{a} ({names.get(a, 'other')}, {v})" for a, v in extra)
+        n = int(np.prod([v for _, v in extra]))
+        raise InputFileError(
+            self.path,
+            f"TIFF hyperstack with axes {axes} ({' x '.join(str(v) for v in shape)}): "
+            f"{len(extra)} axes besides the frame's ({listed}) would be read interleaved "
+            f"as {n} frames; save a stack with one axis besides Y and X (e.g. one channel)",
+        )
+
+    def _companion_files(self, tif, series) -> list[Path]:
+        """Other files holding pages of ``series`` (a multi-file OME-TIFF), in page order.
+
+        tifffile fills the pages of a missing companion file with zeros (and only logs),
+        so a missing file is named and refused; so is one outside this file's folder.
+        """
+        try:
+            xml = (tif.ome_metadata or "") if tif.is_ome else ""
+        except Exception:  # noqa: BLE001 - unreadable OME metadata: read as one file
+            xml = ""
+        named = sorted(set(re.findall(r'FileName="([^"]+)"', xml)))
+        if not [f for f in named if f != self.path.name]:
+            return []  # one file (listing each page of a large stack is not free)
+        pages = list(series.pages)
+        own = os.path.normcase(os.path.abspath(self.path))
+        files: list[Path] = []
+        planes: list[tuple[int, int]] = []
+        missing = 0
+        for page in pages:
+            if page is None:
+                missing += 1
+                continue
+            try:
+                f, index = Path(page.parent.filehandle.path), int(page.index)
+            except (AttributeError, TypeError, ValueError):
+                return []
+            if os.path.normcase(os.path.abspath(f)) == own:
+                planes.append((0, index))
+                continue
+            if f not in files:
+                files.append(f)
+            planes.append((files.index(f) + 1, index))
+        if not files and not missing:
+            return []
+        if missing:
+            absent = [f for f in named if not (self.path.parent / f).is_file()]
+            which = f"companion file {', '.join(absent)} missing" if absent else "planes missing"
+            raise InputFileError(
+                self.path,
+                f"multi-file OME-TIFF: {which}; {missing} of its {len(pages)} planes "
+                "cannot be read",
+            )
+        root = _lexical_root(self.path)
+        for f in files:
+            if not _inside(f, root):
+                raise InputFileError(
+                    self.path, f"OME-TIFF companion file {f} lies outside {root}; refused"
+                )
+        self._planes = planes
+        return files
+
+    def _file_handle(self, k: int):
+        """TiffFile of this file (``k`` 0) or of companion file ``k`` of a multi-file
+        OME-TIFF (opened on first use, without parsing its own series)."""
+        if k == 0:
+            return self._open()
+        import tifffile
+
+        handle = self._extra.get(k)
+        if handle is None:
+            f = self._companions[k - 1]
+            try:
+                handle = tifffile.TiffFile(f)
+            except Exception as exc:
+                raise InputFileError(f, f"not a readable TIFF file ({_first_line(exc)})") from None
+            handle.pages.cache = False
+            handle.pages.useframes = False
+            self._extra[k] = handle
+        return handle
 
     def _check_pages(self, tif, n_pages: int) -> None:
         """Every page must be a frame like page 0 (headers only: no data is read)."""
@@ -537,6 +669,12 @@ class _TiffBackend(_Backend):
             tif = self._open()
             if self._mode == "pages":
                 arr = tif.pages[i].asarray()
+            elif self._mode == "multifile":
+                k, index = self._planes[i]
+                handle = self._file_handle(k)
+                if k == 0:
+                    handle.pages.useframes = False
+                arr = handle.pages[index].asarray()
             elif self._mode == "contiguous":
                 h, w = self.shape
                 frame_bytes = h * w * self._file_dtype.itemsize
@@ -560,6 +698,14 @@ class _TiffBackend(_Backend):
         if self._handle is not None:
             self._handle.close()
         self._handle = None
+        for handle in self._extra.values():
+            handle.close()
+        self._extra = {}
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_extra"] = {}
+        return state
 
 
 _FABIO_DIM_KEYS = (
@@ -662,6 +808,11 @@ def _fabio_open(path: Path):
         img = _safe_cbf_image().read(str(path)) if cbf else fabio.open(str(path))
         data = None if img is None else getattr(img, "data", None)
     except Exception as exc:  # fabio raises many types (and MemoryError) on damaged files
+        if "GE file size is incorrect" in str(exc):
+            # fabio's check of a GE file with a blanked header: not header + whole frames
+            raise InputFileError(
+                path, "GE file is not a header plus whole 2048 x 2048 frames (truncated file?)"
+            ) from None
         raise InputFileError(path, f"not a readable detector image ({_first_line(exc)})") from None
     if data is None:
         raise InputFileError(path, "not a readable detector image (no data)")
@@ -703,13 +854,74 @@ def _edf_incomplete(img, i: int, path: Path) -> str | None:
     return None
 
 
+def _raw_layout(img) -> tuple[int, np.dtype, int, int | None] | None:
+    """Where the frames of a fixed-frame raw file lie, or None for other formats.
+
+    (offset of frame 0, dtype as stored, number of frames the header declares, end of
+    the frame data or None for the end of the file).  GE and SPE files are a header
+    followed by frames of one size; fabio takes the frame count from the header alone
+    (SPE: not at all, one frame is read), so frames the header does not count, or
+    counts but the file lacks, would go unnoticed.
+    """
+    from fabio.GEimage import GeImage
+    from fabio.speimage import SpeImage
+
+    header = img.header
+    try:
+        if isinstance(img, GeImage):
+            depth = int(header["ImageDepthInBits"])
+            dtype = np.dtype(GeImage.BITDEPTH_TO_DATATYPES[depth]).newbyteorder("<")
+            offset = int(header["StandardHeaderSizeInBytes"]) + int(header["UserHeaderSizeInBytes"])
+            return offset, dtype, int(header["NumberOfFrames"]), None
+        if isinstance(img, SpeImage):
+            dtype = np.dtype(SpeImage.DATA_TYPES[int(header["data_type"])]).newbyteorder("<")
+            xml = int(getattr(img, "xml_offset", 0) or 0)  # SPE 3: an XML footer follows
+            return 4100, dtype, int(header["num_frames"]), xml or None
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
+
+
+def _ge_header_only(path: Path):
+    """A fabio GeImage of a GE file whose header declares 0 frames, or None.
+
+    fabio refuses to read such a file ("Bad image number"); its frames are read at their
+    offsets instead (:class:`_FabioBackend`), so only the header is needed.  ``data`` is
+    a zero frame giving the frame shape and dtype.
+    """
+    from fabio.GEimage import GeImage
+
+    img = GeImage()
+    try:
+        with open(path, "rb") as fh:
+            img._readheader(fh)
+        header = img.header
+        if int(header["NumberOfFrames"]) != 0:
+            return None
+        dtype = GeImage.BITDEPTH_TO_DATATYPES[int(header["ImageDepthInBits"])]
+        rows, cols = int(header["NumberOfRowsInFrame"]), int(header["NumberOfColsInFrame"])
+        if rows * cols > MAX_FRAME_PIXELS:
+            return None
+    except Exception:  # noqa: BLE001 - not a GE file: fabio's error stands
+        return None
+    img.data = np.zeros((rows, cols), dtype)
+    return img
+
+
 class _FabioBackend(_Backend):
-    """GE, EDF, CBF, MarCCD, ... through fabio; multi-frame files via fabio's getframe."""
+    """GE, EDF, CBF, MarCCD, ... through fabio; multi-frame files via fabio's getframe,
+    GE and SPE frames at their offsets (see :func:`_raw_layout`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._handle = None
-        img = self._open()
+        self._raw: tuple[int, np.dtype] | None = None
+        try:
+            img = self._open()
+        except InputFileError:
+            img = _ge_header_only(path)
+            if img is None:
+                raise
         try:
             n = int(getattr(img, "nframes", 1) or 1)
             data = np.asarray(img.data)
@@ -717,11 +929,63 @@ class _FabioBackend(_Backend):
             raise InputFileError(path, f"not a readable detector image ({_first_line(exc)})") from None
         _output_dtype(data.dtype, path)
         h, w = _check_frame_shape(data.shape, path)
+        layout = _raw_layout(img)
+        if layout is not None:
+            n = self._raw_frames(layout, (h, w))
+            data = data.astype(layout[1].newbyteorder("="), copy=False)
         self.n, self.shape, self.stored_dtype = n, (h, w), data.dtype
         self.format = type(img).__name__
         self.source = f"{self.format} (fabio) {path} ({n} x {h} x {w} {data.dtype})"
         self.files = [path]
         self.meta = {}
+
+    def _raw_frames(self, layout: tuple[int, np.dtype, int, int | None],
+                    shape: tuple[int, int]) -> int:
+        """Frame count of a raw file: the header's, checked against the file's size."""
+        offset, dtype, declared, end = layout
+        frame_bytes = shape[0] * shape[1] * dtype.itemsize
+        try:
+            size = self.path.stat().st_size
+        except OSError as exc:
+            raise InputFileError(self.path, f"cannot be read ({_first_line(exc)})") from None
+        end = size if end is None else min(end, size)
+        held = max(end - offset, 0) // frame_bytes
+        what = f"{shape[0]} x {shape[1]} {dtype.newbyteorder('=')}"
+        if declared > held:
+            raise InputFileError(
+                self.path,
+                f"truncated: the header declares {declared} frames of {what} but the file "
+                f"({size} bytes) holds data for {held}",
+            )
+        n = declared
+        if declared <= 0:
+            if held == 0:
+                raise InputFileError(self.path, "holds no frames (header: 0 frames, no data)")
+            n = held
+            _log.warning(
+                "%s: the header declares %d frames; reading the %d frames of %s that the "
+                "file size implies", self.path, declared, held, what,
+            )
+        elif held > declared:
+            _log.warning(
+                "%s: the file holds data for %d frames of %s but its header declares %d; "
+                "reading %d", self.path, held, what, declared, declared,
+            )
+        self._raw = (offset, dtype)
+        return n
+
+    def _read_raw(self, i: int) -> np.ndarray:
+        offset, dtype = self._raw
+        h, w = self.shape
+        frame_bytes = h * w * dtype.itemsize
+        with open(self.path, "rb") as fh:
+            fh.seek(offset + i * frame_bytes)
+            buf = fh.read(frame_bytes)
+        if len(buf) < frame_bytes:
+            raise FrameReadError(
+                self.path, i, f"{len(buf)} of {frame_bytes} bytes in the file (truncated?)"
+            )
+        return np.frombuffer(buf, dtype).reshape(h, w).astype(dtype.newbyteorder("="))
 
     def _open(self):
         if self._handle is None:
@@ -729,6 +993,11 @@ class _FabioBackend(_Backend):
         return self._handle
 
     def read(self, i: int) -> np.ndarray:
+        if self._raw is not None:
+            try:
+                return self._read_raw(i)
+            except OSError as exc:
+                raise FrameReadError(self.path, i, _first_line(exc)) from None
         try:
             img = self._open()
             if i == 0 or self.n == 1:
@@ -814,16 +1083,18 @@ class _FilesBackend(_Backend):
         self._check_tiff_shapes()
 
     def _check_tiff_shapes(self) -> None:
-        """Frames of different shapes in one folder are an error of the series, not of one
-        frame: TIFF headers are cheap to read, so check them all before any work starts."""
+        """Frames of different shapes, or of a dtype the series' dtype cannot hold, in one
+        folder are an error of the series, not of one frame: TIFF headers are cheap to
+        read, so check them all before any work starts."""
         import tifffile
 
         for k, f in enumerate(self.files):
-            if k == self._ref or f.suffix.lower() not in (".tif", ".tiff"):
+            if k == self._ref or f.suffix.lower() not in TIFF_SUFFIXES:
                 continue
             try:
                 with tifffile.TiffFile(f) as tif:
                     shape = tuple(tif.pages[0].shape)
+                    dtype = np.dtype(tif.pages[0].dtype)
             except Exception:  # noqa: BLE001 - an unreadable file is skipped later, per frame
                 continue
             if shape[:2] != self.shape and len(shape) == 2:
@@ -832,6 +1103,26 @@ class _FilesBackend(_Backend):
                     f"{self.shape[0]} x {self.shape[1]} ({self._ref_described()}); "
                     "frames of one series must have one shape"
                 )
+            problem = self._dtype_problem(dtype)
+            if problem:
+                raise InputFileError(f, f"{problem}; frames of one series must fit one dtype")
+
+    def _dtype_problem(self, dtype: np.dtype) -> str | None:
+        """Why a frame of ``dtype`` cannot join this series, or None.
+
+        Frames are returned in the series' dtype (that of the first file); casting an
+        int32 frame with counts above 65535, or a float frame with negative values, to a
+        uint16 series would wrap them into wrong numbers without any error.  A cast that
+        keeps every value (a uint8 file in a uint16 series) is fine.
+        """
+        dtype = np.dtype(dtype)
+        out = _output_dtype(self.stored_dtype, self.path)
+        if dtype == self.stored_dtype or np.can_cast(dtype, out, "safe"):
+            return None
+        return (
+            f"dtype {dtype} differs from the series' {out} ({self._ref_described()}) and "
+            "cannot be converted without changing values"
+        )
 
     def _ref_described(self) -> str:
         """The file the series' shape was taken from, for error messages."""
@@ -852,6 +1143,9 @@ class _FilesBackend(_Backend):
                 f"{self.shape[0]} x {self.shape[1]} ({self._ref_described()})"
                 if arr.ndim == 2 else f"shape {arr.shape} differs from {self.shape}",
             )
+        problem = self._dtype_problem(arr.dtype)
+        if problem:
+            raise FrameReadError(path, i, problem)
         return arr
 
 
@@ -861,6 +1155,77 @@ class _FilesBackend(_Backend):
 def _h5_describe(item) -> str:
     name, ds = item
     return f"{name} ({' x '.join(str(s) for s in ds.shape)} {ds.dtype})"
+
+
+def _h5_text_attr(obj, key: str) -> str | None:
+    """A string attribute, or None: h5py returns str, bytes (fixed-length strings) or a
+    one-element array of either, depending on how the writer stored it."""
+    try:
+        value = obj.attrs.get(key)
+    except Exception:  # noqa: BLE001 - an unreadable attribute designates nothing
+        return None
+    if isinstance(value, np.ndarray):
+        if value.size != 1:
+            return None
+        value = value.ravel()[0]
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _is_stack(shape: tuple[int, ...]) -> bool:
+    """Whether a dataset of ``shape`` is a non-empty stack of frames (3-D, or padded)."""
+    layout = _frame_layout(shape)
+    return len(shape) >= 3 and layout is not None and len(layout[0]) == 3 and min(layout[0]) > 0
+
+
+def _frame_layout(shape: tuple[int, ...]) -> tuple[tuple[int, ...], int] | None:
+    """How a dataset of ``shape`` holds frames, or None when it does not.
+
+    Returns the shape as read, ``(H, W)`` or ``(N, H, W)``, and the position of the
+    frame axis among the axes before the frame's two.  A stack padded with singleton
+    axes, ``(N, 1, H, W)`` or ``(1, N, H, W)`` as some writers store one detector or one
+    scan point, is N frames: read as stored it would be refused, and the search would
+    then take some other (smaller) 3-D dataset of the file instead.
+    """
+    shape = tuple(int(v) for v in shape)
+    if len(shape) < 2:
+        return None
+    if len(shape) <= 3:
+        return shape, 0
+    lead = shape[:-2]
+    long_axes = [a for a, v in enumerate(lead) if v != 1]
+    if len(long_axes) > 1:
+        return None
+    axis = long_axes[0] if long_axes else 0
+    return (lead[axis], *shape[-2:]), axis
+
+
+def _cf_scaling(ds, where: object, name: str) -> tuple[float, float] | None:
+    """(scale_factor, add_offset) of a dataset that has them (CF convention), or None.
+
+    Packed data (integers that stand for value * scale_factor + add_offset) read as
+    stored would be counts off by the scale factor without any error.
+    """
+    attrs = {}
+    for key in ("scale_factor", "add_offset"):
+        try:
+            if key not in ds.attrs:
+                continue
+            value = np.asarray(ds.attrs[key])
+        except Exception:  # noqa: BLE001 - an unreadable attribute is refused below
+            value = np.asarray(None)
+        if value.size != 1 or value.dtype.kind not in "iuf" or not np.isfinite(value).all():
+            raise InputFileError(
+                where, f"dataset {name}: attribute {key} is not one finite number ({value!r})"
+            )
+        attrs[key] = float(value.ravel()[0])
+    if not attrs:
+        return None
+    return attrs.get("scale_factor", 1.0), attrs.get("add_offset", 0.0)
 
 
 class _H5Backend(_Backend):
@@ -874,7 +1239,7 @@ class _H5Backend(_Backend):
         import h5py
 
         self.path = path
-        self._root = path.resolve().parent
+        self._root = _lexical_root(path)
         self._handle = None
         self._ds = None
         self.meta = {}
@@ -899,9 +1264,9 @@ class _H5Backend(_Backend):
                         raise InputFileError(path, f"{what} is a group, not a dataset")
             else:
                 ds = None
-                for name in _NEXUS_PATHS:
-                    ds = self._get_dataset(f, name)
-                    if isinstance(ds, h5py.Dataset) and ds.ndim in (2, 3):
+                for name in (self._nexus_signal(f), *_NEXUS_PATHS):
+                    ds = self._get_dataset(f, name) if name else None
+                    if isinstance(ds, h5py.Dataset) and _frame_layout(ds.shape) is not None:
                         break
                     ds = None
                 if ds is None:
@@ -912,7 +1277,7 @@ class _H5Backend(_Backend):
                         parts = self._eiger_parts(group, name)
                 if ds is None and parts is None:
                     found, refused = self._walk(f)
-                    cube = [(n, d) for n, d in found if d.ndim == 3 and min(d.shape) > 0]
+                    cube = [(n, d) for n, d in found if _is_stack(d.shape)]
                     if not cube:
                         listing = ", ".join(_h5_describe(d) for d in found[:10])
                         extra = f"; refused: {'; '.join(refused[:3])}" if refused else ""
@@ -922,6 +1287,8 @@ class _H5Backend(_Backend):
                             f"{listing or 'none'}{extra}; name one with --dataset (API: dataset=)",
                         )
                     name, ds = max(cube, key=lambda item: int(np.prod(item[1].shape, dtype=np.int64)))
+                    if len(cube) > 1:
+                        self._warn_chosen(name, ds, [n for n, _ in cube if n != name])
                 what = f"dataset {name}"
             if parts is None:
                 if not isinstance(ds, h5py.Dataset):
@@ -929,11 +1296,17 @@ class _H5Backend(_Backend):
                 self._check_storage(ds, name)
                 self._check_filters(ds, name)
                 _output_dtype(ds.dtype, path)
-                self.n, h, w = _stack_shape(ds.shape, path, what)
-                self._warn_frames_last(ds, name)
+                layout = _frame_layout(ds.shape)
+                shape, axis = layout if layout is not None else (tuple(ds.shape), 0)
+                self.n, h, w = _stack_shape(shape, path, what)
+                self._warn_frames_last(shape, name)
                 parts = [(name, ds)]
                 self._starts = [0]
-                described = ""
+                # (axes before the frame's two, which of them counts frames) per part
+                self._leads = [(ds.ndim - 2, axis)]
+                described = (
+                    f", stored as {' x '.join(str(v) for v in ds.shape)}" if ds.ndim > 3 else ""
+                )
             else:
                 ds = parts[0][1]
                 h, w = (int(v) for v in ds.shape[1:])
@@ -943,6 +1316,7 @@ class _H5Backend(_Backend):
                 self.n = self._starts.pop()
                 if self.n == 0:
                     raise InputFileError(path, f"the Eiger data stacks of {name} hold no frames")
+                self._leads = [(1, 0)] * len(parts)
                 described = f", Eiger series of {len(parts)} data stacks"
             self._parts = [n for n, _ in parts]
             for _, d in parts:
@@ -954,8 +1328,14 @@ class _H5Backend(_Backend):
                 if target not in self.files and target != path.absolute():
                     self.files.append(target)
             self.shape, self.stored_dtype = (h, w), np.dtype(ds.dtype)
+            self._scales = [_cf_scaling(d, path, n) for n, d in parts]
+            if any(self._scales):
+                # Packed values: frames are value * scale_factor + add_offset, as floats.
+                self.stored_dtype = np.dtype(np.float32)
+                sf, off = next(v for v in self._scales if v)
+                described += f", scale_factor {sf:g} and add_offset {off:g} applied"
             self.name = name
-            self.ndim = 3 if len(parts) > 1 else ds.ndim
+            self.ndim = 3 if len(parts) > 1 else (2 if ds.ndim == 2 else 3)
             comp = ds.compression if ds.compression in ("gzip", "lzf", "szip") else ""
             if not comp:
                 try:
@@ -982,11 +1362,51 @@ class _H5Backend(_Backend):
         (``_open``, ``_walk``, ``close``) without looking for a frame stack."""
         backend = cls.__new__(cls)
         backend.path, backend._root, backend._handle, backend._ds = (
-            path, path.resolve().parent, None, None)
+            path, _lexical_root(path), None, None)
         backend._data_files, backend._chunk_grids = [], {}
         return backend
 
-    def _warn_frames_last(self, ds, name: str) -> None:
+    def _warn_chosen(self, name: str, ds, others: list[str]) -> None:
+        """Say which of several frame stacks was taken when nothing designates one.
+
+        Files holding one stack per scan (ESRF Bliss: ``/1.1/...``, ``/2.1/...``) have no
+        right answer a reader can guess; the largest is taken, and the user told.
+        """
+        shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
+        _log.warning(
+            "%s: %d frame stacks and no NeXus default; using the largest, %s, not %s; "
+            "pass --dataset (API: dataset=) to choose",
+            self.path, len(others) + 1, _h5_describe((name, ds)), shown,
+        )
+
+    def _nexus_signal(self, f) -> str | None:
+        """The dataset the NeXus defaults designate: root ``@default`` (or the file's one
+        NXentry) -> NXentry ``@default`` -> NXdata ``@signal``; None when they do not."""
+        import h5py
+
+        path, group = "", f
+        for _ in range(4):  # root -> entry -> (subentry) -> data
+            signal = _h5_text_attr(group, "signal") if path else None
+            if signal:
+                return f"{path}/{signal.strip('/')}"
+            child = _h5_text_attr(group, "default")
+            if child is None and not path:
+                entries = []
+                for key in f:
+                    link = f.get(key, getlink=True)
+                    if isinstance(link, h5py.HardLink) and isinstance(f.get(key), h5py.Group) \
+                            and _h5_text_attr(f[key], "NX_class") == "NXentry":
+                        entries.append(key)
+                child = entries[0] if len(entries) == 1 else None
+            if child is None or ".." in child.split("/"):
+                return None
+            path = f"{path}/{child.strip('/')}"
+            group = self._get_dataset(f, path)
+            if not isinstance(group, h5py.Group):
+                return None
+        return None
+
+    def _warn_frames_last(self, shape: tuple[int, ...], name: str) -> None:
         """Warn when a stack looks stored frames-last, (H, W, N), not frames-first.
 
         A square frame size on the first two axes and a much shorter last axis is how a
@@ -994,9 +1414,9 @@ class _H5Backend(_Backend):
         becomes H frames of W x N, on which peak finding runs without an error.  The
         file is read as stored: only the user knows which layout it has.
         """
-        if ds.ndim != 3:
+        if len(shape) != 3:
             return
-        a, b, c = (int(s) for s in ds.shape)
+        a, b, c = (int(s) for s in shape)
         if a == b and 4 * c <= a:
             _log.warning(
                 "%s: dataset %s is %d x %d x %d and is read as %d frames of %d x %d; if it "
@@ -1399,7 +1819,8 @@ class _H5Backend(_Backend):
                         ds.id.chunk_iter(lambda info: written.add(tuple(info.chunk_offset)))
                     except Exception:  # noqa: BLE001 - older HDF5: look each chunk up instead
                         written = set()
-                    grid = (int(chunks[0]) if ds.ndim == 3 else None, tiles, written)
+                    nlead, axis = self._leads[k]
+                    grid = (int(chunks[axis]) if nlead else None, tiles, written)
         except Exception:  # noqa: BLE001 - chunk introspection is advisory, reading is not
             grid = None
         self._chunk_grids[k] = grid
@@ -1416,7 +1837,7 @@ class _H5Backend(_Backend):
         if grid is None:
             return None
         per_chunk, tiles, written = grid
-        first = () if per_chunk is None else (j - j % per_chunk,)
+        first = () if per_chunk is None else self._key(k, j - j % per_chunk)
         missing = 0
         try:
             for yx in tiles:
@@ -1439,6 +1860,24 @@ class _H5Backend(_Backend):
             "fill value there)"
         )
 
+    def _key(self, k: int, j: int | slice) -> tuple:
+        """The index of frame(s) ``j`` of part ``k`` on the axes before the frame's two
+        (0 on singleton axes of a padded stack, ``()`` for a 2-D dataset)."""
+        nlead, axis = self._leads[k]
+        return tuple(j if a == axis else 0 for a in range(nlead))
+
+    def _scaled(self, k: int, arr: np.ndarray) -> np.ndarray:
+        """Frames of part ``k`` as values: ``scale_factor`` and ``add_offset`` applied
+        (as float32 for every part, when any part of the series has them)."""
+        if not any(self._scales):
+            return arr
+        out = arr.astype(np.float32)
+        scale = self._scales[k]
+        if scale is not None:
+            out *= np.float32(scale[0])
+            out += np.float32(scale[1])
+        return out
+
     def written(self, i: int) -> bool:
         try:
             k, j = self._part(i)
@@ -1451,14 +1890,14 @@ class _H5Backend(_Backend):
             k, j = self._part(i)
             ds = self._dataset(k)
             unwritten = self._unwritten(k, ds, j)
-            arr = None if unwritten else (ds[()] if self.ndim == 2 else ds[j])
+            arr = None if unwritten else ds[self._key(k, j)]
         except InputFileError as exc:
             raise FrameReadError(self.path, i, exc.problem) from None
         except Exception as exc:
             raise FrameReadError(self.path, i, _first_line(exc)) from None
         if unwritten:
             raise FrameReadError(self.path, i, unwritten)
-        return np.asarray(arr)
+        return self._scaled(k, np.asarray(arr))
 
     def read_range(self, start: int, stop: int) -> np.ndarray | None:
         if self.ndim == 2:
@@ -1475,7 +1914,7 @@ class _H5Backend(_Backend):
                     self._unwritten(k, ds, jj) for jj in range(j, j + take)
                 ):
                     return None  # frame by frame names each frame that was never written
-                blocks.append(np.asarray(ds[j:j + take]))
+                blocks.append(self._scaled(k, np.asarray(ds[self._key(k, slice(j, j + take))])))
                 i += take
             return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
         except Exception:
@@ -1533,6 +1972,10 @@ class FrameSeries(Sequence):
         included.
     meta : dict
         Per-series metadata found in the file (e.g. ``omega`` of a frame cache).
+    dataset : str or None
+        The HDF5 dataset the frames are read from (``/entry/data`` for an Eiger master's
+        ``data_NNNNNN`` stacks) or the ``.npz`` key, whether named or found: passing it as
+        ``open_frames(path, dataset=...)`` reads the same frames.  None for other formats.
 
     Examples
     --------
@@ -1582,6 +2025,15 @@ class FrameSeries(Sequence):
     def meta(self) -> dict:
         return self._backend.meta
 
+    @property
+    def dataset(self) -> str | None:
+        backend = self._backend
+        if isinstance(backend, _H5Backend):
+            return backend.name
+        if isinstance(backend, _FrameCacheBackend) and backend.kind == "array":
+            return backend.key
+        return None
+
     def __repr__(self) -> str:
         return f"FrameSeries({self.source})"
 
@@ -1591,6 +2043,12 @@ class FrameSeries(Sequence):
         if arr.dtype != self.dtype:
             arr = arr.astype(self.dtype)
         return arr
+
+    def _castable(self, dtype: np.dtype) -> bool:
+        """Whether frames of ``dtype`` convert to :attr:`dtype` as documented: from the
+        stored dtype (int8, float16, bool, ...) or without changing any value.  Any other
+        cast (a frame of another dtype than the rest of its series) could wrap values."""
+        return dtype == self._backend.stored_dtype or np.can_cast(dtype, self.dtype, "safe")
 
     def _index(self, i: Any) -> int:
         try:
@@ -1610,6 +2068,12 @@ class FrameSeries(Sequence):
         arr = self._backend.read(i)
         if arr.shape != self.shape:
             raise FrameReadError(self.path or "<array>", i, f"frame shape {arr.shape} differs from {self.shape}")
+        if not self._castable(arr.dtype):
+            raise FrameReadError(
+                self.path or "<array>", i,
+                f"dtype {arr.dtype} differs from the series' {self.dtype} and cannot be "
+                "converted without changing values",
+            )
         return self._convert(arr)
 
     def __getitem__(self, key):
@@ -1617,7 +2081,10 @@ class FrameSeries(Sequence):
             start, stop, step = key.indices(len(self))
             if step == 1 and stop > start:
                 block = self._backend.read_range(start, stop)
-                if block is not None and block.shape[1:] == self.shape:
+                if (
+                    block is not None and block.shape[1:] == self.shape
+                    and self._castable(block.dtype)
+                ):
                     return self._convert(block)
             indices = list(range(start, stop, step))
         elif isinstance(key, (list, tuple, np.ndarray)):
@@ -1725,17 +2192,41 @@ def _hdf5_signature_later(path: Path) -> bool:
     return False
 
 
+#: Suffixes of compressed files that fabio decompresses itself (``img_0001.edf.gz``).
+COMPRESSION_SUFFIXES = (".gz", ".bz2")
+
+
+def _frame_format(path: Path) -> str | None:
+    """The frame format of a folder's file, as a suffix, or None for other files.
+
+    ``.tif`` and ``.tiff`` are one format (a folder may hold both, as cameras and tools
+    name them differently); ``name.edf.gz`` is a compressed EDF file, which fabio reads
+    (tifffile and numpy do not read compressed files), a format of its own: the same
+    frames compressed and uncompressed beside each other would be read twice.
+    """
+    suffixes = [s.lower() for s in path.suffixes]
+    if not suffixes:
+        return None
+    if suffixes[-1] in COMPRESSION_SUFFIXES and len(suffixes) > 1:
+        inner = suffixes[-2]
+        return inner + suffixes[-1] if inner in FABIO_SUFFIXES else None
+    if suffixes[-1] in TIFF_SUFFIXES:
+        return ".tif"
+    return suffixes[-1] if suffixes[-1] in FOLDER_SUFFIXES else None
+
+
 def _files_in_folder(folder: Path) -> list[Path]:
     try:
         entries = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
     except OSError as exc:
         raise InputFileError(folder, f"folder cannot be listed ({_first_line(exc)})") from None
-    frames = [p for p in entries if p.suffix.lower() in FOLDER_SUFFIXES]
+    frames = [p for p in entries if _frame_format(p) is not None]
     if not frames:
         raise InputFileError(folder, "folder holds no frame files (.tif, .edf, .cbf, ...)")
     kinds: dict[str, int] = {}
     for p in frames:
-        kinds[p.suffix.lower()] = kinds.get(p.suffix.lower(), 0) + 1
+        kind = _frame_format(p)
+        kinds[kind] = kinds.get(kind, 0) + 1
     if len(kinds) > 1:
         listing = ", ".join(f"{v} {k}" for k, v in sorted(kinds.items()))
         raise InputFileError(folder, f"folder mixes frame formats ({listing}); name a glob pattern")
@@ -1769,9 +2260,13 @@ def open_frames(
     ----------
     path : str, path-like, ndarray, FrameSeries or list of paths
         - HDF5/NeXus file (``.h5``, ``.hdf5``, ``.nxs``, ...): the frame stack is
-          ``dataset`` if given, else ``/entry/data/data``, else
+          ``dataset`` if given, else the NeXus default (root ``@default`` -> NXentry
+          ``@default`` -> NXdata ``@signal``), else ``/entry/data/data``, else
           ``/entry/instrument/detector/data``, else an Eiger master's
-          ``/entry/data/data_NNNNNN`` stacks, else the largest 3-D dataset.  The Eiger
+          ``/entry/data/data_NNNNNN`` stacks, else the largest 3-D dataset (with a
+          warning naming the others when there are several).  A stack padded with
+          singleton axes (``N x 1 x H x W``, ``1 x N x H x W``) is N frames; CF
+          ``scale_factor``/``add_offset`` attributes are applied.  The Eiger
           stacks (usually external links to one data file each) are one series, in
           numeric order of ``NNNNNN``; a missing data file, a gap in the numbering or a
           stack of another frame shape or dtype refuses the series.  A 2-D dataset is a
@@ -1782,13 +2277,18 @@ def open_frames(
           frames-last (H x H x N, N much smaller) is read as stored, with a warning.
         - TIFF file, single- or multi-page (each page a frame; a file written page by
           page is read page by page, and its pages must share shape and dtype).  A
-          file with fewer pages than its metadata promises (truncated) is refused.
-        - A file fabio reads: GE ``.ge2``/``.ge3``/``.ge5`` (all frames), EDF, CBF,
-          MarCCD, ...
+          file with fewer pages than its metadata promises (truncated) is refused, as
+          is a hyperstack (more than one axis besides Y and X, e.g. ImageJ/OME
+          ``TCYX``).  A multi-file OME-TIFF is read across its files.
+        - A file fabio reads: GE ``.ge2``/``.ge3``/``.ge5`` and SPE (all frames; a
+          header frame count the file size contradicts is refused when the file is
+          shorter, warned about otherwise), EDF, CBF, MarCCD, ...
         - ``.npy`` (2-D or 3-D, memory-mapped) or ``.npz`` (HEXRD frame cache, read one
           sparse frame at a time; or an archive holding one stack, or ``dataset=`` key).
         - A folder or glob pattern of single-frame files (natural sort: ``img2`` before
-          ``img10``), or a list of such files, one frame per file.  A pattern's folder
+          ``img10``), or a list of such files, one frame per file.  A folder's files
+          are of one format (``.tif`` and ``.tiff`` are one; ``.edf.gz``, ``.cbf.bz2``
+          compressed fabio files count).  A pattern's folder
           that exists as written (``scan[1]/*.tif``) is taken literally.
         - A 2-D or 3-D ndarray, or a FrameSeries (returned as is).
     dataset : str, optional
@@ -1995,21 +2495,10 @@ def _h5_mask_dataset(path: Path) -> str | None:
     Raises when the file holds no dataset named like a mask but a stack of several
     frames: an Eiger master's first data frame taken as a mask masks almost every pixel.
     """
-    backend = _H5Backend.unopened(path)
-    f = backend._open()
-    try:
-        found, _ = backend._walk(f)
-        masks = []
-        for name, ds in found:
-            leaf = name.rsplit("/", 1)[-1].lower()
-            shape = tuple(ds.shape)
-            if "mask" in leaf and (len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)):
-                # pixel_mask first, the NeXus detector's own before detectorSpecific's
-                masks.append(((leaf != "pixel_mask", len(name), name), name))
-        if masks:
-            return min(masks)[1]
-    finally:
-        backend.close()
+    # pixel_mask first, the NeXus detector's own before detectorSpecific's
+    found = _h5_named_image(path, lambda leaf: None if "mask" not in leaf else leaf != "pixel_mask")
+    if found is not None:
+        return found
     try:
         series = open_frames(path)
     except InputFileError as exc:
@@ -2026,6 +2515,95 @@ def _h5_mask_dataset(path: Path) -> str | None:
                 "must hold one 2-D image (nonzero = bad pixel)",
             )
     return None
+
+
+def _h5_named_image(path: Path, rank) -> str | None:
+    """The one-image dataset (2-D, or 1 x H x W) of an HDF5 file chosen by its name.
+
+    ``rank(leaf)`` gives the lowercase last name component a sort key (lower is better),
+    or None for a dataset that does not qualify; among equals the shortest path wins.
+    """
+    backend = _H5Backend.unopened(path)
+    f = backend._open()
+    try:
+        found, _ = backend._walk(f)
+        chosen = []
+        for name, ds in found:
+            shape = tuple(ds.shape)
+            if not (len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)):
+                continue
+            key = rank(name.rsplit("/", 1)[-1].lower())
+            if key is not None:
+                chosen.append(((key, len(name), name), name))
+        return min(chosen)[1] if chosen else None
+    finally:
+        backend.close()
+
+
+def load_flat_file(
+    path: str | os.PathLike | np.ndarray,
+    *,
+    dataset: str | None = None,
+) -> np.ndarray:
+    """Flat-field image from a file, as float32.
+
+    Like :func:`load_image`, except that the file must hold one image: in an HDF5 file
+    without ``dataset``, a dataset named ``flatfield`` (an Eiger master's
+    ``/entry/instrument/detector/detectorSpecific/flatfield``) or ``flat_field`` is
+    taken before any frame stack; any other file (or dataset) that holds several frames
+    is refused, since its first frame is data, not a flat field.
+
+    Parameters
+    ----------
+    path : path or ndarray
+        Any file :func:`open_frames` reads, or a 2-D array.
+    dataset : str, optional
+        HDF5 dataset path (or ``.npz`` key) of the flat field.
+
+    Returns
+    -------
+    ndarray
+        2-D float32.
+
+    Raises
+    ------
+    InputFileError
+        One line naming the file: unreadable, or holding several frames.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> load_flat_file(np.array([[1, 2], [3, 4]], np.uint16)).dtype
+    dtype('float32')
+    """
+    if isinstance(path, np.ndarray):
+        if path.ndim != 2:
+            raise OptionError(f"flat field must be a 2-D array, got shape {path.shape}")
+        return path.astype(np.float32)
+    p = Path(os.fspath(path)).expanduser()
+    if dataset is None and p.is_file() and _sniff(p) == "hdf5":
+        dataset = _h5_named_image(
+            p, lambda leaf: {"flatfield": 0, "flat_field": 1}.get(leaf)
+        )
+    try:
+        series = open_frames(p, dataset=dataset)
+    except InputFileError as exc:
+        if "no 3-D dataset" not in exc.problem:
+            raise
+        series = _largest_2d_h5(p)
+    with series:
+        if len(series) != 1:
+            if dataset is not None:
+                where = f" (dataset {series.dataset})"
+            elif series.dataset is not None:
+                where = f" (the frame stack {series.dataset}; no dataset named flatfield)"
+            else:
+                where = ""
+            raise InputFileError(
+                p, f"holds {len(series)} frames; a flat field is one image: pass a "
+                f"single-frame file{where}",
+            )
+        return series[0].astype(np.float32)
 
 
 def _largest_2d_h5(path: Path) -> FrameSeries:

@@ -56,11 +56,11 @@ class Calibration:
     ) -> Calibration:
         """Load dark (a file, or the median of several dark frames), flat and mask files."""
         from . import preprocess
-        from .io import load_image
+        from .io import load_flat_file
 
         return cls(
             dark=None if dark is None else preprocess.load_dark(dark),
-            flat=None if flat is None else load_image(flat).astype(np.float32),
+            flat=None if flat is None else load_flat_file(flat),
             mask=None if mask is None else preprocess.load_mask(mask),
         )
 

@@ -1098,7 +1098,7 @@ class Preprocessor:
     _flat_gain: np.ndarray | None = field(default=None, repr=False, init=False)
 
     def __post_init__(self) -> None:
-        from .io import load_image
+        from .io import load_flat_file
 
         if isinstance(self.bin, bool) or int(self.bin) != self.bin or self.bin < 1:
             raise OptionError(f"bin must be a positive integer, got {self.bin}")
@@ -1110,7 +1110,7 @@ class Preprocessor:
             raise OptionError(f"--background must be one of {', '.join(BACKGROUNDS)}, "
                               f"got {self.background!r}")
         dark = _load_optional(self.dark, "dark", load_dark)
-        flat = _load_optional(self.flat, "flat", lambda p: load_image(p).astype(np.float32))
+        flat = _load_optional(self.flat, "flat", load_flat_file)
         mask = _load_optional(self.mask, "mask", load_mask)
         if dark is not None:
             dark = np.ascontiguousarray(_as_2d(dark, "dark"), np.float32)

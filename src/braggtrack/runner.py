@@ -1147,6 +1147,8 @@ class _RunState:
             "inputs": inputs,
             "model": model_rec,
             "n_frames": len(series),
+            # The HDF5 dataset actually read (found automatically when `dataset` is None).
+            "dataset_read": getattr(series, "dataset", None),
             "frame_shape": list(series.shape),
             "started": (previous or {}).get("started") or _now(),
             "resumed": previous is not None,
