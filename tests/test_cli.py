@@ -403,3 +403,62 @@ def test_metadata_warnings_are_one_line(logged):
     finally:
         warnings.showwarning = shown
     assert logged == ["meta.csv: no metadata for 2 of 12 frames"]
+
+
+def test_a_series_of_which_no_frame_can_be_read_is_an_error(tmp_path, main_in_process):
+    # An aborted acquisition: the file was allocated for 3 frames and none was written.
+    # `find` used to write an empty table and blame --threshold, `run` to exit 3 like a
+    # series with one bad frame.
+    series = tmp_path / "unwritten.h5"
+    with h5py.File(series, "w") as f:
+        f.create_dataset("entry/data/data", shape=(3, 64, 64), dtype=np.uint16, chunks=(1, 64, 64))
+    code, err = main_in_process("find", series, "-o", tmp_path / "p.csv", "-q",
+                                "--localizer", "centroid")
+    # Each skipped frame is warned about as it is met; the error is the last line.
+    assert code == 2 and "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("error: ")
+    for needle in ("unwritten.h5", "none of its 3 frame(s) could be read", "never written",
+                   "no table written"):
+        assert needle in last
+    assert not (tmp_path / "p.csv").exists()
+    code, err = main_in_process("run", series, "-o", tmp_path / "r", "-q", "--workers", "1",
+                                "--localizer", "centroid")
+    assert code == 2
+    assert err.splitlines()[-1].startswith("error: ") and "none of its 3 frame(s)" in err
+
+
+def test_mask_invert_reads_a_good_pixel_mask(tmp_path, main_in_process):
+    # Cheetah/CrystFEL masks mark the good pixels; without the flag such a file masks
+    # nearly everything (and says so), with it exactly the zero pixels are bad.
+    import pandas as pd
+    import tifffile
+
+    from conftest import render_frame
+
+    peaks = [(20.3, 15.7, 1.0, 5000.0), (45.6, 40.2, 1.2, 8000.0), (12.1, 50.45, 0.9, 3000.0)]
+    frame = render_frame((64, 64), peaks).astype(np.uint16)
+    series = tmp_path / "s.h5"
+    with h5py.File(series, "w") as f:
+        f["/entry/data/data"] = np.stack([frame, frame])
+    good = np.ones((64, 64), np.uint8)
+    good[35:46, 40:52] = 0  # a dead region over the second peak
+    tifffile.imwrite(tmp_path / "good.tif", good)
+    code, err = main_in_process("find", series, "-o", tmp_path / "p.csv", "-q", "--localizer",
+                                "centroid", "--mask", tmp_path / "good.tif", "--mask-invert")
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "p.csv")
+    ok = table[table.ok]
+    assert len(ok) == 4 and (np.hypot(ok.x - 45.6, ok.y - 40.2) > 5).all()
+    code, err = main_in_process("run", series, "-o", tmp_path / "r", "-q", "--workers", "1",
+                                "--localizer", "centroid", "--mask", tmp_path / "good.tif",
+                                "--mask-invert", "--no-report")
+    assert code == 0, err
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert info["fingerprint"]["calibration"]["mask_invert"] is True
+    run_ok = pd.read_parquet(tmp_path / "r" / "peaks.parquet").query("ok")
+    assert len(run_ok) == 4
+    # Without the flag the same file is the wrong way round, and the warning says how to fix it.
+    code, err = main_in_process("find", series, "-o", tmp_path / "q.csv", "-q", "--localizer",
+                                "centroid", "--mask", tmp_path / "good.tif")
+    assert "--mask-invert" in err

@@ -89,6 +89,9 @@ Dark = Annotated[list[str] | None, typer.Option(
     "--dark", help="Dark frame file; repeat for several (their median is used).")]
 Flat = Annotated[str | None, typer.Option("--flat", help="Flat-field file.")]
 Mask = Annotated[str | None, typer.Option("--mask", help="Pixel mask file (non-zero = bad).")]
+MaskInvert = Annotated[bool, typer.Option(
+    "--mask-invert", help="The --mask file marks the good pixels (non-zero = good), as "
+    "Cheetah/CrystFEL and some HEXRD masks do.")]
 Strict = Annotated[bool, typer.Option(
     "--strict", help="Stop at the first unreadable frame instead of skipping it.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
@@ -108,12 +111,12 @@ def _find_config(options: dict) -> FindConfig:
     return FindConfig(**{k: v for k, v in options.items() if k in names})
 
 
-def _calibration(dark, flat, mask):
+def _calibration(dark, flat, mask, mask_invert=False):
     from .pipeline import Calibration
 
     if not (dark or flat or mask):
         return None
-    return Calibration.from_files(dark=dark, flat=flat, mask=mask)
+    return Calibration.from_files(dark=dark, flat=flat, mask=mask, mask_invert=mask_invert)
 
 
 def _command_line() -> str:
@@ -245,13 +248,14 @@ def find(
     dark: Dark = None,
     flat: Flat = None,
     mask: Mask = None,
+    mask_invert: MaskInvert = False,
     chunk_size: ChunkSize = 32,
     strict: Strict = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Find and localize peaks in every frame; write one table (braggtrack.find)."""
-    from .errors import OptionError
+    from .errors import InputFileError, OptionError
     from .pipeline import find as find_api
     from .tables import table_format, write_table
 
@@ -261,9 +265,16 @@ def find(
     _check_output_file(out)  # before the frames are processed, not after
     config = _find_config(locals())
     peaks = find_api(input, config=config, dataset=dataset,
-                     calibration=_calibration(dark, flat, mask), chunk_size=chunk_size,
+                     calibration=_calibration(dark, flat, mask, mask_invert),
+                     chunk_size=chunk_size,
                      strict=strict, progress=not quiet)
     frames = peaks.attrs.pop("frames", None)
+    if frames is not None and len(frames) and (frames["status"] != "ok").all():
+        # Nothing was read: an empty table and the threshold hint would point the wrong way.
+        first = frames.iloc[0]
+        reason = str(first["reason"]).removeprefix(f"{input}: ")
+        raise InputFileError(input, f"none of its {len(frames)} frame(s) could be read (frame "
+                                    f"{int(first['frame'])}: {reason}); no table written")
     write_table(peaks, out)
     n_ok = int(peaks["ok"].sum()) if len(peaks) else 0
     skipped = 0 if frames is None or not len(frames) else int((frames["status"] != "ok").sum())
@@ -376,6 +387,7 @@ def run(
     dark: Dark = None,
     flat: Flat = None,
     mask: Mask = None,
+    mask_invert: MaskInvert = False,
     search_range: SearchRange = 5.0,
     memory: Memory = 3,
     min_length: MinLength = 1,
@@ -449,7 +461,7 @@ def run(
     )
     common = dict(
         config=config, track=track_cfg, dataset=dataset,
-        dark=dark, flat=flat, mask=mask,
+        dark=dark, flat=flat, mask=mask, mask_invert=mask_invert,
         chunk_size=chunk_size, workers=workers or default_workers(), scheduler=scheduler,
         force=force, strict=strict, progress=not quiet, command=_command_line(),
     )
@@ -473,6 +485,11 @@ def run(
                    "to resume", err=True)
         raise typer.Exit(130) from None
     _print_run_summary(result)
+    n_frames = result.info.get("counts", {}).get("frames", 0)
+    if n_frames and result.frames_skipped >= n_frames:
+        typer.echo(f"error: {input}: none of its {n_frames} frame(s) could be read (the "
+                   "warnings above and frames.parquet say why)", err=True)
+        raise typer.Exit(2)
     if result.frames_skipped:
         raise typer.Exit(EXIT_SKIPPED)
 

@@ -2481,7 +2481,8 @@ def load_mask_file(
         bad = ~bad
     fraction = float(bad.mean()) if bad.size else 0.0
     if fraction > _MASK_WARN_FRACTION:
-        rule = "zero pixels (inverted mask)" if invert else "nonzero pixels (1 = bad)"
+        rule = ("zero pixels (inverted mask)" if invert
+                else "nonzero pixels (1 = bad; --mask-invert if this file marks good pixels)")
         _log.warning(
             "%s: the mask marks %.1f %% of the pixels as bad; braggtrack masks %s",
             where, 100 * fraction, rule,

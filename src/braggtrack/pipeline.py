@@ -53,15 +53,17 @@ class Calibration:
         dark: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
         flat: str | os.PathLike | None = None,
         mask: str | os.PathLike | None = None,
+        mask_invert: bool = False,
     ) -> Calibration:
-        """Load dark (a file, or the median of several dark frames), flat and mask files."""
+        """Load dark (a file, or the median of several dark frames), flat and mask files;
+        ``mask_invert``: the mask file marks the good pixels (nonzero = good)."""
         from . import preprocess
         from .io import load_flat_file
 
         return cls(
             dark=None if dark is None else preprocess.load_dark(dark),
             flat=None if flat is None else load_flat_file(flat),
-            mask=None if mask is None else preprocess.load_mask(mask),
+            mask=None if mask is None else preprocess.load_mask(mask, invert=mask_invert),
         )
 
 

@@ -203,6 +203,7 @@ class ChunkTask:
     out_file: str
     strict: bool = False
     threads: int = 1  # detection threads inside the worker that takes it
+    mask_invert: bool = False  # the mask file marks good pixels
 
 
 @dataclass(frozen=True)
@@ -318,10 +319,11 @@ class RunResult:
 
 
 @lru_cache(maxsize=4)
-def _calibration(dark: tuple[str, ...] | None, flat: str | None, mask: str | None) -> Calibration:
+def _calibration(dark: tuple[str, ...] | None, flat: str | None, mask: str | None,
+                 mask_invert: bool = False) -> Calibration:
     return Calibration.from_files(
         dark=None if dark is None else list(dark),
-        flat=flat, mask=mask,
+        flat=flat, mask=mask, mask_invert=mask_invert,
     )
 
 
@@ -352,7 +354,7 @@ def process_chunk(task: ChunkTask) -> dict:
 def _detect_task(task: ChunkTask, threads: int = 1):
     from .io import open_frames
 
-    calib = _calibration(task.dark, task.flat, task.mask)
+    calib = _calibration(task.dark, task.flat, task.mask, task.mask_invert)
     # Closed at once: HDF5 shares one open file per process, and a handle left open would
     # hide frames appended later (live mode).
     with open_frames(task.source, dataset=task.dataset) as series:
@@ -572,7 +574,7 @@ def _calibration_record(files: dict) -> dict:
         # a pattern is recorded as given; a file as an input is (_input_record)
         return _input_record([Path(name)])[0] if Path(name).is_file() else {"path": name}
 
-    return {kind: None if given is None
+    return {kind: given if given is None or isinstance(given, bool)
             else [record(g) for g in given] if isinstance(given, list) else record(given)
             for kind, given in files.items()}
 
@@ -808,6 +810,7 @@ def run(
     dark: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     flat: str | os.PathLike | None = None,
     mask: str | os.PathLike | None = None,
+    mask_invert: bool = False,
     chunk_size: int = 16,
     workers: int = 1,
     scheduler: str | None = None,
@@ -835,6 +838,11 @@ def run(
         Options of the find stage.
     track : TrackConfig
         Options of linking, geometry, metadata and the report.
+    dataset : str, optional
+        HDF5 dataset of the frames (found automatically when ``None``).
+    dark, flat, mask : path, optional
+        Dark frame file(s) (their median), flat-field file, bad-pixel mask file (nonzero =
+        bad; ``mask_invert=True``: nonzero = good).
     chunk_size : int
         Frames per chunk (the unit of work, of parallelism and of resumption).
     workers : int
@@ -868,7 +876,8 @@ def run(
     try:
         state = _RunState.open(
             source, out_dir, config=config, track=track, dataset=dataset, dark=dark,
-            flat=flat, mask=mask, chunk_size=chunk_size, workers=workers, scheduler=scheduler,
+            flat=flat, mask=mask, mask_invert=mask_invert, chunk_size=chunk_size,
+            workers=workers, scheduler=scheduler,
             force=force, resume=resume, strict=strict, command=command,
         )
         n = len(state.series)
@@ -912,6 +921,7 @@ def watch(
     dark: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     flat: str | os.PathLike | None = None,
     mask: str | os.PathLike | None = None,
+    mask_invert: bool = False,
     chunk_size: int = 4,
     workers: int = 1,
     scheduler: str | None = None,
@@ -949,7 +959,8 @@ def watch(
     try:
         state = _RunState.open(
             source, out_dir, config=config, track=track, dataset=dataset, dark=dark,
-            flat=flat, mask=mask, chunk_size=chunk_size, workers=workers, scheduler=scheduler,
+            flat=flat, mask=mask, mask_invert=mask_invert, chunk_size=chunk_size,
+            workers=workers, scheduler=scheduler,
             force=force, resume=None, strict=strict, command=command, live=True,
         )
     except BaseException:
@@ -1074,7 +1085,7 @@ class _RunState:
 
     @classmethod
     def open(cls, source, out_dir, *, config, track, dataset, dark, flat, mask, chunk_size,
-             workers, scheduler, force, resume, strict, command, live=False):
+             workers, scheduler, force, resume, strict, command, live=False, mask_invert=False):
         """Check everything that can be checked before any frame work, then create or
         resume the run folder. ``live`` (watch): the input grows by design, so it is not
         compared with what a previous run recorded, and it is checksummed at the end."""
@@ -1092,7 +1103,8 @@ class _RunState:
         series = open_frames(source, dataset=dataset)
         try:
             return cls._open(series, source, out, config=config, track=track, dataset=dataset,
-                             dark=dark, flat=flat, mask=mask, chunk_size=chunk_size,
+                             dark=dark, flat=flat, mask=mask, mask_invert=mask_invert,
+                             chunk_size=chunk_size,
                              workers=workers, scheduler=scheduler, force=force, resume=resume,
                              strict=strict, command=command, live=live)
         except BaseException:
@@ -1101,16 +1113,21 @@ class _RunState:
 
     @classmethod
     def _open(cls, series, source, out, *, config, track, dataset, dark, flat, mask,
-              chunk_size, workers, scheduler, force, resume, strict, command, live):
+              chunk_size, workers, scheduler, force, resume, strict, command, live,
+              mask_invert=False):
         dark_t = None
         if dark is not None:
             dark_t = (str(dark),) if isinstance(dark, (str, os.PathLike)) else tuple(map(str, dark))
         calib_files = {"dark": list(dark_t) if dark_t else None,
                        "flat": None if flat is None else str(flat),
                        "mask": None if mask is None else str(mask)}
+        if mask_invert and mask is not None:
+            # Only when used, so that the fingerprints of earlier runs stay valid.
+            calib_files["mask_invert"] = True
         # Fail on a bad dark/mask/model, geometry or metadata file now: not inside a worker,
         # not after every frame was processed, and before --force deletes the old run.
-        calibration = _calibration(dark_t, calib_files["flat"], calib_files["mask"])
+        calibration = _calibration(dark_t, calib_files["flat"], calib_files["mask"],
+                                   bool(calib_files.get("mask_invert")))
         warn_about_first_frame(series, 0, config, calibration.dark)
         model_rec = _model_record(config)
         _model(config)
@@ -1228,6 +1245,7 @@ class _RunState:
             tasks.append(ChunkTask(
                 source=self.source, dataset=self.dataset, start=a, stop=b, config=self.config,
                 dark=self.dark, flat=self.calib_files["flat"], mask=self.calib_files["mask"],
+                mask_invert=bool(self.calib_files.get("mask_invert")),
                 out_file=self.chunk_file(a, b),
                 strict=self.strict, threads=self.threads,
             ))
