@@ -535,3 +535,19 @@ def test_a_flat_frame_keeps_the_global_threshold(seed, level, dtype):
     plain = Preprocessor(background="global")(frame)
     assert auto.threshold == plain.threshold and auto.noise == plain.noise
     np.testing.assert_array_equal(auto.above, plain.above)
+
+
+def test_unsigned_counts_stored_as_int16_are_warned_about_and_flags_are_not():
+    from braggtrack.preprocess import negative_flag_warning
+
+    rng = np.random.default_rng(3)
+    counts = rng.poisson(20, (64, 64)) + (50000 * gaussian((64, 64), 30.2, 31.7, 1.1)).astype(int)
+    assert counts.max() > 32767
+    wrapped = counts.astype(np.uint16).astype(np.int16)  # what a signed writer stores
+    message = negative_flag_warning(wrapped, "w.tif")
+    assert message.startswith("w.tif: ") and "convert the file to uint16" in message
+    # Pilatus module gaps (-1) and bad pixels (-2) beside bright counts: flags, no warning
+    pilatus = np.clip(counts, 0, 30000).astype(np.int16)
+    pilatus[:, 20:27] = -1
+    pilatus[5, 5] = -2
+    assert negative_flag_warning(pilatus, "p.tif") is None

@@ -395,7 +395,8 @@ NEGATIVE_FLAGS_MAX_FRACTION = 0.2
 def negative_flag_warning(frame: np.ndarray, where: str) -> str | None:
     """A one-line warning when a signed integer frame has so many negative pixels that
     masking them as detector flags (what ``auto_mask`` does) would hide data, e.g. frames
-    dark-subtracted upstream and stored as integers; None otherwise.
+    dark-subtracted upstream and stored as integers, or when a 8- or 16-bit frame looks like
+    unsigned counts written as signed (values near both ends of its range); None otherwise.
 
     Examples
     --------
@@ -405,10 +406,23 @@ def negative_flag_warning(frame: np.ndarray, where: str) -> str | None:
     'scan.h5'
     >>> negative_flag_warning(np.abs(noise), "scan.h5") is None
     True
+    >>> wrapped = np.array([[5, 40000, 12, 32000]], np.uint16).astype(np.int16)  # -> -25536
+    >>> "convert the file to uint16" in negative_flag_warning(wrapped, "s.h5")
+    True
     """
     frame = np.asarray(frame)
     if frame.dtype.kind != "i" or frame.size == 0:
         return None
+    if frame.dtype.itemsize <= 2:
+        low, high = int(frame.min()), int(frame.max())
+        info = np.iinfo(frame.dtype)
+        if low < info.min // 4 and high > info.max // 2:
+            # Flags are small (-1, -2); values near both ends of the range are counts that
+            # went past the top and wrapped: an unsigned detector written as signed.
+            return (f"{where}: the first frame ({frame.dtype}) holds values down to {low} "
+                    f"beside values up to {high}: unsigned counts stored as signed wrap above "
+                    f"{info.max}, and auto-mask masks them as detector flags, so the brightest "
+                    f"peaks are lost; convert the file to uint{8 * frame.dtype.itemsize}")
     fraction = np.count_nonzero(frame < 0) / frame.size
     if fraction <= NEGATIVE_FLAGS_MAX_FRACTION:
         return None
