@@ -541,7 +541,7 @@ def test_unsigned_counts_stored_as_int16_are_warned_about_and_flags_are_not():
     from braggtrack.preprocess import negative_flag_warning
 
     rng = np.random.default_rng(3)
-    counts = rng.poisson(20, (64, 64)) + (50000 * gaussian((64, 64), 30.2, 31.7, 1.1)).astype(int)
+    counts = rng.poisson(20, (64, 64)) + (400000 * gaussian((64, 64), 30.2, 31.7, 1.1)).astype(int)
     assert counts.max() > 32767
     wrapped = counts.astype(np.uint16).astype(np.int16)  # what a signed writer stores
     message = negative_flag_warning(wrapped, "w.tif")
