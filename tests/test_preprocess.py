@@ -551,3 +551,22 @@ def test_unsigned_counts_stored_as_int16_are_warned_about_and_flags_are_not():
     pilatus[:, 20:27] = -1
     pilatus[5, 5] = -2
     assert negative_flag_warning(pilatus, "p.tif") is None
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1 / 1.37e5, 3.3e-3])
+def test_photon_counts_in_scaled_units_find_the_same_peaks(scale):
+    # A photon-counting frame (background 0, most pixels exactly 0) normalized to flux or a
+    # monitor: the noise of a sparse frame was sqrt(threshold) in whatever units, 1e-3 at
+    # scale 1e-6 = 3,000 photons of persistence asked of every peak.
+    from braggtrack.pipeline import find_peaks
+
+    rng = np.random.default_rng(5)
+    centres = [(16.4 + 32 * i, 16.8 + 32 * j) for i in range(4) for j in range(4)]
+    lam = sum(v * gaussian((128, 128), x, y, 1.0)
+              for (x, y), v in zip(centres, np.geomspace(30, 3000, 16), strict=True))
+    counts = rng.poisson(lam).astype(np.float32)
+    in_counts = find_peaks(counts, localizer="centroid")
+    scaled = find_peaks((counts * np.float32(scale)).astype(np.float32), localizer="centroid")
+    assert in_counts.ok.sum() >= 14
+    np.testing.assert_array_equal(scaled[["x_det", "y_det", "ok"]].to_numpy(),
+                                  in_counts[["x_det", "y_det", "ok"]].to_numpy())
