@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -63,10 +64,11 @@ def drifting_series(tmp_path):
     return path, np.array(truth)
 
 
-@pytest.fixture
-def logged():
-    """Messages of the braggtrack logger, caught on it directly: the command line turns off
-    its propagation to the root logger (where caplog listens) once main() has run."""
+@contextmanager
+def braggtrack_warnings():
+    """Messages of the braggtrack logger (the one-line warnings the command line prints),
+    caught on it directly: the command line turns off its propagation to the root logger
+    (where caplog listens) once main() has run."""
     import logging
 
     messages: list[str] = []
@@ -76,6 +78,15 @@ def logged():
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING)
-    yield messages
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.fixture
+def logged():
+    """:func:`braggtrack_warnings` for a whole test."""
+    with braggtrack_warnings() as messages:
+        yield messages

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import logging
 import os
 import pickle
 import struct
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,9 @@ import pytest
 
 from braggtrack.errors import FrameReadError, InputFileError
 from braggtrack.io import load_flat_file, load_mask_file, open_frames
-from test_io import _assert_names_file, _assert_series, _Collect, _eiger
+from test_io import _assert_names_file, _assert_series, _eiger
+
+from conftest import braggtrack_warnings as _warnings
 
 h5py = pytest.importorskip("h5py")
 tifffile = pytest.importorskip("tifffile")
@@ -31,21 +31,6 @@ fabio = pytest.importorskip("fabio")
 def stack():
     rng = np.random.default_rng(11)
     return rng.integers(0, 60000, size=(4, 24, 20)).astype(np.uint16)
-
-
-@contextmanager
-def _warnings():
-    """The one-line warnings braggtrack logs (what the command line prints)."""
-    handler = _Collect()
-    logger = logging.getLogger("braggtrack")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    logger.addHandler(handler)
-    try:
-        yield handler.messages
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 # ------------------------------------------------------------------ D2: dtypes in a folder

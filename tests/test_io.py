@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 from pathlib import Path
@@ -14,6 +13,8 @@ from hypothesis import strategies as st
 
 from braggtrack.errors import BraggTrackError, FrameReadError, InputFileError, OptionError
 from braggtrack.io import as_series, file_checksum, load_image, load_mask_file, open_frames
+
+from conftest import braggtrack_warnings
 
 h5py = pytest.importorskip("h5py")
 hdf5plugin = pytest.importorskip("hdf5plugin")
@@ -875,39 +876,22 @@ def test_mask_file_with_only_a_frame_stack_is_refused(tmp_path, stack):
     np.testing.assert_array_equal(load_mask_file(single), stack[0] > 30000)
 
 
-class _Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 def test_mask_marking_most_pixels_warns(tmp_path):
-    handler = _Collect()
-    logger = logging.getLogger("braggtrack")
-    level = logger.level
-    # the CLI sets this level; other tests' libraries (findpeaks) raise the root logger's
-    logger.setLevel(logging.WARNING)
-    logger.addHandler(handler)
-    try:
+    with braggtrack_warnings() as messages:
         path = tmp_path / "mask.tif"
         tifffile.imwrite(path, np.ones((8, 10), np.uint8))  # 1 = good, as some tools write
         assert load_mask_file(path).all()
-        assert len(handler.messages) == 1
-        msg = handler.messages[0]
-        assert str(path) in msg and "100.0 %" in msg and "nonzero pixels (1 = bad)" in msg
+        assert len(messages) == 1
+        msg = messages[0]
+        assert str(path) in msg and "100.0 %" in msg and "nonzero pixels (1 = bad;" in msg
+        assert "--mask-invert" in msg
         assert "\n" not in msg
         assert not load_mask_file(path, invert=True).any()  # inverted: no warning
         few = np.zeros((8, 10), np.uint8)
         few[:2] = 1
         tifffile.imwrite(path, few)
         load_mask_file(path)
-        assert len(handler.messages) == 1
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+        assert len(messages) == 1
 
 
 @pytest.mark.parametrize("size", [1, 4095, 16384, 16385, 3 * 16384 + 7])
@@ -1085,27 +1069,19 @@ def test_hdf5_files_include_virtual_sources_and_external_raw_files(tmp_path, sta
 
 
 def test_hdf5_stack_stored_frames_last_warns(tmp_path, stack):
-    handler = _Collect()
-    logger = logging.getLogger("braggtrack")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    logger.addHandler(handler)
-    try:
+    with braggtrack_warnings() as messages:
         path = tmp_path / "hwn.h5"
         with h5py.File(path, "w") as f:
             f["/entry/data/data"] = np.zeros((32, 32, 4), np.uint16)  # 4 frames of 32 x 32
             f["/entry/other/data"] = stack
         series = open_frames(path)
         assert len(series) == 32 and series.shape == (32, 4)  # read as stored
-        assert len(handler.messages) == 1
-        msg = handler.messages[0]
+        assert len(messages) == 1
+        msg = messages[0]
         assert str(path) in msg and "/entry/data/data" in msg and "frames on the last axis" in msg
         assert "4 x 32 x 32" in msg and "\n" not in msg
         open_frames(path, dataset="/entry/other/data")  # 4 x 24 x 20: frames first, no warning
-        assert len(handler.messages) == 1
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+        assert len(messages) == 1
 
 
 # ------------------------------------------------------------------ corrupt CBF, bracket globs
