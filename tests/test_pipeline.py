@@ -375,3 +375,22 @@ def test_a_streak_found_twice_is_accepted_once(seed):
     dup = table[table.reason == "duplicate"]
     for x, y in zip(dup.x, dup.y, strict=True):
         assert np.hypot(ok.x - x, ok.y - y).min() < 1.5
+
+
+def test_two_real_equal_peaks_placed_close_are_both_kept():
+    # Equal peaks 3 px apart: each localized ~0.9 px towards the other, rows 1.2 px apart.
+    # Their maxima are deep and equal: two peaks, not one found twice. A shoulder (shallow
+    # maximum) or a clearly fainter maximum at the same place is a duplicate.
+    from braggtrack.pipeline import _duplicates
+
+    frame = np.zeros(4, np.int64)
+    x = np.array([10.0, 11.2, 30.0, 31.0])
+    y = np.array([5.0, 5.0, 8.0, 8.0])
+    birth = np.array([100.0, 98.0, 100.0, 60.0])  # pair 2: 0.6 of its partner's height
+    persistence = np.array([100.0, 22.0, 100.0, 30.0])  # pair 1: 0.22 of its height: deep
+    assert _duplicates(frame, x, y, birth, persistence, np.ones(4, bool)).tolist() == [
+        False, False, False, True]
+    shallow = persistence.copy()
+    shallow[1] = 9.0  # 0.09 of its height: a shoulder of the first peak
+    assert _duplicates(frame, x, y, birth, shallow, np.ones(4, bool)).tolist() == [
+        False, True, False, True]

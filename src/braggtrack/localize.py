@@ -206,9 +206,8 @@ def centroid(patches, *, threshold: float = 3.0, block: int = 4096) -> pd.DataFr
     (lower pixels count as zero), which keeps background noise from pulling the centre
     towards the middle of the patch (on simulated sharp peaks the median error drops about
     fourfold against ``threshold=0``). Noise-free patches are unaffected.
-    ``dx_err``/``dy_err`` propagate Poisson noise (variance = pixel value in counts; patches
-    of counts times a constant below 1, e.g. normalized to flux, are recognised by their
-    values being whole multiples of one count's value). ``sigma_x``/``sigma_y`` are the square roots of the second
+    ``dx_err``/``dy_err`` propagate Poisson noise (variance = pixel value, so the patches
+    should be in counts; the fits' errors need no units). ``sigma_x``/``sigma_y`` are the square roots of the second
     moments. ``converged`` is False only for patches without signal above the border
     (``reason`` ``flat``), whose position is the central pixel.
 
@@ -249,14 +248,10 @@ def _centroid_block(p: np.ndarray, threshold: float = 3.0) -> pd.DataFrame:
     c = size // 2
     bg, w, total, empty, x0, y0, mxx, myy, _ = _moments(u, nsigma=threshold)
     grid = np.arange(size, dtype=np.float64) - c
-    # Poisson: variance of a pixel is its value in counts, or its value times one count's
-    # value where the patches are counts scaled to flux or a monitor (1e-6, 2e-6, ...).
-    from .preprocess import _count_quantum
-
-    finite = np.where(np.isfinite(p), p, 0.0)
-    quantum = _count_quantum(finite.reshape(-1))
-    scale = quantum if quantum is not None and quantum < 1.0 else 1.0
-    var = np.clip(finite, 0.0, None) * scale / span[:, None, None] ** 2
+    # Poisson: variance of a pixel is its value in counts. (Guessing other units from the
+    # values misfired: means of integer darks are multiples of 0.05 too, and a chunk pools
+    # frames normalized to different monitor counts.)
+    var = np.clip(np.where(np.isfinite(p), p, 0.0), 0.0, None) / span[:, None, None] ** 2
     used = w > 0
     safe = np.where(empty, 1.0, total)
     ex = ((grid[None, None, :] - x0[:, None, None]) ** 2 * var * used).sum(axis=(1, 2))

@@ -768,18 +768,30 @@ class LocalBackground:
     tile: int
     nsigma: float
 
-    def _at(self, grid: np.ndarray, rows, cols) -> np.ndarray:
+    def _at(self, grid: np.ndarray, rows, cols, own_floor: bool = False) -> np.ndarray:
         r0, rf = _interp_index(np.asarray(rows, np.float64).ravel(), grid.shape[0], self.tile)
         c0, cf = _interp_index(np.asarray(cols, np.float64).ravel(), grid.shape[1], self.tile)
         r1 = np.minimum(r0 + 1, grid.shape[0] - 1)
         c1 = np.minimum(c0 + 1, grid.shape[1] - 1)
         out = ((1 - rf) * ((1 - cf) * grid[r0, c0] + cf * grid[r0, c1])
                + rf * ((1 - cf) * grid[r1, c0] + cf * grid[r1, c1]))
-        return np.clip(out, grid.min(), grid.max()).reshape(np.shape(rows))
+        out = np.clip(out, grid.min(), grid.max())
+        if own_floor:
+            out = np.maximum(out, grid[self._tile_of(rows, grid.shape[0]),
+                                       self._tile_of(cols, grid.shape[1])])
+        return out.reshape(np.shape(rows))
+
+    def _tile_of(self, pixels, m: int) -> np.ndarray:
+        return np.clip(np.floor(np.asarray(pixels, np.float64).ravel() / self.tile), 0,
+                       m - 1).astype(np.int64)
 
     def threshold_at(self, rows, cols) -> np.ndarray:
-        """Local threshold at full-resolution pixel positions."""
-        return self._at(self.level + self.nsigma * self.noise, rows, cols)
+        """Local threshold at full-resolution pixel positions: interpolated between tile
+        centres, but never below the threshold of the pixel's own tile. Near a sharp edge
+        of the background (a module gap of zeros, a beam stop, a step) the interpolation
+        alone lowered the bright side's threshold towards the dark tile's, and its noise
+        maxima passed (43 false peaks beside unmasked gaps, 0 with the floor: 3)."""
+        return self._at(self.level + self.nsigma * self.noise, rows, cols, own_floor=True)
 
     def noise_at(self, rows, cols) -> np.ndarray:
         """Local background noise (robust sigma) at full-resolution pixel positions."""
@@ -794,15 +806,20 @@ class LocalBackground:
         n = full.size
         hit = np.zeros(-(-n // 8) * 8, np.bool_)
         count = _above_map(np.ascontiguousarray(full), np.ascontiguousarray(bad), grid, r0, rf,
-                           c0, cf, float(grid.min()), float(grid.max()), hit[:n])
+                           c0, cf, float(grid.min()), float(grid.max()), int(self.tile),
+                           hit[:n])
         return _hit_indices(hit.view(np.uint64), count)
 
     def threshold_map(self, shape: tuple[int, int]) -> np.ndarray:
         """The local threshold at every pixel of a frame of ``shape`` (float32)."""
         grid = (self.level + self.nsigma * self.noise).astype(np.float32)
-        # Continued beyond the outer centres, but never outside the tiles' own range.
-        return np.clip(_bilinear(grid, np.arange(shape[0]), np.arange(shape[1]), self.tile),
-                       grid.min(), grid.max())
+        # Continued beyond the outer centres, but never outside the tiles' own range, nor
+        # below the pixel's own tile (threshold_at).
+        out = np.clip(_bilinear(grid, np.arange(shape[0]), np.arange(shape[1]), self.tile),
+                      grid.min(), grid.max())
+        own = grid[self._tile_of(np.arange(shape[0]), grid.shape[0])][
+            :, self._tile_of(np.arange(shape[1]), grid.shape[1])]
+        return np.maximum(out, own)
 
 
 def _interp_index(pixels: np.ndarray, m: int, tile: int) -> tuple[np.ndarray, np.ndarray]:
@@ -818,7 +835,7 @@ def _interp_index(pixels: np.ndarray, m: int, tile: int) -> tuple[np.ndarray, np
 
 
 @_jit
-def _above_map(full, bad, grid, r0, rf, c0, cf, lo, hi, hit):  # pragma: no cover - compiled
+def _above_map(full, bad, grid, r0, rf, c0, cf, lo, hi, tile, hit):  # pragma: no cover
     """Fill ``hit`` (flat) with ``full > threshold`` where the threshold is ``grid``
     interpolated bilinearly (indices and fractions of :func:`_interp_index`, clipped to
     ``lo .. hi``) and the pixel is not bad; return how many. The threshold map is never
@@ -831,6 +848,7 @@ def _above_map(full, bad, grid, r0, rf, c0, cf, lo, hi, hit):  # pragma: no cove
         a = r0[y]
         b = min(a + 1, ny - 1)
         f = rf[y]
+        ty = min(y // tile, ny - 1)
         for j in range(nx):
             row[j] = grid[a, j] * (1.0 - f) + grid[b, j] * f
         for x in range(width):
@@ -838,7 +856,7 @@ def _above_map(full, bad, grid, r0, rf, c0, cf, lo, hi, hit):  # pragma: no cove
             d = min(c + 1, nx - 1)
             g = cf[x]
             t = row[c] * (1.0 - g) + row[d] * g
-            t = min(max(t, lo), hi)
+            t = max(min(max(t, lo), hi), grid[ty, min(x // tile, nx - 1)])
             h = (full[y, x] > t) & (not bad[y, x])
             hit[y * width + x] = h
             n += h
@@ -932,6 +950,13 @@ def local_background(frame: np.ndarray, mask: np.ndarray | None = None, *,
     if ratio.size:
         scale = max(float(np.quantile(ratio, 0.25)), 0.5)
         noise = np.minimum(noise, scale * fine)
+    # A tile of one value (photon counting: mostly exact zeros) has no measurable noise;
+    # at 0 it took single photons for peaks (40 false in 2 frames). Its floor is the Poisson
+    # noise of its level, at least one count (in the frame's units: _count_quantum).
+    q = _count_quantum(values[np.isfinite(values)])
+    q = 1.0 if q is None or q >= 1.0 else q
+    floor = np.sqrt(np.maximum(level, q) * q)
+    noise = np.where(noise > 0, noise, floor)
     return LocalBackground(level=level, noise=noise, tile=tile, nsigma=float(nsigma))
 
 
@@ -974,9 +999,13 @@ def _fill_missing(grid: np.ndarray) -> np.ndarray:
 
 
 def _tile_median_span(sample: np.ndarray, bad: np.ndarray, median: float, sigma: float) -> float:
-    """Span of the medians of 8 x 8 blocks of the statistics grid, in units of ``sigma``:
-    the cheap test (a few hundred microseconds) of whether a frame needs
-    :func:`local_background`."""
+    """Span of the medians of 8 x 8 blocks of the statistics grid, in units of the blocks'
+    own noise (the median of their robust sigmas): the cheap test (a few hundred
+    microseconds) of whether a frame needs :func:`local_background`.
+
+    Not in units of the frame's sigma, which grows with the very structure tested for: a
+    ramp then scored ~2.4 whatever its height, a step over half the frame ~1.0, and both
+    stayed on the global threshold (recall 0 on the step's dim half)."""
     h, w = sample.shape
     if h < 8 or w < 8 or not sigma > 0:
         return 0.0
@@ -987,8 +1016,12 @@ def _tile_median_span(sample: np.ndarray, bad: np.ndarray, median: float, sigma:
     # Masked pixels take the frame's median: neutral, and no NaN-aware median (5x slower).
     vals = np.where(bad | ~np.isfinite(sample), np.float32(median), sample)
     blocks = vals[: h // k * k, : w // k * k].reshape(k, h // k, k, w // k).swapaxes(1, 2)
-    med = np.median(blocks.reshape(k * k, -1), axis=1)
-    return float((med.max() - med.min()) / sigma)
+    blocks = blocks.reshape(k * k, -1).astype(np.float64)
+    med = np.median(blocks, axis=1)
+    noise = _MAD_TO_SIGMA * float(np.median(np.median(np.abs(blocks - med[:, None]), axis=1)))
+    if not noise > 0:  # blocks of one value each (counts near 0): the frame's sigma
+        noise = sigma
+    return float((med.max() - med.min()) / noise)
 
 
 @dataclass(frozen=True, eq=False)
