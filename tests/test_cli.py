@@ -462,3 +462,17 @@ def test_mask_invert_reads_a_good_pixel_mask(tmp_path, main_in_process):
     code, err = main_in_process("find", series, "-o", tmp_path / "q.csv", "-q", "--localizer",
                                 "centroid", "--mask", tmp_path / "good.tif")
     assert "--mask-invert" in err
+
+
+def test_a_dark_of_another_shape_is_refused_naming_its_file(tmp_path, main_in_process):
+    import tifffile
+
+    series = tmp_path / "s.h5"
+    with h5py.File(series, "w") as f:
+        f["/entry/data/data"] = np.ones((2, 32, 40), np.uint16)
+    tifffile.imwrite(tmp_path / "dark.tif", np.zeros((32, 32), np.uint16))
+    for command in (["find", series, "-o", tmp_path / "p.csv"],
+                    ["run", series, "-o", tmp_path / "r", "--workers", "1"]):
+        code, err = main_in_process(*command, "-q", "--dark", tmp_path / "dark.tif")
+        _assert_one_line(code, err, "dark.tif", "dark shape 32 x 32 does not match the "
+                                                "frames' 32 x 40")

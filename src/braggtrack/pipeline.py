@@ -46,6 +46,23 @@ class Calibration:
     dark: np.ndarray | None = None
     flat: np.ndarray | None = None
     mask: np.ndarray | None = None
+    #: The files they were loaded from, for messages (``from_files``).
+    files: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def check_shape(self, shape: tuple[int, int]) -> None:
+        """Refuse a dark, flat or mask whose shape is not the frames' ``shape``, naming its
+        file (an :class:`~braggtrack.errors.InputFileError`), before any frame is read."""
+        from .errors import InputFileError
+
+        for name in ("dark", "flat", "mask"):
+            image = getattr(self, name)
+            if image is None or tuple(image.shape) == tuple(shape):
+                continue
+            source = self.files.get(name) or name
+            if isinstance(source, (list, tuple)):
+                source = source[0] if len(source) == 1 else ", ".join(map(str, source))
+            raise InputFileError(source, f"{name} shape {image.shape[0]} x {image.shape[1]} "
+                                         f"does not match the frames' {shape[0]} x {shape[1]}")
 
     @classmethod
     def from_files(
@@ -60,7 +77,12 @@ class Calibration:
         from . import preprocess
         from .io import load_flat_file
 
+        files = {"dark": None if dark is None else
+                 ([str(dark)] if isinstance(dark, (str, os.PathLike)) else list(map(str, dark))),
+                 "flat": None if flat is None else str(flat),
+                 "mask": None if mask is None else str(mask)}
         return cls(
+            files=files,
             dark=None if dark is None else preprocess.load_dark(dark),
             flat=None if flat is None else load_flat_file(flat),
             mask=None if mask is None else preprocess.load_mask(mask, invert=mask_invert),
@@ -615,6 +637,9 @@ def detect_chunk(
     kernels and numpy release the GIL), at most ``2 * threads`` frames in flight.
     """
     calibration = calibration or Calibration()
+    shape = getattr(series, "shape", None)
+    if shape is not None and len(shape) == 2:
+        calibration.check_shape(tuple(shape))
     prep = _preprocessor(config, calibration)
     status: list[tuple[int, str, str]] = []
 

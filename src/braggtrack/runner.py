@@ -1128,6 +1128,7 @@ class _RunState:
         # not after every frame was processed, and before --force deletes the old run.
         calibration = _calibration(dark_t, calib_files["flat"], calib_files["mask"],
                                    bool(calib_files.get("mask_invert")))
+        calibration.check_shape(tuple(series.shape))
         warn_about_first_frame(series, 0, config, calibration.dark)
         model_rec = _model_record(config)
         _model(config)
