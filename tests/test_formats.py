@@ -424,3 +424,17 @@ def test_hdf5_scale_factor_and_add_offset_are_applied(tmp_path, stack):
     with pytest.raises(InputFileError, match="scale_factor") as exc:
         open_frames(path)
     _assert_names_file(exc, path)
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "packbits"])
+def test_compressed_tiffs_are_read(tmp_path, stack, compression):
+    # LZW is what PIL, ImageJ and many camera programs write; tifffile needs imagecodecs
+    # for it, which is a dependency (without it: "requires the 'imagecodecs' package").
+    one = tmp_path / "one.tif"
+    tifffile.imwrite(one, stack, compression=compression, photometric="minisblack")
+    _assert_series(open_frames(one), stack)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i, frame in enumerate(stack):
+        tifffile.imwrite(folder / f"img_{i:03d}.tif", frame, compression=compression)
+    _assert_series(open_frames(folder), stack)
