@@ -476,3 +476,13 @@ def test_a_dark_of_another_shape_is_refused_naming_its_file(tmp_path, main_in_pr
         code, err = main_in_process(*command, "-q", "--dark", tmp_path / "dark.tif")
         _assert_one_line(code, err, "dark.tif", "dark shape 32 x 32 does not match the "
                                                 "frames' 32 x 40")
+
+
+def test_mask_invert_without_a_mask_is_refused(tmp_path, main_in_process):
+    series = tmp_path / "s.h5"
+    with h5py.File(series, "w") as f:
+        f["/entry/data/data"] = np.ones((2, 16, 16), np.uint16)
+    for command in (["find", series, "-o", tmp_path / "p.csv"],
+                    ["run", series, "-o", tmp_path / "r", "--workers", "1"]):
+        code, err = main_in_process(*command, "-q", "--mask-invert")
+        _assert_one_line(code, err, "--mask-invert needs --mask")

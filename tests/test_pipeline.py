@@ -388,9 +388,14 @@ def test_two_real_equal_peaks_placed_close_are_both_kept():
     y = np.array([5.0, 5.0, 8.0, 8.0])
     birth = np.array([100.0, 98.0, 100.0, 60.0])  # pair 2: 0.6 of its partner's height
     persistence = np.array([100.0, 22.0, 100.0, 30.0])  # pair 1: 0.22 of its height: deep
-    assert _duplicates(frame, x, y, birth, persistence, np.ones(4, bool)).tolist() == [
+    death = np.zeros(4)
+    assert _duplicates(frame, x, y, birth, death, persistence, np.ones(4, bool)).tolist() == [
         False, False, False, True]
+    # The same peaks on a pedestal of 3,000 counts: heights count from where the brighter
+    # one's component ends, so equal peaks stay equal and deep.
+    assert _duplicates(frame, x, y, birth + 3000, death + 3000, persistence,
+                       np.ones(4, bool)).tolist() == [False, False, False, True]
     shallow = persistence.copy()
     shallow[1] = 9.0  # 0.09 of its height: a shoulder of the first peak
-    assert _duplicates(frame, x, y, birth, shallow, np.ones(4, bool)).tolist() == [
+    assert _duplicates(frame, x, y, birth, death, shallow, np.ones(4, bool)).tolist() == [
         False, True, False, True]

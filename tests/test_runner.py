@@ -741,3 +741,21 @@ def test_no_temporary_peak_file_is_left_by_an_interrupted_end(drifting_series, t
         run(path, tmp_path / "r", config=FAST, track=NOREPORT, progress=False)
     assert seen == [True]
     assert not list((tmp_path / "r").glob(".peaks.parquet.tmp-*"))
+
+
+def test_a_run_begun_before_background_existed_says_how_to_resume(drifting_series, tmp_path):
+    # run.json of an earlier version has no find.background; its chunks used one global
+    # threshold. The default (auto) may not give the same chunks, so it is refused with the
+    # way out; --background global resumes it.
+    path, _ = drifting_series
+    out = tmp_path / "r"
+    run(path, out, config=FAST.replace(background="global"), track=NOREPORT, chunk_size=5,
+        progress=False)
+    info = json.loads((out / "run.json").read_text())
+    del info["fingerprint"]["find"]["background"]
+    (out / "run.json").write_text(json.dumps(info))
+    with pytest.raises(OptionError, match=r"find\.background.*--background global resumes it"):
+        run(path, out, config=FAST, track=NOREPORT, chunk_size=5, progress=False)
+    res = run(path, out, config=FAST.replace(background="global"), track=NOREPORT,
+              chunk_size=5, progress=False)
+    assert len(res.tracks)

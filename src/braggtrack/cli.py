@@ -46,8 +46,8 @@ Threshold = Annotated[float | None, typer.Option(
 MinScore = Annotated[float, typer.Option(
     "--min-score", help="Minimum persistence score, 0..255 of the frame's intensity range.")]
 MinSnr = Annotated[float, typer.Option(
-    "--min-snr", help="Minimum persistence in units of the frame's background noise (robust "
-    "sigma).")]
+    "--min-snr", help="Minimum persistence in units of the background noise (robust sigma): "
+    "the frame's, or the tile's where --background takes tiles.")]
 MinPersistence = Annotated[float, typer.Option(
     "--min-persistence", help="Minimum persistence, counts.")]
 Patch = Annotated[int, typer.Option("--patch", help="Odd patch size for localization, pixels.")]
@@ -112,8 +112,11 @@ def _find_config(options: dict) -> FindConfig:
 
 
 def _calibration(dark, flat, mask, mask_invert=False):
+    from .errors import OptionError
     from .pipeline import Calibration
 
+    if mask_invert and not mask:
+        raise OptionError("--mask-invert needs --mask (the file of good pixels)")
     if not (dark or flat or mask):
         return None
     return Calibration.from_files(dark=dark, flat=flat, mask=mask, mask_invert=mask_invert)

@@ -16,6 +16,13 @@ LOCALIZERS = ("braggnn", "pvoigt", "gauss", "centroid")
 BACKGROUNDS = ("auto", "global", "local")
 
 
+def check_background(background: object) -> None:
+    """Refuse a ``--background`` that is not one of :data:`BACKGROUNDS`, in one line."""
+    if background not in BACKGROUNDS:
+        raise OptionError(f"--background must be one of {', '.join(BACKGROUNDS)}, "
+                          f"got {background!r}")
+
+
 @dataclass(frozen=True)
 class FindConfig:
     """Options of peak finding and localization.
@@ -30,7 +37,8 @@ class FindConfig:
         classic notebook filter used 10; it drops weak peaks in frames with one very bright
         peak, so the default relies on ``min_snr`` instead).
     min_snr : float
-        Minimum persistence in units of the frame's background noise (robust sigma).
+        Minimum persistence in units of the background noise (robust sigma): the frame's,
+        or the tile's where ``background`` takes tiles.
     min_persistence : float
         Minimum persistence in counts (image units after preprocessing).
     bin : int
@@ -116,9 +124,7 @@ class FindConfig:
             raise OptionError(f"--max-error must be > 0 pixels, got {self.max_error}")
         if self.max_peaks < 1:
             raise OptionError(f"--max-peaks must be >= 1, got {self.max_peaks}")
-        if self.background not in BACKGROUNDS:
-            raise OptionError(f"--background must be one of {', '.join(BACKGROUNDS)}, "
-                              f"got {self.background!r}")
+        check_background(self.background)
         if self.device not in ("cpu", "cuda", "auto") and not str(self.device).startswith("cuda:"):
             raise OptionError(f"--device must be cpu, cuda or auto, got {self.device!r}")
 

@@ -140,6 +140,7 @@ def as_frame(image) -> np.ndarray:
 def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _Detected:
     from .detect import _as_image, _flag_rows, _intensity_range, _persistence_columns, _select_rows
     from .patches import extract_patches, quality, recentre
+    from .preprocess import binned_to_full
 
     prepared = prep(as_frame(image))
     b = config.bin
@@ -164,7 +165,7 @@ def _detect_frame(image: np.ndarray, frame: int, config: FindConfig, prep) -> _D
     if local is not None and len(raw["y"]):
         # An isolated peak dies at the threshold where it stands, and must rise min_snr
         # times the noise there, not the frame's median noise.
-        fy, fx = raw["y"] * b + (b - 1) / 2, raw["x"] * b + (b - 1) / 2
+        fy, fx = binned_to_full(raw["y"], b), binned_to_full(raw["x"], b)
         alive = raw["death"] == 0.0
         raw["death"] = np.where(alive, local.threshold_at(fy, fx), raw["death"])
         raw["persistence"] = raw["birth"] - raw["death"]
@@ -310,7 +311,7 @@ def _localize_detected(
     uncertain = np.maximum(cols["x_err"], cols["y_err"]) > config.max_error
     reason = np.where((reason == "") & uncertain, "uncertain", reason)
     duplicate = _duplicates(cols["frame"], cols["x"], cols["y"], cols["birth"],
-                            cols["persistence"], reason == "")
+                            cols["death"], cols["persistence"], reason == "")
     reason = np.where(duplicate, "duplicate", reason)
     cols["reason"] = reason
     cols["ok"] = reason == ""
@@ -347,11 +348,13 @@ FAINTER = 0.8
 
 
 def _duplicates(frame: np.ndarray, x: np.ndarray, y: np.ndarray, birth: np.ndarray,
-                persistence: np.ndarray, ok: np.ndarray) -> np.ndarray:
+                death: np.ndarray, persistence: np.ndarray, ok: np.ndarray) -> np.ndarray:
     """True for the fainter of two accepted peaks of one frame whose localized centres lie
     within :data:`DUPLICATE_DISTANCE` of each other, where the fainter maximum is a mere
     shoulder (persistence below :data:`SHOULDER` of its height) or clearly fainter (below
-    :data:`FAINTER` of the other's height).
+    :data:`FAINTER` of the other's height). Heights are taken above the level where the
+    brighter one's component ends (its ``death``: the threshold or the saddle to a brighter
+    peak), not from 0, so that a pedestal does not make equal peaks look like shoulders.
 
     Detection keeps maxima at least ``min_distance`` (3 px) apart, but two maxima of one
     object (the two ends of a streak, the shoulders of a broad or split peak, an equal pair
@@ -366,7 +369,7 @@ def _duplicates(frame: np.ndarray, x: np.ndarray, y: np.ndarray, birth: np.ndarr
     --------
     >>> _duplicates(np.array([0, 0, 0, 1]), np.array([10.0, 10.8, 30.0, 10.2]),
     ...             np.array([5.0, 5.3, 5.0, 5.0]), np.array([9.0, 7.0, 8.0, 6.0]),
-    ...             np.array([9.0, 0.5, 8.0, 6.0]), np.ones(4, bool)).tolist()
+    ...             np.zeros(4), np.array([9.0, 0.5, 8.0, 6.0]), np.ones(4, bool)).tolist()
     [False, True, False, False]
     """
     out = np.zeros(len(x), bool)
@@ -384,9 +387,10 @@ def _duplicates(frame: np.ndarray, x: np.ndarray, y: np.ndarray, birth: np.ndarr
         first_fainter = (birth[i] < birth[j]) | ((birth[i] == birth[j]) & (i > j))
         fainter = np.where(first_fainter, i, j)
         brighter = np.where(first_fainter, j, i)
-        height = np.maximum(birth[fainter], np.finfo(float).tiny)
+        base = death[brighter]
+        height = np.maximum(birth[fainter] - base, np.finfo(float).tiny)
         shoulder = persistence[fainter] < SHOULDER * height
-        weaker = birth[fainter] < FAINTER * birth[brighter]
+        weaker = height < FAINTER * (birth[brighter] - base)
         out[fainter[shoulder | weaker]] = True
     return out
 

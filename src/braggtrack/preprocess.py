@@ -36,7 +36,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .config import BACKGROUNDS
+from .config import check_background
 from .detect import _above, _jit
 from .errors import InputFileError, OptionError
 
@@ -758,7 +758,10 @@ class LocalBackground:
     Attributes
     ----------
     level, noise : ndarray
-        ``(ny, nx)`` median and robust sigma (1.4826 * MAD) of each tile, counts.
+        ``(ny, nx)`` median and noise of each tile, counts: the noise is the robust sigma
+        of the residual from the interpolated level, or the scaled neighbour-difference
+        sigma where that is smaller, with a Poisson floor for tiles of one value
+        (:func:`local_background`).
     tile : int
         Tile side, pixels; tile ``(i, j)`` is centred on pixel ``((i + 0.5) * tile - 0.5,
         (j + 0.5) * tile - 0.5)``; values between centres are interpolated bilinearly and
@@ -883,7 +886,8 @@ def _bilinear(grid: np.ndarray, rows: np.ndarray, cols: np.ndarray, tile: int) -
 
 
 def local_background(frame: np.ndarray, mask: np.ndarray | None = None, *,
-                     tile: int = BACKGROUND_TILE, nsigma: float = 5.0) -> LocalBackground:
+                     tile: int = BACKGROUND_TILE, nsigma: float = 5.0,
+                     count_unit: float = 1.0) -> LocalBackground:
     """Tile-wise median and robust sigma of a frame's background.
 
     The one global ``median + 5 sigma`` threshold fails on a background that varies over
@@ -891,7 +895,7 @@ def local_background(frame: np.ndarray, mask: np.ndarray | None = None, *,
     lands at 2,357 counts and the peaks on the dim three quarters are never seen; on a
     diffuse ring the global sigma is below the ring's own noise and the ring's noise maxima
     pass as peaks. Each tile of ``tile`` x ``tile`` pixels gets its own median and MAD (of
-    64 pixels on a regular grid, the masked ones left out), like the background
+    8 x 8 pixels on a regular grid, the masked ones left out), like the background
     meshes of astronomical source extraction. Hand-written because scipy's filters would
     take the median over every pixel's window (seconds for a 2048 x 2048 frame) where a
     coarse grid is enough for a background that varies over tens of pixels.
@@ -906,6 +910,9 @@ def local_background(frame: np.ndarray, mask: np.ndarray | None = None, *,
         Tile side, pixels.
     nsigma : float
         For :meth:`LocalBackground.threshold_at`.
+    count_unit : float
+        The value of one count (1 for counts; see ``_count_unit``), for the Poisson floor of
+        tiles of one value.
 
     Returns
     -------
@@ -956,9 +963,8 @@ def local_background(frame: np.ndarray, mask: np.ndarray | None = None, *,
         noise = np.minimum(noise, scale * fine)
     # A tile of one value (photon counting: mostly exact zeros) has no measurable noise;
     # at 0 it took single photons for peaks (40 false in 2 frames). Its floor is the Poisson
-    # noise of its level, at least one count (in the frame's units: _count_quantum).
-    q = _count_quantum(values[np.isfinite(values)])
-    q = 1.0 if q is None or q >= 1.0 else q
+    # noise of its level, at least one count (``count_unit``: the value of one count).
+    q = float(count_unit)
     floor = np.sqrt(np.maximum(level, q) * q)
     noise = np.where(noise > 0, noise, floor)
     return LocalBackground(level=level, noise=noise, tile=tile, nsigma=float(nsigma))
@@ -1045,7 +1051,8 @@ class PreparedFrame:
         Binning factor of ``image``.
     noise : float
         Robust standard deviation of the background of ``full`` (1.4826 * MAD), counts; for a
-        sparse frame with no measurable noise, the Poisson noise ``sqrt(threshold)``.
+        sparse frame with no measurable noise, the Poisson noise at the threshold,
+        ``sqrt(threshold * unit)`` with ``unit`` the value of one count (1 for counts).
     above : ndarray of int64, optional
         Flat indices (ascending) of the full-resolution pixels strictly above
         ``threshold``, when known: detection on an unbinned frame visits only these.
@@ -1111,16 +1118,20 @@ def _count_quantum(values: np.ndarray) -> float | None:
     return q if whole.mean() >= 0.9 else None
 
 
-def _sparse_noise(values: np.ndarray, threshold: float) -> float:
-    """Noise of a sparse frame (no measurable background): the Poisson noise at the
-    threshold, ``sqrt(threshold)`` in counts. Where the values are counts times a quantum
-    (``_count_quantum``), ``sqrt(threshold * quantum)``: in those units, ``sqrt(threshold)``
-    was 1e-3 for a frame of counts x 1e-6, i.e. 3,000 photons of persistence asked of
-    every peak (recall 0.01 against 1.00 for the same frame in counts)."""
+def _count_unit(values: np.ndarray) -> float:
+    """The value of one count: the quantum of ``_count_quantum`` where it is below 1 (counts
+    scaled to flux or a monitor), else 1. Only for frames without a dark: a dark that is
+    the mean or median of integer frames makes multiples of 0.05 or 0.5 out of counts."""
     q = _count_quantum(values)
-    if q is None or q >= 1.0:
-        return float(np.sqrt(max(threshold, 0.0)))
-    return float(np.sqrt(max(threshold, 0.0) * q))
+    return q if q is not None and q < 1.0 else 1.0
+
+
+def _sparse_noise(threshold: float, count_unit: float = 1.0) -> float:
+    """Noise of a sparse frame (no measurable background): the Poisson noise at the
+    threshold, ``sqrt(threshold * count_unit)`` (``sqrt(threshold)`` in counts). Taken as
+    ``sqrt(threshold)`` in every unit, it was 1e-3 for a frame of counts x 1e-6, i.e. 3,000
+    photons of persistence asked of every peak (recall 0.01 against 1.00 in counts)."""
+    return float(np.sqrt(max(threshold, 0.0) * count_unit))
 
 
 @dataclass(frozen=True, eq=False)
@@ -1190,9 +1201,7 @@ class Preprocessor:
             raise OptionError(f"threshold must be >= 0 counts, got {self.threshold}")
         if not (self.nsigma >= 0):
             raise OptionError(f"nsigma must be >= 0, got {self.nsigma}")
-        if self.background not in BACKGROUNDS:
-            raise OptionError(f"--background must be one of {', '.join(BACKGROUNDS)}, "
-                              f"got {self.background!r}")
+        check_background(self.background)
         dark = _load_optional(self.dark, "dark", load_dark)
         flat = _load_optional(self.flat, "flat", load_flat_file)
         mask = _load_optional(self.mask, "mask", load_mask)
@@ -1288,11 +1297,8 @@ class Preprocessor:
             if sparse:  # the median is 0 here, so every positive pixel is in `above`
                 pos = values[values > 0]
                 smallest = float(pos.min()) if pos.size else 0.0
-            hot = _hot_among(full, above[values > hot_pre], bad, hot_noise, smallest,
-                             self.hot_sigma, _HOT_RATIO)
+            hot = self._mask_hot(full, bad, above[values > hot_pre], hot_noise, smallest)
             if hot.size:
-                bad.reshape(-1)[hot] = True
-                full.reshape(-1)[hot] = 0
                 keep = ~np.isin(above, hot, assume_unique=True)
                 above, values = above[keep], values[keep]
         if t_given:
@@ -1302,7 +1308,10 @@ class Preprocessor:
         else:
             good = values[~bad.reshape(-1)[above]]
             t = float(good.min()) if good.size else med
-        noise = sigma if sigma > 0 else _sparse_noise(values, t)
+        if sigma > 0:
+            noise = sigma
+        else:
+            noise = _sparse_noise(t, _count_unit(values) if self.dark is None else 1.0)
         detect = _above(values, t)
         above = above[detect]
         span = None
@@ -1330,24 +1339,31 @@ class Preprocessor:
         ``level + nsigma * noise`` of :func:`local_background`, pixel by pixel."""
         full, bad, _, _ = _corrected(raw, corr(1), np.inf, 0.0)
         src = full if self.dark is None else _corrected(raw, corr(1), np.inf, 0.0, clip=False)[0]
-        background = local_background(src, bad, nsigma=self.nsigma)
+        unit = 1.0 if self.dark is not None else _count_unit(src[::4, ::4][~bad[::4, ::4]])
+        background = local_background(src, bad, nsigma=self.nsigma, count_unit=unit)
         if self.auto_mask and min(raw.shape) >= 3 and self.hot_sigma > 0:
             # The hot-pixel test of the global path, with the frame's median and sigma (it
             # compares a pixel with its own neighbours, whatever the background does).
             hot_pre, no_hot, _, hot_noise = _hot_level(np.dtype(np.float32), stats,
                                                       self.hot_sigma, _HOT_RATIO)
             if not no_hot:
-                cand = np.flatnonzero(full.reshape(-1) > hot_pre)
-                hot = _hot_among(full, cand, bad, hot_noise, None, self.hot_sigma, _HOT_RATIO)
-                if hot.size:
-                    bad.reshape(-1)[hot] = True
-                    full.reshape(-1)[hot] = 0
-        above = background.above(full, bad)
-        span = None
-        if self.bin == 1 and above.size:
-            span = float(full.reshape(-1)[above].max())  # the image's minimum is 0 here
+                self._mask_hot(full, bad, np.flatnonzero(full.reshape(-1) > hot_pre),
+                               hot_noise, None)
+        above, span = None, None
+        if self.bin == 1:  # binned: `image` compares with the threshold map itself
+            above = background.above(full, bad)
+            if above.size:
+                span = float(full.reshape(-1)[above].max())  # the image's minimum is 0 here
         threshold = float((background.level + background.nsigma * background.noise).min())
         return PreparedFrame(full=full, mask=bad, threshold=threshold, bin=self.bin,
                              noise=float(np.median(background.noise)),
-                             above=above if self.bin == 1 else None, intensity_range=span,
-                             background=background)
+                             above=above, intensity_range=span, background=background)
+
+    def _mask_hot(self, full, bad, cand, noise, smallest) -> np.ndarray:
+        """Mask (in place: ``bad`` True, ``full`` 0) the hot pixels among the candidates
+        ``cand`` (:func:`_hot_among`); return their flat indices."""
+        hot = _hot_among(full, cand, bad, noise, smallest, self.hot_sigma, _HOT_RATIO)
+        if hot.size:
+            bad.reshape(-1)[hot] = True
+            full.reshape(-1)[hot] = 0
+        return hot

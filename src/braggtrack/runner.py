@@ -637,12 +637,21 @@ def _prepare_run_dir(
     if not isinstance(previous, dict):
         raise OptionError(f"{run_json}: not a braggtrack run.json (not a JSON object); use "
                           "--force to start over")
-    diff = _fingerprint_differences(previous.get("fingerprint") or {}, fingerprint)
+    old = previous.get("fingerprint") or {}
+    if isinstance(old.get("find"), dict) and "background" not in old["find"]:
+        # Written before --background existed, when the threshold was always global.
+        old = {**old, "find": {**old["find"], "background": "global"}}
+    diff = _fingerprint_differences(old, fingerprint)
     if diff:
         shown = ", ".join(diff[:4]) + (", ..." if len(diff) > 4 else "")
+        hint = ""
+        if "find.background" in diff and "background" not in (previous.get("fingerprint")
+                                                              or {}).get("find", {}):
+            hint = (" (begun by an earlier version, whose threshold was always global: "
+                    "--background global resumes it)")
         raise OptionError(
-            f"{out}: holds a run with other input or parameters ({shown}); use --force to "
-            "overwrite it or choose another -o"
+            f"{out}: holds a run with other input or parameters ({shown}){hint}; use --force "
+            "to overwrite it or choose another -o"
         )
     if resume is False:
         raise OptionError(f"{out}: a run is already there; use --resume to continue or --force")
@@ -1121,7 +1130,9 @@ class _RunState:
         calib_files = {"dark": list(dark_t) if dark_t else None,
                        "flat": None if flat is None else str(flat),
                        "mask": None if mask is None else str(mask)}
-        if mask_invert and mask is not None:
+        if mask_invert and mask is None:
+            raise OptionError("--mask-invert needs --mask (the file of good pixels)")
+        if mask_invert:
             # Only when used, so that the fingerprints of earlier runs stay valid.
             calib_files["mask_invert"] = True
         # Fail on a bad dark/mask/model, geometry or metadata file now: not inside a worker,
