@@ -788,6 +788,11 @@ class LocalBackground:
                                        self._tile_of(cols, grid.shape[1])])
         return out.reshape(np.shape(rows))
 
+    @property
+    def threshold_grid(self) -> np.ndarray:
+        """``(ny, nx)`` threshold of each tile, ``level + nsigma * noise``."""
+        return self.level + self.nsigma * self.noise
+
     def _tile_of(self, pixels, m: int) -> np.ndarray:
         return np.clip(np.floor(np.asarray(pixels, np.float64).ravel() / self.tile), 0,
                        m - 1).astype(np.int64)
@@ -798,7 +803,7 @@ class LocalBackground:
         of the background (a module gap of zeros, a beam stop, a step) the interpolation
         alone lowered the bright side's threshold towards the dark tile's, and its noise
         maxima passed (43 false peaks beside unmasked gaps, 0 with the floor: 3)."""
-        return self._at(self.level + self.nsigma * self.noise, rows, cols, own_floor=True)
+        return self._at(self.threshold_grid, rows, cols, own_floor=True)
 
     def noise_at(self, rows, cols) -> np.ndarray:
         """Local background noise (robust sigma) at full-resolution pixel positions."""
@@ -807,7 +812,7 @@ class LocalBackground:
     def above(self, full: np.ndarray, bad: np.ndarray) -> np.ndarray:
         """Flat indices (ascending) of the pixels of ``full`` above the local threshold and
         not ``bad``: :meth:`threshold_map` compared with the frame, without building it."""
-        grid = self.level + self.nsigma * self.noise
+        grid = self.threshold_grid
         r0, rf = _interp_index(np.arange(full.shape[0]), grid.shape[0], self.tile)
         c0, cf = _interp_index(np.arange(full.shape[1]), grid.shape[1], self.tile)
         n = full.size
@@ -819,7 +824,7 @@ class LocalBackground:
 
     def threshold_map(self, shape: tuple[int, int]) -> np.ndarray:
         """The local threshold at every pixel of a frame of ``shape`` (float32)."""
-        grid = (self.level + self.nsigma * self.noise).astype(np.float32)
+        grid = self.threshold_grid.astype(np.float32)
         # Continued beyond the outer centres, but never outside the tiles' own range, nor
         # below the pixel's own tile (threshold_at).
         out = np.clip(_bilinear(grid, np.arange(shape[0]), np.arange(shape[1]), self.tile),
@@ -1281,7 +1286,9 @@ class Preprocessor:
                 s_full, s_bad = full, bad
             stats = _median_mad(s_full[~s_bad])
         if self._local(s_full, s_bad, stats, t_given):
-            return self._prepare_local(raw, corr, stats)
+            # A small frame is already corrected (with and without the clip): reuse it.
+            done = (full, bad, s_full) if step == 1 else None
+            return self._prepare_local(raw, corr, stats, done)
         t_level, hot_pre, sparse, hot_noise, check_hot, level = levels(stats)
         if step > 1:
             full, bad, above, n_below = _corrected(raw, corr(1), level, t_level)
@@ -1334,11 +1341,16 @@ class Preprocessor:
             return True
         return _tile_median_span(sample, sample_bad, *stats) > _FLAT_SPAN
 
-    def _prepare_local(self, raw, corr, stats) -> PreparedFrame:
+    def _prepare_local(self, raw, corr, stats, done=None) -> PreparedFrame:
         """:meth:`__call__` for a frame whose background is not flat: the threshold is
-        ``level + nsigma * noise`` of :func:`local_background`, pixel by pixel."""
-        full, bad, _, _ = _corrected(raw, corr(1), np.inf, 0.0)
-        src = full if self.dark is None else _corrected(raw, corr(1), np.inf, 0.0, clip=False)[0]
+        ``level + nsigma * noise`` of :func:`local_background`, pixel by pixel. ``done``:
+        ``(full, bad, unclipped)`` when the whole frame is already corrected."""
+        if done is not None:
+            full, bad, src = done
+        else:
+            full, bad, _, _ = _corrected(raw, corr(1), np.inf, 0.0)
+            src = (full if self.dark is None
+                   else _corrected(raw, corr(1), np.inf, 0.0, clip=False)[0])
         unit = 1.0 if self.dark is not None else _count_unit(src[::4, ::4][~bad[::4, ::4]])
         background = local_background(src, bad, nsigma=self.nsigma, count_unit=unit)
         if self.auto_mask and min(raw.shape) >= 3 and self.hot_sigma > 0:
@@ -1354,8 +1366,8 @@ class Preprocessor:
             above = background.above(full, bad)
             if above.size:
                 span = float(full.reshape(-1)[above].max())  # the image's minimum is 0 here
-        threshold = float((background.level + background.nsigma * background.noise).min())
-        return PreparedFrame(full=full, mask=bad, threshold=threshold, bin=self.bin,
+        return PreparedFrame(full=full, mask=bad, threshold=float(background.threshold_grid.min()),
+                             bin=self.bin,
                              noise=float(np.median(background.noise)),
                              above=above, intensity_range=span, background=background)
 
