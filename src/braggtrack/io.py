@@ -123,6 +123,15 @@ def _output_dtype(dtype: np.dtype, where: object) -> np.dtype:
     return dtype.newbyteorder("=")
 
 
+def _joins_series(dtype: np.dtype, stored: np.dtype, out: np.dtype) -> bool:
+    """Whether a frame of ``dtype`` can be returned in a series stored as ``stored`` and
+    returned as ``out`` (:func:`_output_dtype`): it is the stored dtype (converted as
+    documented: int8, float16, bool, ...) or casts to ``out`` without changing any value.
+    Any other cast (int32 counts above 65535 into uint16, negative floats into unsigned)
+    would wrap values into wrong numbers without an error."""
+    return np.dtype(dtype) == stored or np.can_cast(dtype, out, "safe")
+
+
 def _check_frame_shape(shape: tuple[int, ...], where: object) -> tuple[int, int]:
     if len(shape) != 2:
         raise InputFileError(where, f"frames must be 2-D, got shape {tuple(shape)}")
@@ -1117,7 +1126,7 @@ class _FilesBackend(_Backend):
         """
         dtype = np.dtype(dtype)
         out = _output_dtype(self.stored_dtype, self.path)
-        if dtype == self.stored_dtype or np.can_cast(dtype, out, "safe"):
+        if _joins_series(dtype, self.stored_dtype, out):
             return None
         return (
             f"dtype {dtype} differs from the series' {out} ({self._ref_described()}) and "
@@ -2048,7 +2057,7 @@ class FrameSeries(Sequence):
         """Whether frames of ``dtype`` convert to :attr:`dtype` as documented: from the
         stored dtype (int8, float16, bool, ...) or without changing any value.  Any other
         cast (a frame of another dtype than the rest of its series) could wrap values."""
-        return dtype == self._backend.stored_dtype or np.can_cast(dtype, self.dtype, "safe")
+        return _joins_series(dtype, self._backend.stored_dtype, self.dtype)
 
     def _index(self, i: Any) -> int:
         try:
@@ -2405,12 +2414,7 @@ def load_image(
     if isinstance(path, np.ndarray) and path.ndim == 2:
         series = as_series(path)
     else:
-        try:
-            series = open_frames(path, dataset=dataset)
-        except InputFileError as exc:
-            if "no 3-D dataset" not in exc.problem:
-                raise
-            series = _largest_2d_h5(Path(os.fspath(path)))
+        series = _open_image_series(path, dataset)
     with series:
         if reduce == "first" or len(series) == 1:
             img = series[0]
@@ -2586,12 +2590,7 @@ def load_flat_file(
         dataset = _h5_named_image(
             p, lambda leaf: {"flatfield": 0, "flat_field": 1}.get(leaf)
         )
-    try:
-        series = open_frames(p, dataset=dataset)
-    except InputFileError as exc:
-        if "no 3-D dataset" not in exc.problem:
-            raise
-        series = _largest_2d_h5(p)
+    series = _open_image_series(p, dataset)
     with series:
         if len(series) != 1:
             if dataset is not None:
@@ -2605,6 +2604,17 @@ def load_flat_file(
                 f"single-frame file{where}",
             )
         return series[0].astype(np.float32)
+
+
+def _open_image_series(path, dataset: str | None) -> FrameSeries:
+    """:func:`open_frames`, or for an HDF5 file holding only 2-D datasets (a dark, flat or
+    mask saved as one image) its largest one (:func:`_largest_2d_h5`)."""
+    try:
+        return open_frames(path, dataset=dataset)
+    except InputFileError as exc:
+        if "no 3-D dataset" not in exc.problem:
+            raise
+        return _largest_2d_h5(Path(os.fspath(path)))
 
 
 def _largest_2d_h5(path: Path) -> FrameSeries:
