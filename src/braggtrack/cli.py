@@ -112,12 +112,9 @@ def _find_config(options: dict) -> FindConfig:
 
 
 def _calibration(dark, flat, mask, mask_invert=False):
-    from .errors import OptionError
     from .pipeline import Calibration
 
-    if mask_invert and not mask:
-        raise OptionError("--mask-invert needs --mask (the file of good pixels)")
-    if not (dark or flat or mask):
+    if not (dark or flat or mask or mask_invert):
         return None
     return Calibration.from_files(dark=dark, flat=flat, mask=mask, mask_invert=mask_invert)
 

@@ -77,6 +77,8 @@ class Calibration:
         from . import preprocess
         from .io import load_flat_file
 
+        if mask_invert and mask is None:
+            raise OptionError("--mask-invert needs --mask (the file of good pixels)")
         files = {"dark": None if dark is None else
                  ([str(dark)] if isinstance(dark, (str, os.PathLike)) else list(map(str, dark))),
                  "flat": None if flat is None else str(flat),

@@ -1130,8 +1130,6 @@ class _RunState:
         calib_files = {"dark": list(dark_t) if dark_t else None,
                        "flat": None if flat is None else str(flat),
                        "mask": None if mask is None else str(mask)}
-        if mask_invert and mask is None:
-            raise OptionError("--mask-invert needs --mask (the file of good pixels)")
         if mask_invert:
             # Only when used, so that the fingerprints of earlier runs stay valid.
             calib_files["mask_invert"] = True
